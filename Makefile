@@ -1,0 +1,29 @@
+# Two entry points, each of which sets up .venv on a fresh machine first:
+#   make demo   run configs/demo.yaml end to end (outputs in runs/demo)
+#   make test   run the test suite (what .ci/run calls)
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# This machine installs torch's CPU wheel; on a GPU host use e.g. TORCH_SPEC="torch==2.13.0" with its CUDA index.
+TORCH_SPEC ?= torch==2.13.0
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(VENV)/bin/python -m pip install -q -e ".[demo,test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/gpt-stats run configs/demo.yaml
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q tests
+
+bench: $(STAMP)
+	$(VENV)/bin/python bench/similarity_tiles.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,91 @@
+"""Capture: run batches through the model with forward hooks at every chosen (layer, site), and gather the
+states of selected tokens.
+
+Stage 2 of the data flow. Hooks keep only the selected token positions (gathered on the model's device), so
+memory is proportional to the selection, not to batch x sequence x width x sites.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from tasks.models import SiteTable
+
+
+def _module(model: torch.nn.Module, path: str) -> torch.nn.Module:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        raise RuntimeError(f"module {path!r} not found in {type(model).__name__}; the site table is wrong") from None
+
+
+class SiteRecorder:
+    """Forward hooks on every (layer, site); each keeps the output rows at the currently selected positions.
+
+    Set `select` to (batch_index, position) tensors before a forward pass; after it, `gathered()` returns an
+    array of shape (sites, n_selected, d) in float32, in the order of `sites`.
+    """
+
+    def __init__(self, model: torch.nn.Module, table: SiteTable, sites: Sequence[tuple[int, str]]):
+        self.model = model
+        self.sites = list(sites)
+        self.paths = [table.path(layer, site) for layer, site in self.sites]
+        self.select: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._out: list[torch.Tensor | None] = [None] * len(self.sites)
+
+    def _hook(self, slot: int):
+        def hook(_module, _inputs, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            b, t = self.select
+            self._out[slot] = hidden[b, t]
+
+        return hook
+
+    @contextmanager
+    def attached(self) -> Iterator["SiteRecorder"]:
+        handles = [_module(self.model, p).register_forward_hook(self._hook(i)) for i, p in enumerate(self.paths)]
+        try:
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+
+    def gathered(self) -> np.ndarray:
+        stacked = torch.stack(self._out)  # (sites, n, d), on the model's device
+        self._out = [None] * len(self.sites)
+        return stacked.float().cpu().numpy()
+
+
+def pad_batch(ids: np.ndarray, offsets: np.ndarray, seq_index: np.ndarray, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded (B, T) input ids and attention mask for the given sequences of a flat id array."""
+    starts = offsets[seq_index]
+    lengths = offsets[seq_index + 1] - starts
+    width = int(lengths.max())
+    cols = np.arange(width)
+    mask = cols[None, :] < lengths[:, None]
+    flat = np.where(mask, starts[:, None] + cols[None, :], 0)
+    input_ids = np.where(mask, ids[flat], pad_id).astype(np.int64)
+    return input_ids, mask.astype(np.int64)
+
+
+@torch.inference_mode()
+def forward_and_gather(
+    model: torch.nn.Module,
+    recorder: SiteRecorder,
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+) -> np.ndarray:
+    """One forward pass; returns the states at (rows, cols) for every recorded site, shape (sites, n, d)."""
+    device = next(model.parameters()).device
+    recorder.select = (torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device))
+    model(
+        input_ids=torch.as_tensor(input_ids, device=device),
+        attention_mask=torch.as_tensor(attention_mask, device=device),
+    )
+    return recorder.gathered()

@@ -1,0 +1,123 @@
+"""Report plots, drawn from the run's Parquet files alone (so `gpt-stats report RUN_DIR` can redraw them).
+
+Stage 6 of the data flow. One PNG per (layer, site): the data histogram against the three Gaussian baselines;
+and `overview.png`, a grid of all layers (rows) and sites (columns) on the same axes.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+STYLE = {
+    "data": dict(color="C0", label="data (sampled states)"),
+    "gaussian_exact": dict(color="C3", lw=1.2, label="isotropic Gaussian, d = model width"),
+    "gaussian_fit": dict(color="C2", lw=1.5, ls="--", label="isotropic Gaussian, fitted d"),
+    "gaussian_empirical": dict(color="0.3", lw=0.8, ls=":", label="random normal vectors (check)"),
+}
+
+
+def _histograms(run_dir: Path) -> dict[tuple[int, str, str], dict[str, dict[str, np.ndarray]]]:
+    table = pq.read_table(run_dir / "histograms.parquet").to_pydict()
+    out: dict = {}
+    for i in range(len(table["layer"])):
+        key = (table["layer"][i], table["site"][i], table["variant"][i])
+        src = out.setdefault(key, {}).setdefault(table["source"][i], {"left": [], "right": [], "density": []})
+        src["left"].append(table["bin_left"][i])
+        src["right"].append(table["bin_right"][i])
+        src["density"].append(table["density"][i])
+    return {k: {s: {c: np.asarray(v) for c, v in cols.items()} for s, cols in srcs.items()} for k, srcs in out.items()}
+
+
+def _summary(run_dir: Path) -> dict[tuple[int, str, str], dict]:
+    rows = pq.read_table(run_dir / "summary.parquet").to_pylist()
+    return {(r["layer"], r["site"], r["variant"]): r for r in rows}
+
+
+def _draw(ax, sources: dict, legend: bool) -> None:
+    data = sources["data"]
+    centers = (data["left"] + data["right"]) / 2
+    ax.fill_between(centers, data["density"], step="mid", alpha=0.35, color=STYLE["data"]["color"])
+    ax.step(centers, data["density"], where="mid", color=STYLE["data"]["color"], lw=0.8, label=STYLE["data"]["label"])
+    top = max(data["density"].max(), sources.get("gaussian_fit", data)["density"].max())
+    for name in ("gaussian_empirical", "gaussian_exact", "gaussian_fit"):
+        if name not in sources:
+            continue
+        style = dict(STYLE[name])
+        peak = sources[name]["density"].max()
+        if peak > 1.15 * top:
+            style["label"] += f" (peak {peak:.3g}, off scale)"
+        ax.plot(centers, sources[name]["density"], **style)
+    ax.set_xlim(-1, 1)
+    ax.set_ylim(0, 1.15 * top if top > 0 else 1)
+    if legend:
+        ax.legend(fontsize=7, loc="upper left", frameon=False)
+
+
+def plot_site(path: Path, sources: dict, row: dict) -> None:
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    _draw(ax, sources, legend=True)
+    ax.set_xlabel("cosine similarity between two sampled token states")
+    ax.set_ylabel("density")
+    ax.set_title(
+        f"layer {row['layer']} {row['site']} ({row['variant']}): {row['n_sample']:,} states, {row['n_pairs']:,} pairs; "
+        f"mean cos {row['cos_mean']:.3f}, d_model {row['d_model']}, fitted d {row['d_fit']:.1f}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_overview(path: Path, hists: dict, summary: dict, variant: str = "raw") -> None:
+    layers = sorted({k[0] for k in hists if k[2] == variant})
+    order = ("resid_post", "attn_out", "mlp_out")
+    sites = [s for s in order if any(k[1] == s for k in hists)]
+    fig, axes = plt.subplots(len(layers), len(sites), figsize=(3.2 * len(sites), 1.3 * len(layers) + 0.8), squeeze=False, sharex=True)
+    for r, layer in enumerate(layers):
+        for c, site in enumerate(sites):
+            ax = axes[r][c]
+            key = (layer, site, variant)
+            if key not in hists:
+                ax.axis("off")
+                continue
+            _draw(ax, hists[key], legend=False)
+            ax.set_yticks([])
+            ax.text(0.02, 0.9, f"L{layer} {site}  d_fit {summary[key]['d_fit']:.0f}", transform=ax.transAxes, fontsize=7, va="top")
+            if r == 0:
+                ax.set_title(site, fontsize=9)
+    for ax in axes[-1]:
+        ax.set_xlabel("cosine similarity", fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, [lab.split(" (peak")[0] for lab in labels], loc="lower center", ncol=4, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.6 / (1.3 * len(layers) + 0.8), 1, 1))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def draw_plots(run_dir: str | Path) -> list[Path]:
+    """(Re)draw every plot of a run directory from its Parquet files; returns the files written."""
+    run_dir = Path(run_dir)
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    hists, summary = _histograms(run_dir), _summary(run_dir)
+    written = []
+    for key, sources in sorted(hists.items()):
+        layer, site, variant = key
+        path = plots / f"L{layer:02d}_{site}_{variant}.png"
+        plot_site(path, sources, summary[key])
+        written.append(path)
+    overview = plots / "overview.png"
+    plot_overview(overview, hists, summary)
+    written.append(overview)
+    log.info("wrote %d plots to %s", len(written), plots)
+    return written

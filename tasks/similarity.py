@@ -1,0 +1,185 @@
+"""Similarity: the histogram of cosine similarity over every unordered pair of distinct sampled states, in tiles.
+
+Stage 4 of the data flow. Rows are normalised once; each square tile of the upper triangle is one matrix product
+(the GEMM does the work), binned arithmetically (bin = floor((c + 1) * bins / 2), clipped so that 1.0 lands in
+the last bin) and counted with `bincount`: no sort, no N x N matrix, memory flat in N. The same tile pass, run
+again, finds the pair at any quantile exactly: the quantile's bin is read off the cumulative counts, and only the
+pairs in that bin are collected and ranked (with one finer sub-binning when a bin is too crowded).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+COLLECT_CAP = 2_000_000  # most pairs gathered at once when ranking inside one bin
+SUB_BINS = 4096
+
+
+def unit_rows(x: np.ndarray | torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
+    """Rows scaled to unit length (norms taken in float64), as float32 on `device`. Zero rows stay zero."""
+    x64 = torch.from_numpy(np.array(x, dtype=np.float64))
+    norms = x64.norm(dim=1, keepdim=True)
+    return (x64 / torch.where(norms > 0, norms, 1.0)).to(device=device, dtype=torch.float32)
+
+
+def bin_index(values: torch.Tensor, bins: int) -> torch.Tensor:
+    """Equal-width bin of each cosine on [-1, 1]; values outside are clipped, 1.0 goes to the last bin."""
+    idx = torch.floor((values.clamp(-1.0, 1.0) + 1.0) * (bins / 2.0)).long()
+    return idx.clamp_(0, bins - 1)
+
+
+def bin_edges(bins: int) -> np.ndarray:
+    return np.linspace(-1.0, 1.0, bins + 1)
+
+
+def iter_tiles(units: torch.Tensor, tile: int) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor | None]]:
+    """Yield (i0, j0, block, mask) over the upper triangle: block[r, c] = cos(i0 + r, j0 + c); mask (or None
+    for all) marks the pairs with i < j, so each unordered pair appears exactly once."""
+    n = units.shape[0]
+    for i0 in range(0, n, tile):
+        a = units[i0 : i0 + tile]
+        for j0 in range(i0, n, tile):
+            block = a @ units[j0 : j0 + tile].T
+            mask = None
+            if j0 == i0:
+                mask = torch.ones(block.shape, dtype=torch.bool, device=block.device).triu_(1)
+            yield i0, j0, block, mask
+
+
+@dataclass
+class CosineHistogram:
+    """Exact integer counts of pair cosines in `bins` equal bins on [-1, 1], plus the exact float64 sum and sum
+    of squares of the (unclipped) cosines. Statistic interface: add / merge / state / load."""
+
+    bins: int
+    counts: np.ndarray | None = None
+    total: float = 0.0
+    total_sq: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.counts is None:
+            self.counts = np.zeros(self.bins, dtype=np.int64)
+
+    @property
+    def n_pairs(self) -> int:
+        return int(self.counts.sum())
+
+    def add(self, values: torch.Tensor) -> None:
+        """Count a flat tensor of cosines."""
+        if values.numel() == 0:
+            return
+        self.counts += torch.bincount(bin_index(values, self.bins), minlength=self.bins).cpu().numpy()
+        self.total += float(torch.sum(values, dtype=torch.float64))
+        self.total_sq += float(torch.sum(values.double() ** 2))
+
+    def merge(self, other: "CosineHistogram") -> "CosineHistogram":
+        if other.bins != self.bins:
+            raise ValueError(f"cannot merge histograms with {self.bins} and {other.bins} bins")
+        self.counts += other.counts
+        self.total += other.total
+        self.total_sq += other.total_sq
+        return self
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.n_pairs
+
+    @property
+    def std(self) -> float:
+        n = self.n_pairs
+        return float(np.sqrt(max(self.total_sq / n - self.mean**2, 0.0)))
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"counts": self.counts.copy(), "sums": np.array([self.total, self.total_sq], dtype=np.float64)}
+
+    @classmethod
+    def load(cls, state: dict[str, np.ndarray]) -> "CosineHistogram":
+        counts = np.asarray(state["counts"], dtype=np.int64).copy()
+        total, total_sq = (float(v) for v in state["sums"])
+        return cls(len(counts), counts, total, total_sq)
+
+
+def cosine_histogram(units: torch.Tensor, bins: int, tile: int) -> CosineHistogram:
+    """Histogram of cos(i, j) over all i < j of the unit rows `units`."""
+    hist = CosineHistogram(bins)
+    for _i0, _j0, block, mask in iter_tiles(units, tile):
+        hist.add(block[mask] if mask is not None else block.reshape(-1))
+    return hist
+
+
+@dataclass(frozen=True)
+class QuantilePair:
+    """The pair (i < j) whose cosine has rank `rank` (0-based, ascending; ties broken by i, then j)."""
+
+    quantile: float
+    rank: int
+    i: int
+    j: int
+    cos: float
+
+
+def quantile_pairs(
+    units: torch.Tensor, hist: CosineHistogram, quantiles: tuple[float, ...], tile: int
+) -> list[QuantilePair]:
+    """The exact pair at each quantile (rank floor(q (n_pairs - 1)) in ascending order of cosine)."""
+    n_pairs = hist.n_pairs
+    if n_pairs == 0:
+        return []
+    bins = hist.bins
+    cum = np.cumsum(hist.counts)
+    ranks = [int(np.floor(q * (n_pairs - 1))) for q in quantiles]
+    # target: (bin, sub-bin or -1) -> list of (quantile index, rank within that cell)
+    targets: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    crowded: dict[int, list[tuple[int, int]]] = {}
+    for qi, r in enumerate(ranks):
+        b = int(np.searchsorted(cum, r, side="right"))
+        within = r - int(cum[b] - hist.counts[b])
+        (crowded.setdefault(b, []) if hist.counts[b] > COLLECT_CAP else targets.setdefault((b, -1), [])).append(
+            (qi, within)
+        )
+
+    def sub_index(values: torch.Tensor, b: int) -> torch.Tensor:
+        left = -1.0 + 2.0 * b / bins
+        return torch.floor((values.clamp(-1.0, 1.0) - left) * (bins * SUB_BINS / 2.0)).long().clamp_(0, SUB_BINS - 1)
+
+    if crowded:  # one extra pass: split crowded bins into sub-bins, then rank inside a sub-bin
+        sub_counts = {b: np.zeros(SUB_BINS, dtype=np.int64) for b in crowded}
+        for _i0, _j0, block, mask in iter_tiles(units, tile):
+            values = block[mask] if mask is not None else block.reshape(-1)
+            idx = bin_index(values, bins)
+            for b in crowded:
+                v = values[idx == b]
+                sub_counts[b] += torch.bincount(sub_index(v, b), minlength=SUB_BINS).cpu().numpy()
+        for b, wanted in crowded.items():
+            sub_cum = np.cumsum(sub_counts[b])
+            for qi, within in wanted:
+                s = int(np.searchsorted(sub_cum, within, side="right"))
+                targets.setdefault((b, s), []).append((qi, within - int(sub_cum[s] - sub_counts[b][s])))
+
+    found: dict[tuple[int, int], list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {t: [] for t in targets}
+    for i0, j0, block, mask in iter_tiles(units, tile):
+        idx = bin_index(block, bins)
+        for b, s in targets:
+            sel = idx == b
+            if mask is not None:
+                sel &= mask
+            if s >= 0:
+                sel &= sub_index(block, b) == s
+            r, c = torch.nonzero(sel, as_tuple=True)
+            if r.numel():
+                found[(b, s)].append(
+                    (block[r, c].cpu().numpy(), (r + i0).cpu().numpy(), (c + j0).cpu().numpy())
+                )
+
+    out: list[QuantilePair | None] = [None] * len(quantiles)
+    for key, wanted in targets.items():
+        vals, ii, jj = (np.concatenate(parts) for parts in zip(*found[key]))
+        order = np.lexsort((jj, ii, vals))
+        for qi, within in wanted:
+            k = order[within]
+            out[qi] = QuantilePair(quantiles[qi], ranks[qi], int(ii[k]), int(jj[k]), float(vals[k]))
+    return out

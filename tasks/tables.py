@@ -1,0 +1,148 @@
+"""Output tables: the Arrow schemas of the run directory's Parquet files, and atomic writes.
+
+Every file is written under a temporary name and renamed into place, so a crashed run never leaves a file that
+a later run or reader would take for complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SUMMARY_SCHEMA = pa.schema(
+    [
+        ("layer", pa.int32()),
+        ("site", pa.string()),
+        ("variant", pa.string()),
+        ("d_model", pa.int32()),
+        ("n_tokens", pa.int64()),
+        ("n_sample", pa.int64()),
+        ("n_pairs", pa.int64()),
+        ("cos_mean", pa.float64()),
+        ("cos_std", pa.float64()),
+        ("d_fit", pa.float64()),
+        ("w1_gaussian", pa.float64()),
+        ("w1_fit", pa.float64()),
+        ("norm_mean", pa.float64()),
+        ("norm_std", pa.float64()),
+    ]
+)
+
+HISTOGRAM_SCHEMA = pa.schema(
+    [
+        ("layer", pa.int32()),
+        ("site", pa.string()),
+        ("variant", pa.string()),
+        ("source", pa.string()),
+        ("bin_left", pa.float64()),
+        ("bin_right", pa.float64()),
+        ("count", pa.int64()),
+        ("probability", pa.float64()),
+        ("density", pa.float64()),
+    ]
+)
+
+_TOKEN_FIELDS = [("doc", pa.int64()), ("window", pa.int64()), ("pos", pa.int64()), ("token_id", pa.int32()), ("text", pa.string())]
+EXEMPLAR_SCHEMA = pa.schema(
+    [
+        ("layer", pa.int32()),
+        ("site", pa.string()),
+        ("variant", pa.string()),
+        ("quantile", pa.float64()),
+        ("rank", pa.int64()),
+        ("cos", pa.float64()),
+        ("a_index", pa.int64()),
+        *[(f"a_{name}", t) for name, t in _TOKEN_FIELDS],
+        ("b_index", pa.int64()),
+        *[(f"b_{name}", t) for name, t in _TOKEN_FIELDS],
+    ]
+)
+
+SAMPLE_SCHEMA = pa.schema(
+    [
+        ("layer", pa.int32()),
+        ("site", pa.string()),
+        ("index", pa.int64()),
+        ("doc", pa.int64()),
+        ("window", pa.int64()),
+        ("pos", pa.int64()),
+        ("token_id", pa.int32()),
+        ("vector", pa.list_(pa.float32())),
+    ]
+)
+
+
+def rows_to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def histogram_rows(
+    layer: int, site: str, variant: str, source: str, edges: np.ndarray, probability: np.ndarray, counts=None
+) -> pa.Table:
+    """One histogram as columns; `counts` only for sources that are counts (data, empirical baseline)."""
+    n = len(probability)
+    width = np.diff(edges)
+    return pa.table(
+        {
+            "layer": pa.array(np.full(n, layer), pa.int32()),
+            "site": pa.array([site] * n, pa.string()),
+            "variant": pa.array([variant] * n, pa.string()),
+            "source": pa.array([source] * n, pa.string()),
+            "bin_left": pa.array(edges[:-1], pa.float64()),
+            "bin_right": pa.array(edges[1:], pa.float64()),
+            "count": pa.array(counts if counts is not None else [None] * n, pa.int64()),
+            "probability": pa.array(probability, pa.float64()),
+            "density": pa.array(probability / width, pa.float64()),
+        },
+        schema=HISTOGRAM_SCHEMA,
+    )
+
+
+def samples_table(layer: int, site: str, keys: dict[str, np.ndarray], vectors: np.ndarray) -> pa.Table:
+    """The sampled states of one site: identity columns and each state vector as a list of float32."""
+    n, d = vectors.shape
+    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * d)
+    vec = pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(vectors, np.float32).reshape(-1)))
+    return pa.table(
+        {
+            "layer": pa.array(np.full(n, layer), pa.int32()),
+            "site": pa.array([site] * n, pa.string()),
+            "index": pa.array(np.arange(n), pa.int64()),
+            "doc": pa.array(keys["doc"], pa.int64()),
+            "window": pa.array(keys["window"], pa.int64()),
+            "pos": pa.array(keys["pos"], pa.int64()),
+            "token_id": pa.array(keys["token_id"], pa.int32()),
+            "vector": vec,
+        },
+        schema=SAMPLE_SCHEMA,
+    )
+
+
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_parquet(table: pa.Table, path: str | Path) -> None:
+    _atomic(Path(path), lambda tmp: pq.write_table(table, tmp))
+
+
+def write_text(text: str, path: str | Path) -> None:
+    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
+def write_json(obj, path: str | Path) -> None:
+    write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", path)

