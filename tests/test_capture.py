@@ -1,0 +1,115 @@
+"""Hooked sites against a manual forward pass, and the capture actor's shard sample against a direct computation."""
+
+import numpy as np
+import pytest
+import torch
+
+from tasks.actor import ShardCapturer
+from tasks.capture import SiteRecorder, forward_and_gather, pad_batch
+from tasks.corpus import Shard
+from tasks.models import ARCHITECTURES, site_table
+from tasks.errors import UserError
+from tasks.sampling import token_hash
+
+SITES = ("resid_post", "attn_out", "mlp_out")
+
+
+def _batch(vocab, lengths, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(5, vocab, size=int(sum(lengths))).astype(np.int32)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    input_ids, mask = pad_batch(ids, offsets, np.arange(len(lengths)), 0)
+    rows, cols = np.nonzero(mask)
+    return input_ids, mask, rows, cols
+
+
+def _record(model, model_type, layers, input_ids, mask, rows, cols):
+    sites = [(layer, s) for layer in layers for s in SITES]
+    rec = SiteRecorder(model, site_table(model_type), sites)
+    with rec.attached():
+        got = forward_and_gather(model, rec, input_ids, mask, rows, cols)
+    return {site: torch.from_numpy(got[i]) for i, site in enumerate(sites)}
+
+
+def test_gpt2_sites_match_manual_forward(tiny_gpt2):
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(tiny_gpt2).eval()
+    input_ids, mask, rows, cols = _batch(2048, [17, 9, 30])
+    got = _record(model, "gpt2", [0, 1], input_ids, mask, rows, cols)
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor(input_ids), attention_mask=torch.tensor(mask), output_hidden_states=True)
+    hs = [h[rows, cols] for h in out.hidden_states]
+    # resid_post of block 0 is hidden_states[1]; the last block's output goes through ln_f first.
+    torch.testing.assert_close(got[(0, "resid_post")], hs[1])
+    torch.testing.assert_close(model.ln_f(got[(1, "resid_post")]), hs[2])
+    # GPT-2 is pre-LN: block output = input + attn_out + mlp_out.
+    for layer in (0, 1):
+        torch.testing.assert_close(
+            got[(layer, "resid_post")], hs[layer] + got[(layer, "attn_out")] + got[(layer, "mlp_out")], rtol=1e-5, atol=1e-5
+        )
+
+
+def test_padding_does_not_change_real_tokens(tiny_gpt2):
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(tiny_gpt2).eval()
+    lengths = [25, 6]
+    input_ids, mask, rows, cols = _batch(2048, lengths, seed=4)
+    batched = _record(model, "gpt2", [1], input_ids, mask, rows, cols)[(1, "resid_post")]
+    alone = _record(model, "gpt2", [1], input_ids[1:2, :6], mask[1:2, :6], np.zeros(6, int), np.arange(6))
+    torch.testing.assert_close(batched[25:], alone[(1, "resid_post")], rtol=1e-4, atol=1e-5)
+
+
+def test_bert_sites_match_manual_forward():
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=64, max_position_embeddings=64)).eval()
+    input_ids, mask, rows, cols = _batch(300, [12, 20])
+    got = _record(model, "bert", [0, 1], input_ids, mask, rows, cols)
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor(input_ids), attention_mask=torch.tensor(mask), output_hidden_states=True)
+    hs = [h[rows, cols] for h in out.hidden_states]
+    for layer in (0, 1):
+        block = model.encoder.layer[layer]
+        torch.testing.assert_close(got[(layer, "resid_post")], hs[layer + 1])
+        # BERT is post-LN: attention sublayer = LN(x + attn_out); block output = LN(that + mlp_out).
+        after_attn = block.attention.output.LayerNorm(hs[layer] + got[(layer, "attn_out")])
+        torch.testing.assert_close(block.output.LayerNorm(after_attn + got[(layer, "mlp_out")]), hs[layer + 1],
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_unsupported_architecture_is_named():
+    with pytest.raises(UserError, match="not supported; supported: " + ", ".join(sorted(ARCHITECTURES))):
+        site_table("llama")
+
+
+def test_actor_sample_is_the_bottom_k_of_all_tokens(tiny_gpt2):
+    from transformers import AutoModel
+
+    rng = np.random.default_rng(2)
+    lengths = np.array([40, 3, 17, 64, 25])
+    ids = rng.integers(5, 2048, size=int(lengths.sum())).astype(np.int32)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    shard = Shard(0, ids, offsets, np.array([0, 1, 2, 2, 3]), np.array([0, 0, 0, 1, 0]))
+    sites = [(0, "resid_post"), (1, "mlp_out")]
+    cap = ShardCapturer(str(tiny_gpt2), "float32", sites)
+    meta, state = cap.process(shard, k=30, threshold=np.uint64(2**64 - 1), seed=5, batch_tokens=64)
+    assert meta["n_tokens"] == lengths.sum() and meta["n_kept"] == 30
+    # brute force: hash every token, take the 30 smallest, run each sequence alone through the model
+    seq = np.repeat(np.arange(5), lengths)
+    pos = np.arange(lengths.sum()) - offsets[seq]
+    h = token_hash(5, shard.doc[seq], shard.window[seq], pos)
+    best = np.argsort(h)[:30]
+    assert np.array_equal(state["hash"], h[best])
+    assert np.array_equal(state["token_id"], ids[best])
+    assert np.array_equal(state["pos"], pos[best])
+    model = AutoModel.from_pretrained(tiny_gpt2).eval()
+    for n, t in enumerate(best):
+        s = seq[t]
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor(ids[offsets[s] : offsets[s + 1]][None].astype(np.int64)),
+                        output_hidden_states=True)
+        np.testing.assert_allclose(state["vectors"][0][n], out.hidden_states[1][0, pos[t]].numpy(), rtol=1e-4, atol=1e-5)

