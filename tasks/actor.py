@@ -35,13 +35,25 @@ class ShardCapturer:
         use_gpu: bool = False,
     ):
         torch.set_grad_enabled(False)
-        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         t0 = time.perf_counter()
         config = load_model_config(model_name, revision)
-        self.model = load_model(model_name, dtype, self.device, revision)
-        self.recorder = SiteRecorder(self.model, site_table(config.model_type), sites)
+        model = load_model(model_name, dtype, device, revision)
+        self._attach(model, config.model_type, sites, time.perf_counter() - t0)
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, model_type: str, sites: Sequence[tuple[int, str]]) -> "ShardCapturer":
+        """Wrap a model already in memory (benchmarks, notebooks) instead of loading one by name."""
+        self = cls.__new__(cls)
+        self._attach(model.eval(), model_type, sites, 0.0)
+        return self
+
+    def _attach(self, model: torch.nn.Module, model_type: str, sites, load_seconds: float) -> None:
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.recorder = SiteRecorder(model, site_table(model_type), sites)
         self.pad_id = 0
-        self.load_seconds = time.perf_counter() - t0
+        self.load_seconds = load_seconds
 
     def ready(self) -> dict:
         """Called once by the driver: where this replica lives and how long it took to load."""

@@ -27,9 +27,12 @@ def unit_rows(x: np.ndarray | torch.Tensor, device: str | torch.device = "cpu") 
 
 
 def bin_index(values: torch.Tensor, bins: int) -> torch.Tensor:
-    """Equal-width bin of each cosine on [-1, 1]; values outside are clipped, 1.0 goes to the last bin."""
-    idx = torch.floor((values.clamp(-1.0, 1.0) + 1.0) * (bins / 2.0)).long()
-    return idx.clamp_(0, bins - 1)
+    """Equal-width bin of each cosine on [-1, 1]: floor((c + 1) * bins / 2) after clipping to [-1, 1], with 1.0
+    in the last bin. (Truncation equals floor here because c + 1 >= 0; int32 and in-place steps keep this pass
+    cheap next to the GEMM that made the values.)"""
+    idx = values.clamp(-1.0, 1.0)
+    idx.add_(1.0).mul_(bins / 2.0)
+    return idx.to(torch.int32).clamp_(max=bins - 1)
 
 
 def bin_edges(bins: int) -> np.ndarray:
@@ -69,12 +72,16 @@ class CosineHistogram:
         return int(self.counts.sum())
 
     def add(self, values: torch.Tensor) -> None:
-        """Count a flat tensor of cosines."""
+        """Count a tensor of cosines (a flat vector, or a 2-D tile whose every entry is a pair)."""
         if values.numel() == 0:
             return
-        self.counts += torch.bincount(bin_index(values, self.bins), minlength=self.bins).cpu().numpy()
-        self.total += float(torch.sum(values, dtype=torch.float64))
-        self.total_sq += float(torch.sum(values.double() ** 2))
+        self.counts += torch.bincount(bin_index(values, self.bins).reshape(-1), minlength=self.bins).cpu().numpy()
+        if values.dim() == 2:  # float32 row sums (<= tile terms each), accumulated across rows in float64
+            self.total += float(values.sum(dim=1).double().sum())
+            self.total_sq += float(torch.linalg.vector_norm(values, dim=1).double().pow(2).sum())
+        else:
+            self.total += float(torch.sum(values, dtype=torch.float64))
+            self.total_sq += float(values.double().pow(2).sum())
 
     def merge(self, other: "CosineHistogram") -> "CosineHistogram":
         if other.bins != self.bins:
@@ -107,7 +114,7 @@ def cosine_histogram(units: torch.Tensor, bins: int, tile: int) -> CosineHistogr
     """Histogram of cos(i, j) over all i < j of the unit rows `units`."""
     hist = CosineHistogram(bins)
     for _i0, _j0, block, mask in iter_tiles(units, tile):
-        hist.add(block[mask] if mask is not None else block.reshape(-1))
+        hist.add(block[mask] if mask is not None else block)
     return hist
 
 

@@ -1,0 +1,179 @@
+"""GPU check and benchmark for the capture actor and the similarity tiles, on one CUDA card.
+
+    python bench/gpu.py [--layers 48] [--width 1600] [--batch-tokens 32768] [--batches 8]
+
+Needs torch, transformers, numpy and scipy (no Ray, no hub: the GPT-2-XL architecture gets random weights).
+Prints, measured in this run:
+  1. correctness: bf16 and fp16 captured states against float32 on the same GPU (relative error per site), and
+     the GPU tile histogram and quantile pairs against the CPU ones on the same sample;
+  2. capture: tokens/s of a bare forward pass and of the actor with every layer and site hooked (the workflow's
+     own `ShardCapturer.process`, sampling at the rate of a 2000-state sample from a 100M-token corpus and at a
+     dense 5 % rate), model FLOPs utilisation (2 x parameters x tokens / time over the card's bf16 peak), and
+     peak GPU memory;
+  3. tiles: pairs/s of the tiled histogram at N = 20,000, d = width, against the card's fp32 GEMM rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tasks.actor import ShardCapturer  # noqa: E402
+from tasks.capture import SiteRecorder, forward_and_gather, pad_batch  # noqa: E402
+from tasks.corpus import Shard  # noqa: E402
+from tasks.models import site_table  # noqa: E402
+from tasks.sampling import candidate_threshold  # noqa: E402
+from tasks.similarity import cosine_histogram, quantile_pairs, unit_rows  # noqa: E402
+
+BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "A10G": 125.0, "L4": 121.0}
+SITES = ("resid_post", "attn_out", "mlp_out")
+
+
+def gpt2(layers: int, width: int, heads: int, dtype: torch.dtype, seed: int = 0):
+    from transformers import GPT2Config, GPT2Model
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(n_layer=layers, n_embd=width, n_head=heads, n_positions=1024, vocab_size=50257)
+    with torch.device("cuda"):
+        model = GPT2Model._from_config(cfg, attn_implementation="sdpa", dtype=torch.float32)
+    return model.to(dtype).eval()
+
+
+def sync_time(fn) -> float:
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def check_precision(layers: int = 4, width: int = 768, heads: int = 12) -> None:
+    ref = gpt2(layers, width, heads, torch.float32)
+    rng = np.random.default_rng(0)
+    lengths = np.array([512, 300, 77])
+    ids = rng.integers(0, 50257, size=int(lengths.sum())).astype(np.int32)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    input_ids, mask = pad_batch(ids, offsets, np.arange(3), 0)
+    rows, cols = np.nonzero(mask)
+    sites = [(layer, s) for layer in range(layers) for s in SITES]
+    outs = {}
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        model = ref if dtype == torch.float32 else gpt2(layers, width, heads, dtype)
+        rec = SiteRecorder(model, site_table("gpt2"), sites)
+        with rec.attached():
+            outs[dtype] = forward_and_gather(model, rec, input_ids, mask, rows, cols).astype(np.float64)
+    print(f"[precision] GPT-2 {layers} layers x {width}: rel. error of captured states vs float32 (same GPU, same weights)")
+    for dtype in (torch.bfloat16, torch.float16):
+        errs = [np.linalg.norm(outs[dtype][i] - outs[torch.float32][i]) / np.linalg.norm(outs[torch.float32][i]) for i in range(len(sites))]
+        finite = bool(np.isfinite(outs[dtype]).all())
+        print(f"  {str(dtype):15s} max {max(errs):.2e} median {np.median(errs):.2e} over {len(sites)} sites; all finite: {finite}")
+
+
+def check_tiles(n: int = 6000, d: int = 1600) -> None:
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((n, d)) + 0.1).astype(np.float32)
+    cpu_u, gpu_u = unit_rows(x, "cpu"), unit_rows(x, "cuda")
+    h_cpu, h_gpu = cosine_histogram(cpu_u, 200, 2048), cosine_histogram(gpu_u, 200, 4096)
+    q = (0.001, 0.5, 0.999)
+    p_cpu, p_gpu = quantile_pairs(cpu_u, h_cpu, q, 2048), quantile_pairs(gpu_u, h_gpu, q, 4096)
+    diff = int(np.abs(h_cpu.counts - h_gpu.counts).sum())
+    print(f"[tiles] GPU vs CPU histogram, N={n}, d={d}: {h_gpu.n_pairs:,} pairs, sum |count diff| = {diff} "
+          f"(edge ties), mean {h_gpu.mean:.6f} vs {h_cpu.mean:.6f}")
+    for a, b in zip(p_cpu, p_gpu):
+        print(f"  q={a.quantile}: CPU pair ({a.i},{a.j}) cos {a.cos:.6f} | GPU pair ({b.i},{b.j}) cos {b.cos:.6f}")
+
+
+def bench_capture(layers: int, width: int, heads: int, batch_tokens: int, n_batches: int) -> None:
+    dev = torch.cuda.get_device_name()
+    peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in dev), None)
+    model = gpt2(layers, width, heads, torch.bfloat16)
+    n_params = sum(p.numel() for p in model.parameters())
+    seq = 1024
+    per_batch = batch_tokens // seq
+    rng = np.random.default_rng(2)
+    n_seq = per_batch * n_batches
+    ids = rng.integers(0, 50257, size=n_seq * seq).astype(np.int32)
+    offsets = np.arange(n_seq + 1, dtype=np.int64) * seq
+    shard = Shard(0, ids, offsets, np.arange(n_seq, dtype=np.int64), np.zeros(n_seq, np.int64))
+    tokens = shard.n_tokens
+    print(f"[capture] {dev}; GPT-2 architecture {layers} layers x {width} ({n_params / 1e9:.2f} B params), bf16, SDPA; "
+          f"{n_batches} batches of {per_batch} x {seq} tokens")
+
+    def bare():
+        with torch.inference_mode():
+            for b in range(n_batches):
+                sl = slice(b * per_batch, (b + 1) * per_batch)
+                x = torch.as_tensor(ids.reshape(n_seq, seq)[sl].astype(np.int64), device="cuda")
+                model(input_ids=x, attention_mask=torch.ones_like(x))  # as the actor calls it
+
+    bare()  # warm-up
+    torch.cuda.reset_peak_memory_stats()
+    t_bare = min(sync_time(bare) for _ in range(2))
+    mem_bare = torch.cuda.max_memory_allocated() / 2**30
+    sites = [(layer, s) for layer in range(layers) for s in SITES]
+    cap = ShardCapturer.from_model(model, "gpt2", sites)
+    results = {}
+    for label, threshold in [("sparse (2000 of 100M tokens)", candidate_threshold(2000, 100_000_000)),
+                             ("dense (5% of tokens)", np.uint64(int(0.05 * 2.0**64)))]:
+        cap.process(shard, 2000, threshold, 0, batch_tokens)  # warm-up
+        torch.cuda.reset_peak_memory_stats()
+        t = min(sync_time(lambda: cap.process(shard, 2000, threshold, 0, batch_tokens)) for _ in range(2))
+        meta, _ = cap.process(shard, 2000, threshold, 0, batch_tokens)
+        results[label] = (t, torch.cuda.max_memory_allocated() / 2**30, meta)
+
+    def line(name, t, mem):
+        mfu = f", MFU {2 * n_params * tokens / t / 1e12 / peak:.1%} of {peak:.0f} TFLOP/s" if peak else ""
+        return f"  {name:42s} {tokens / t:10,.0f} tok/s ({t / t_bare:5.3f} x bare time){mfu}, peak GPU mem {mem:.1f} GiB"
+
+    print(line("bare forward", t_bare, mem_bare))
+    for label, (t, mem, meta) in results.items():
+        print(line(f"capture {len(sites)} sites, {label}", t, mem) + f", {meta['forward_batches']} forwards")
+
+
+def bench_tiles(n: int, d: int) -> None:
+    a = torch.randn(8192, d, device="cuda")
+    b = torch.randn(d, 8192, device="cuda")
+    for _ in range(3):
+        a @ b
+    t = min(sync_time(lambda: a @ b) for _ in range(5))
+    gflops = 2 * 8192 * 8192 * d / t / 1e9
+    bound = gflops * 1e9 / (2 * d)
+    x = np.random.default_rng(3).standard_normal((n, d)).astype(np.float32)
+    units = unit_rows(x, "cuda")
+    cosine_histogram(units, 200, 4096)
+    for tile in (4096, 8192):
+        th = min(sync_time(lambda: cosine_histogram(units, 200, tile)) for _ in range(2))
+        pairs = n * (n - 1) // 2
+        print(f"[tiles] N={n}, d={d}, tile {tile}: {pairs / th / 1e9:.2f} G pairs/s = {pairs / th / bound:.2f} x the fp32 "
+              f"GEMM bound ({gflops / 1e3:.1f} TFLOP/s fp32, tf32 {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'})")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--layers", type=int, default=48)
+    p.add_argument("--width", type=int, default=1600)
+    p.add_argument("--heads", type=int, default=25)
+    p.add_argument("--batch-tokens", type=int, default=32768)
+    p.add_argument("--batches", type=int, default=8)
+    p.add_argument("--n", type=int, default=20000)
+    args = p.parse_args()
+    torch.set_grad_enabled(False)
+    import transformers
+
+    print(f"# gpu.py {time.strftime('%Y-%m-%d')}: torch {torch.__version__}, transformers {transformers.__version__}, "
+          f"{torch.cuda.get_device_name()}")
+    check_precision()
+    check_tiles()
+    bench_capture(args.layers, args.width, args.heads, args.batch_tokens, args.batches)
+    bench_tiles(args.n, args.width)
+
+
+if __name__ == "__main__":
+    main()
