@@ -26,8 +26,8 @@ def _module(model: torch.nn.Module, path: str) -> torch.nn.Module:
 class SiteRecorder:
     """Forward hooks on every (layer, site); each keeps the output rows at the currently selected positions.
 
-    Set `select` to (batch_index, position) tensors before a forward pass; after it, `gathered()` returns an
-    array of shape (sites, n_selected, d) in float32, in the order of `sites`.
+    Set `select` to (batch_index, position) tensors before a forward pass; after it, `gathered()` returns a
+    tensor of shape (sites, n_selected, d), in the order of `sites`.
     """
 
     def __init__(self, model: torch.nn.Module, table: SiteTable, sites: Sequence[tuple[int, str]]):
@@ -54,10 +54,11 @@ class SiteRecorder:
             for h in handles:
                 h.remove()
 
-    def gathered(self) -> np.ndarray:
-        stacked = torch.stack(self._out)  # (sites, n, d), on the model's device
+    def gathered(self) -> torch.Tensor:
+        """The selected states of the last forward pass, (sites, n, d), on the model's device and in its dtype."""
+        stacked = torch.stack(self._out)
         self._out = [None] * len(self.sites)
-        return stacked.float().cpu().numpy()
+        return stacked
 
 
 def pad_batch(ids: np.ndarray, offsets: np.ndarray, seq_index: np.ndarray, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -80,12 +81,12 @@ def forward_and_gather(
     attention_mask: np.ndarray,
     rows: np.ndarray,
     cols: np.ndarray,
-) -> np.ndarray:
-    """One forward pass; returns the states at (rows, cols) for every recorded site, shape (sites, n, d)."""
+) -> torch.Tensor:
+    """One forward pass; returns the states at (rows, cols) for every recorded site, shape (sites, n, d), left
+    on the model's device so that a sample can stay there until its shard is done."""
     device = next(model.parameters()).device
     recorder.select = (torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device))
-    model(
-        input_ids=torch.as_tensor(input_ids, device=device),
-        attention_mask=torch.as_tensor(attention_mask, device=device),
-    )
+    # Without padding, no mask: lets SDPA take its fused causal (flash) path.
+    mask = None if attention_mask.all() else torch.as_tensor(attention_mask, device=device)
+    model(input_ids=torch.as_tensor(input_ids, device=device), attention_mask=mask)
     return recorder.gathered()

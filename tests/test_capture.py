@@ -27,7 +27,7 @@ def _record(model, model_type, layers, input_ids, mask, rows, cols):
     sites = [(layer, s) for layer in layers for s in SITES]
     rec = SiteRecorder(model, site_table(model_type), sites)
     with rec.attached():
-        got = forward_and_gather(model, rec, input_ids, mask, rows, cols)
+        got = forward_and_gather(model, rec, input_ids, mask, rows, cols).numpy()
     return {site: torch.from_numpy(got[i]) for i, site in enumerate(sites)}
 
 
