@@ -79,3 +79,15 @@ def test_cli_user_errors_are_one_line_without_traceback(tmp_path, tiny_gpt2):
         lines = [l for l in res.stderr.splitlines() if l.startswith("gpt-stats: error:")]
         assert len(lines) == 1 and message in lines[0], (args, res.stderr)
         assert "Traceback" not in res.stderr
+
+
+def test_cluster_yaml_has_a_cpu_head_and_gpu_workers_from_zero():
+    spec = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    nodes = spec["available_node_types"]
+    head = nodes[spec["head_node_type"]]
+    assert head["resources"].get("GPU", 0) == 0
+    gpu = [n for name, n in nodes.items() if n["resources"].get("GPU", 0) > 0]
+    assert gpu and all(n["min_workers"] == 0 and n["max_workers"] > 0 for n in gpu)
+    import ray
+
+    assert spec["docker"]["image"].startswith(f"rayproject/ray:{ray.__version__}")
