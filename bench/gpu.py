@@ -125,7 +125,7 @@ def bench_capture(layers: int, width: int, heads: int, batch_tokens: int, n_batc
         cap.process(shard, 2000, threshold, 0, batch_tokens)  # warm-up
         torch.cuda.reset_peak_memory_stats()
         t = min(sync_time(lambda: cap.process(shard, 2000, threshold, 0, batch_tokens)) for _ in range(2))
-        meta, _ = cap.process(shard, 2000, threshold, 0, batch_tokens)
+        meta = cap.process(shard, 2000, threshold, 0, batch_tokens)
         results[label] = (t, torch.cuda.max_memory_allocated() / 2**30, meta)
 
     def line(name, t, mem):

@@ -2,7 +2,8 @@
 
 A plain class, made a Ray actor by the driver (`ray.remote(ShardCapturer).options(num_gpus=...)`), so it is
 also usable, and tested, without Ray. Each shard yields a small metadata dict and the shard's bottom-k sample
-state (arrays), which stays in Ray's object store until a merge task consumes it.
+state (arrays), written with a small record to the run directory, where merge tasks read it and a rerun finds
+it (resume).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import torch
 from tasks.capture import SiteRecorder, forward_and_gather, pad_batch
 from tasks.corpus import Shard, batches
 from tasks.models import load_model, load_model_config, site_table
+from tasks.faults import maybe_fail
 from tasks.sampling import BottomKSample, context_ids, token_hash
+from tasks.storage import RunStore, shard_file
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +36,13 @@ class ShardCapturer:
         *,
         revision: str | None = None,
         use_gpu: bool = False,
+        trust_remote_code: bool = False,
     ):
         torch.set_grad_enabled(False)
         device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         t0 = time.perf_counter()
-        config = load_model_config(model_name, revision)
-        model = load_model(model_name, dtype, device, revision)
+        config = load_model_config(model_name, revision, trust_remote_code)
+        model = load_model(model_name, dtype, device, revision, trust_remote_code)
         self._attach(model, config.model_type, sites, time.perf_counter() - t0)
 
     @classmethod
@@ -59,12 +63,18 @@ class ShardCapturer:
         """Called once by the driver: where this replica lives and how long it took to load."""
         return {"device": str(self.device), "load_seconds": self.load_seconds}
 
-    def process(self, shard: Shard, k: int, threshold: np.uint64, seed: int, batch_tokens: int):
-        """Capture one shard. Returns (meta, sample state); the state is None when no token was a candidate."""
+    def process(self, shard: Shard, k: int, threshold: np.uint64, seed: int, batch_tokens: int,
+                store_root: str | None = None, config_hash: str = "") -> dict:
+        """Capture one shard into its bottom-k sample. With `store_root`, write the sample (`.npz`) and then
+        its record (`.json`) to the run directory and return the record; else return it with the state under
+        `"state"` (tests, benchmarks). States with a NaN or Inf at any site are counted per site and kept out
+        of the sample."""
         t0 = time.perf_counter()
+        maybe_fail(shard.index)
         sample = BottomKSample(k, threshold)
         lengths = shard.lengths()
-        forwards = 0
+        forwards = examined = 0
+        self.recorder.reset_counts(self.device)
         with self.recorder.attached():
             for seq_index in batches(shard, batch_tokens):
                 seq_len = lengths[seq_index]
@@ -80,6 +90,8 @@ class ShardCapturer:
                 input_ids, mask = pad_batch(shard.ids, shard.offsets, seq_index, self.pad_id)
                 vectors = forward_and_gather(self.model, self.recorder, input_ids, mask, rows, cols)
                 forwards += 1
+                examined += int(seq_len.sum())
+                finite = torch.isfinite(vectors).all(dim=2).all(dim=0).cpu().numpy()
                 keys = {
                     "hash": hashes,
                     "doc": shard.doc[seqs],
@@ -88,14 +100,28 @@ class ShardCapturer:
                     "token_id": input_ids[rows, cols].astype(np.int32),
                     "context": context_ids(shard.ids, shard.offsets[seqs], lengths[seqs], cols),
                 }
+                if not finite.all():
+                    keys = {name: v[finite] for name, v in keys.items()}
+                    vectors = vectors[:, torch.as_tensor(finite, device=vectors.device)]
                 sample.add(keys, vectors)
-        seconds = time.perf_counter() - t0
-        meta = {
+        record = {
             "shard": shard.index,
+            "fingerprint": shard.fingerprint(),
+            "config_hash": config_hash,
             "n_tokens": shard.n_tokens,
             "n_sequences": shard.n_sequences,
+            "n_examined": examined,
             "n_kept": len(sample),
+            "nonfinite": self.recorder.nonfinite.cpu().tolist(),
             "forward_batches": forwards,
-            "seconds": seconds,
+            "seconds": round(time.perf_counter() - t0, 4),
         }
-        return meta, (sample.state() if len(sample) else None)
+        state = sample.state() if len(sample) else None
+        if store_root is None:
+            return {**record, "state": state}
+        store = RunStore(store_root)
+        if state is not None:
+            record["sha256"] = store.write_arrays(shard_file(shard.index, "npz"), state)
+        store.write_json(shard_file(shard.index, "json"), record)  # written last: its presence means done
+        return record
+

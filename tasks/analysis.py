@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from tasks.baselines import fit_dimension, law_probabilities, wasserstein1
 from tasks.similarity import cosine_histogram, quantile_pairs, unit_rows
-from tasks.tables import samples_table, write_parquet
+from tasks.storage import RunStore
+from tasks.tables import samples_table
 
 log = logging.getLogger(__name__)
+
+
+def samples_part(layer: int, site: str) -> str:
+    """This site's file inside the `samples.parquet` dataset folder."""
+    return f"samples.parquet/part-L{layer:03d}-{site}.parquet"
 
 
 def analyze_site(
@@ -30,7 +35,8 @@ def analyze_site(
     bins: int,
     tile: int,
     quantiles: tuple[float, ...],
-    samples_path: str | None,
+    store_root: str,
+    save_samples: bool,
 ) -> dict:
     """Histogram, exemplar pairs and fitted dimension for one site's sample (n x d)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -42,8 +48,8 @@ def analyze_site(
     prob = hist.counts / max(hist.n_pairs, 1)
     d_fit = fit_dimension(hist.counts, d_max=64.0 * d)
     norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
-    if samples_path is not None:
-        write_parquet(samples_table(layer, site, keys, vectors), Path(samples_path))
+    if save_samples:
+        RunStore(store_root).write_parquet(samples_part(layer, site), samples_table(layer, site, keys, vectors))
     return {
         "layer": layer,
         "site": site,

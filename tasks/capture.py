@@ -35,15 +35,22 @@ class SiteRecorder:
         self.sites = list(sites)
         self.paths = [table.path(layer, site) for layer, site in self.sites]
         self.select: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.valid: torch.Tensor | None = None  # (B, T) bool: real tokens of the current batch
         self._out: list[torch.Tensor | None] = [None] * len(self.sites)
+        self.nonfinite: torch.Tensor | None = None  # per site: real tokens whose state has a NaN or Inf
 
     def _hook(self, slot: int):
         def hook(_module, _inputs, output):
             hidden = output[0] if isinstance(output, tuple) else output
             b, t = self.select
             self._out[slot] = hidden[b, t]
+            bad = (~torch.isfinite(hidden).all(dim=-1)) & self.valid
+            self.nonfinite[slot] += bad.sum()
 
         return hook
+
+    def reset_counts(self, device: torch.device) -> None:
+        self.nonfinite = torch.zeros(len(self.sites), dtype=torch.int64, device=device)
 
     @contextmanager
     def attached(self) -> Iterator["SiteRecorder"]:
@@ -85,7 +92,10 @@ def forward_and_gather(
     """One forward pass; returns the states at (rows, cols) for every recorded site, shape (sites, n, d), left
     on the model's device so that a sample can stay there until its shard is done."""
     device = next(model.parameters()).device
+    if recorder.nonfinite is None:
+        recorder.reset_counts(device)
     recorder.select = (torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device))
+    recorder.valid = torch.as_tensor(attention_mask, device=device).bool()
     # Without padding, no mask: lets SDPA take its fused causal (flash) path.
     mask = None if attention_mask.all() else torch.as_tensor(attention_mask, device=device)
     model(input_ids=torch.as_tensor(input_ids, device=device), attention_mask=mask)

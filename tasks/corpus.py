@@ -11,6 +11,7 @@ token's identity (doc, window, pos) does not depend on how shards are cut or whi
 from __future__ import annotations
 
 import glob
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,13 @@ class Shard:
 
     def sequence(self, i: int) -> np.ndarray:
         return self.ids[self.offsets[i] : self.offsets[i + 1]]
+
+    def fingerprint(self) -> str:
+        """SHA-256 (16 hex digits) of the shard's contents: a saved result is reused only for the same shard."""
+        h = hashlib.sha256()
+        for a in (self.ids, self.offsets, self.doc, self.window):
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------------------

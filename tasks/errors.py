@@ -7,3 +7,8 @@ that line and exits non-zero without a traceback; every other exception is a bug
 
 class UserError(Exception):
     """A problem with the user's input (config, model, corpus, paths), stated in one actionable line."""
+
+
+class RunError(Exception):
+    """A run that could not finish for a reason outside the user's input (a shard failing every retry, no actor
+    placeable). Also one line; finished shards stay in the run directory for the next attempt."""

@@ -1,6 +1,7 @@
 """Merge: fold shard samples into the run's sample, then split it into one vector array per site.
 
-Stage 3 of the data flow, run as CPU Ray tasks. Because every shard sample is a bottom-k by hash
+Stage 3 of the data flow, run as CPU Ray tasks. The first level reads the shard samples that the capture actors
+wrote to the run directory (checking their checksums); later levels fold merged states. Because every shard sample is a bottom-k by hash
 (`tasks.sampling`), merging is "keep the k smallest", so the driver may reduce shard samples in any grouping (a
 tree of `merge_states` calls of bounded fan-in) and get the same result as a single pass over the corpus.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from tasks.sampling import KEYS, BottomKSample
+from tasks.storage import RunStore, shard_file
 
 
 def merge_states(k: int, *states: dict | None) -> dict | None:
@@ -27,3 +29,24 @@ def split_sites(state: dict) -> tuple:
     keys = {name: np.asarray(state[name]) for name in KEYS}
     vectors = np.asarray(state["vectors"])
     return (keys, *[np.ascontiguousarray(vectors[s]) for s in range(vectors.shape[0])])
+
+
+def merge_shard_files(k: int, store_root: str, shards: list[tuple[int, str]]) -> dict | None:
+    """The bottom-k of shard samples read from the run directory ((index, sha256) pairs), checksums checked."""
+    store = RunStore(store_root)
+    merged = BottomKSample(k)
+    for index, sha in shards:
+        merged.merge(BottomKSample.load(store.read_arrays(shard_file(index, "npz"), sha)))
+    return merged.state() if len(merged) else None
+
+
+def corrupt_shards(store_root: str, shards: list[tuple[int, str]]) -> list[int]:
+    """Indices of the shards whose sample file is missing or does not match its recorded checksum."""
+    store = RunStore(store_root)
+    bad = []
+    for index, sha in shards:
+        try:
+            store.read_arrays(shard_file(index, "npz"), sha)
+        except (OSError, ValueError):
+            bad.append(index)
+    return bad

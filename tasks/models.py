@@ -70,13 +70,13 @@ def resolve_name(name: str) -> str:
     return str(folder)
 
 
-def load_model_config(name: str, revision: str | None = None):
+def load_model_config(name: str, revision: str | None = None, trust_remote_code: bool = False):
     """The model's `transformers` config (small, no weights): enough to validate layers and sites early."""
     from transformers import AutoConfig
 
     path = resolve_name(name)
     try:
-        return AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=False)
+        return AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     except Exception as exc:
         raise UserError(
             f"model {name!r} cannot be found or loaded ({type(exc).__name__}); give a hub name that is cached or "
@@ -84,13 +84,13 @@ def load_model_config(name: str, revision: str | None = None):
         ) from None
 
 
-def load_tokenizer(name: str, revision: str | None = None):
+def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bool = False):
     """The model's tokenizer, with its length warning silenced (long documents are windowed by the corpus)."""
     from transformers import AutoTokenizer
 
     path = resolve_name(name)
     try:
-        tok = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=False)
+        tok = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     except Exception as exc:
         raise UserError(f"tokenizer of model {name!r} cannot be loaded ({type(exc).__name__}); check model.name") from None
     tok.model_max_length = int(1e12)
@@ -104,14 +104,16 @@ def torch_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
-def load_model(name: str, dtype: str, device: torch.device, revision: str | None = None) -> torch.nn.Module:
-    """The base transformer (no task head) in eval mode on `device`, remote code off."""
+def load_model(
+    name: str, dtype: str, device: torch.device, revision: str | None = None, trust_remote_code: bool = False
+) -> torch.nn.Module:
+    """The base transformer (no task head) in eval mode on `device`; remote code only when opted in by name."""
     from transformers import AutoModel
 
     path = resolve_name(name)
     try:
         model = AutoModel.from_pretrained(
-            path, revision=revision, dtype=torch_dtype(dtype, device), trust_remote_code=False
+            path, revision=revision, dtype=torch_dtype(dtype, device), trust_remote_code=trust_remote_code
         )
     except Exception as exc:
         raise UserError(f"model {name!r} cannot be loaded ({type(exc).__name__}: {exc}); check model.name") from None

@@ -6,15 +6,16 @@ and `overview.png`, a grid of all layers (rows) and sites (columns) on the same 
 
 from __future__ import annotations
 
+import io
 import logging
-from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
+
+from tasks.storage import RunStore  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,8 @@ STYLE = {
 }
 
 
-def _histograms(run_dir: Path) -> dict[tuple[int, str, str], dict[str, dict[str, np.ndarray]]]:
-    table = pq.read_table(run_dir / "histograms.parquet").to_pydict()
+def _histograms(store: RunStore) -> dict[tuple[int, str, str], dict[str, dict[str, np.ndarray]]]:
+    table = store.read_parquet("histograms.parquet").to_pydict()
     out: dict = {}
     for i in range(len(table["layer"])):
         key = (table["layer"][i], table["site"][i], table["variant"][i])
@@ -38,8 +39,8 @@ def _histograms(run_dir: Path) -> dict[tuple[int, str, str], dict[str, dict[str,
     return {k: {s: {c: np.asarray(v) for c, v in cols.items()} for s, cols in srcs.items()} for k, srcs in out.items()}
 
 
-def _summary(run_dir: Path) -> dict[tuple[int, str, str], dict]:
-    rows = pq.read_table(run_dir / "summary.parquet").to_pylist()
+def _summary(store: RunStore) -> dict[tuple[int, str, str], dict]:
+    rows = store.read_parquet("summary.parquet").to_pylist()
     return {(r["layer"], r["site"], r["variant"]): r for r in rows}
 
 
@@ -63,7 +64,14 @@ def _draw(ax, sources: dict, legend: bool) -> None:
         ax.legend(fontsize=7, loc="upper left", frameon=False)
 
 
-def plot_site(path: Path, sources: dict, row: dict) -> None:
+def _png(fig, dpi: int) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def plot_site(sources: dict, row: dict) -> bytes:
     fig, ax = plt.subplots(figsize=(8, 3.2))
     _draw(ax, sources, legend=True)
     ax.set_xlabel("cosine similarity between two sampled token states")
@@ -74,11 +82,10 @@ def plot_site(path: Path, sources: dict, row: dict) -> None:
         fontsize=9,
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return _png(fig, 110)
 
 
-def plot_overview(path: Path, hists: dict, summary: dict, variant: str = "raw") -> None:
+def plot_overview(hists: dict, summary: dict, variant: str = "raw") -> bytes:
     layers = sorted({k[0] for k in hists if k[2] == variant})
     order = ("resid_post", "attn_out", "mlp_out")
     sites = [s for s in order if any(k[1] == s for k in hists)]
@@ -100,24 +107,21 @@ def plot_overview(path: Path, hists: dict, summary: dict, variant: str = "raw") 
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, [lab.split(" (peak")[0] for lab in labels], loc="lower center", ncol=4, fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.6 / (1.3 * len(layers) + 0.8), 1, 1))
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    return _png(fig, 90)
 
 
-def draw_plots(run_dir: str | Path) -> list[Path]:
-    """(Re)draw every plot of a run directory from its Parquet files; returns the files written."""
-    run_dir = Path(run_dir)
-    plots = run_dir / "plots"
-    plots.mkdir(exist_ok=True)
-    hists, summary = _histograms(run_dir), _summary(run_dir)
+def draw_plots(run_dir: str | RunStore) -> list[str]:
+    """(Re)draw every plot of a run directory from its Parquet files; returns the files written (relative)."""
+    store = run_dir if isinstance(run_dir, RunStore) else RunStore(str(run_dir))
+    hists, summary = _histograms(store), _summary(store)
+    store.delete("plots")
     written = []
     for key, sources in sorted(hists.items()):
         layer, site, variant = key
-        path = plots / f"L{layer:02d}_{site}_{variant}.png"
-        plot_site(path, sources, summary[key])
-        written.append(path)
-    overview = plots / "overview.png"
-    plot_overview(overview, hists, summary)
-    written.append(overview)
-    log.info("wrote %d plots to %s", len(written), plots)
+        rel = f"plots/L{layer:02d}_{site}_{variant}.png"
+        store.write_bytes(rel, plot_site(sources, summary[key]))
+        written.append(rel)
+    store.write_bytes("plots/overview.png", plot_overview(hists, summary))
+    written.append("plots/overview.png")
+    log.info("wrote %d plots to %s", len(written), store.path("plots"))
     return written

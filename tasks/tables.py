@@ -1,19 +1,12 @@
-"""Output tables: the Arrow schemas of the run directory's Parquet files, and atomic writes.
+"""Output tables: the Arrow schemas of the run directory's Parquet files and the builders that fill them.
 
-Every file is written under a temporary name and renamed into place, so a crashed run never leaves a file that
-a later run or reader would take for complete.
+Writing goes through `tasks.storage.RunStore` (atomic, local or object store).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from pathlib import Path
-
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 SUMMARY_SCHEMA = pa.schema(
     [
@@ -24,6 +17,7 @@ SUMMARY_SCHEMA = pa.schema(
         ("n_tokens", pa.int64()),
         ("n_sample", pa.int64()),
         ("n_pairs", pa.int64()),
+        ("n_nonfinite", pa.int64()),
         ("cos_mean", pa.float64()),
         ("cos_std", pa.float64()),
         ("d_fit", pa.float64()),
@@ -122,27 +116,3 @@ def samples_table(layer: int, site: str, keys: dict[str, np.ndarray], vectors: n
         },
         schema=SAMPLE_SCHEMA,
     )
-
-
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_parquet(table: pa.Table, path: str | Path) -> None:
-    _atomic(Path(path), lambda tmp: pq.write_table(table, tmp))
-
-
-def write_text(text: str, path: str | Path) -> None:
-    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
-
-
-def write_json(obj, path: str | Path) -> None:
-    write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", path)

@@ -96,8 +96,9 @@ def test_actor_sample_is_the_bottom_k_of_all_tokens(tiny_gpt2):
     shard = Shard(0, ids, offsets, np.array([0, 1, 2, 2, 3]), np.array([0, 0, 0, 1, 0]))
     sites = [(0, "resid_post"), (1, "mlp_out")]
     cap = ShardCapturer(str(tiny_gpt2), "float32", sites)
-    meta, state = cap.process(shard, k=30, threshold=np.uint64(2**64 - 1), seed=5, batch_tokens=64)
-    assert meta["n_tokens"] == lengths.sum() and meta["n_kept"] == 30
+    meta = cap.process(shard, k=30, threshold=np.uint64(2**64 - 1), seed=5, batch_tokens=64)
+    state = meta["state"]
+    assert meta["n_tokens"] == lengths.sum() and meta["n_kept"] == 30 and meta["nonfinite"] == [0, 0]
     # brute force: hash every token, take the 30 smallest, run each sequence alone through the model
     seq = np.repeat(np.arange(5), lengths)
     pos = np.arange(lengths.sum()) - offsets[seq]

@@ -9,9 +9,8 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
 
-from tasks.errors import UserError
+from tasks.errors import RunError, UserError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,6 +21,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("config", help="YAML config file, e.g. configs/demo.yaml")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set sample.size=500 (repeatable)")
+    r.add_argument("--fresh", action="store_true",
+                   help="delete the results already in run.out (of this or another config) instead of resuming")
     rep = sub.add_parser("report", help="redraw the plots of a run directory from its Parquet files")
     rep.add_argument("run_dir")
     return p
@@ -29,13 +30,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def _report(run_dir: str) -> None:
     from tasks.plots import draw_plots
+    from tasks.storage import RunStore
 
-    path = Path(run_dir)
-    missing = [f for f in ("summary.parquet", "histograms.parquet") if not (path / f).exists()]
+    store = RunStore(run_dir)
+    missing = [f for f in ("summary.parquet", "histograms.parquet") if not store.exists(f)]
     if missing:
         raise UserError(f"{run_dir!r} is not a finished run directory (no {missing[0]}); give the run.out of a completed run")
-    for p in draw_plots(path):
-        logging.getLogger("gpt_stats").info("wrote %s", p)
+    for p in draw_plots(store):
+        logging.getLogger("gpt_stats").info("wrote %s", store.path(p))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,13 +54,16 @@ def main(argv: list[str] | None = None) -> int:
             from workflows.driver import run
 
             cfg = load_config(args.config, args.overrides)
-            out = run(cfg)
+            out = run(cfg, fresh=args.fresh)
             logging.getLogger("gpt_stats").info("results in %s", out)
         else:
             _report(args.run_dir)
     except UserError as exc:
         print(f"gpt-stats: error: {exc}", file=sys.stderr)
         return 2
+    except RunError as exc:
+        print(f"gpt-stats: run failed: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("gpt-stats: interrupted", file=sys.stderr)
         return 130

