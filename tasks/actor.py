@@ -61,7 +61,10 @@ class ShardCapturer:
 
     def ready(self) -> dict:
         """Called once by the driver: where this replica lives and how long it took to load."""
-        return {"device": str(self.device), "load_seconds": self.load_seconds}
+        import ray
+
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+        return {"device": str(self.device), "node": node, "load_seconds": round(self.load_seconds, 3)}
 
     def process(self, shard: Shard, k: int, threshold: np.uint64, seed: int, batch_tokens: int,
                 store_root: str | None = None, config_hash: str = "") -> dict:

@@ -243,67 +243,69 @@ def capture(cfg: Config, store: RunStore, todo, sites, k: int, threshold: np.uin
         actors[slot] = start()
         starting[actors[slot].ready.remote()] = (slot, generation[slot])
 
-    with tqdm(total=total_tokens, initial=done_tokens, unit="tok", desc="capture", disable=None) as bar:
-        while pending or in_flight:
-            for slot in sorted(live):
-                queued = sum(1 for s, g, _ in in_flight.values() if s == slot and g == generation[slot])
-                while pending and queued < cc.shards_in_flight:
-                    shard = pending.popleft()
-                    ref = actors[slot].process.remote(shard, k, threshold, cfg.run.seed, cfg.capture.batch_tokens,
-                                                      store.root, config_hash)
-                    in_flight[ref] = (slot, generation[slot], shard)
-                    queued += 1
-            done, _ = ray.wait(list(in_flight) + list(starting), num_returns=1, timeout=10.0)
-            if not done:
-                if not live and time.monotonic() - last_progress > cc.actor_wait_s:
-                    raise RunError(
-                        f"no capture actor could be placed for {cc.actor_wait_s:g} s; the cluster lacks the resources "
-                        "asked for (cluster.cpus_per_actor, gpus_per_actor, resources)"
-                    )
-                continue
-            ref = done[0]
-            last_progress = time.monotonic()
-            if ref in starting:
-                slot, gen = starting.pop(ref)
+    try:
+        with tqdm(total=total_tokens, initial=done_tokens, unit="tok", desc="capture", disable=None) as bar:
+            while pending or in_flight:
+                for slot in sorted(live):
+                    queued = sum(1 for s, g, _ in in_flight.values() if s == slot and g == generation[slot])
+                    while pending and queued < cc.shards_in_flight:
+                        shard = pending.popleft()
+                        ref = actors[slot].process.remote(shard, k, threshold, cfg.run.seed, cfg.capture.batch_tokens,
+                                                          store.root, config_hash)
+                        in_flight[ref] = (slot, generation[slot], shard)
+                        queued += 1
+                done, _ = ray.wait(list(in_flight) + list(starting), num_returns=1, timeout=10.0)
+                if not done:
+                    if not live and time.monotonic() - last_progress > cc.actor_wait_s:
+                        raise RunError(
+                            f"no capture actor could be placed for {cc.actor_wait_s:g} s; the cluster lacks the resources "
+                            "asked for (cluster.cpus_per_actor, gpus_per_actor, resources)"
+                        )
+                    continue
+                ref = done[0]
+                last_progress = time.monotonic()
+                if ref in starting:
+                    slot, gen = starting.pop(ref)
+                    try:
+                        info = ray.get(ref)
+                    except Exception as exc:
+                        if (user := _user_error(exc)) is not None:
+                            raise user from None
+                        failures[f"actor {slot}"] += 1
+                        if failures[f"actor {slot}"] > cc.max_retries:
+                            raise RunError(f"capture actor {slot} failed to start {failures[f'actor {slot}']} times; "
+                                           f"last error: {_first_line(exc)}") from None
+                        log.warning("actor %d failed to start (%s); starting another", slot, _first_line(exc))
+                        if gen == generation[slot]:
+                            replace(slot)
+                        continue
+                    if gen == generation[slot]:
+                        live.add(slot)
+                        infos.append(info)
+                    continue
+                slot, gen, shard = in_flight.pop(ref)
                 try:
-                    info = ray.get(ref)
+                    rec = ray.get(ref)
                 except Exception as exc:
                     if (user := _user_error(exc)) is not None:
                         raise user from None
-                    failures[f"actor {slot}"] += 1
-                    if failures[f"actor {slot}"] > cc.max_retries:
-                        raise RunError(f"capture actor {slot} failed to start {failures[f'actor {slot}']} times; "
-                                       f"last error: {_first_line(exc)}") from None
-                    log.warning("actor %d failed to start (%s); starting another", slot, _first_line(exc))
-                    if gen == generation[slot]:
+                    failures[shard.index] += 1
+                    if failures[shard.index] > cc.max_retries:
+                        raise RunError(
+                            f"shard {shard.index} failed {failures[shard.index]} times; last error: {_first_line(exc)}; "
+                            "finished shards are kept: rerun the same command to resume"
+                        ) from None
+                    log.warning("shard %d failed on actor %d (%s); retrying (%d of %d)", shard.index, slot,
+                                _first_line(exc), failures[shard.index], cc.max_retries)
+                    pending.appendleft(shard)
+                    if isinstance(exc, ray.exceptions.RayActorError) and gen == generation[slot]:
                         replace(slot)
                     continue
-                if gen == generation[slot]:
-                    live.add(slot)
-                    infos.append(info)
-                continue
-            slot, gen, shard = in_flight.pop(ref)
-            try:
-                rec = ray.get(ref)
-            except Exception as exc:
-                if (user := _user_error(exc)) is not None:
-                    raise user from None
-                failures[shard.index] += 1
-                if failures[shard.index] > cc.max_retries:
-                    raise RunError(
-                        f"shard {shard.index} failed {failures[shard.index]} times; last error: {_first_line(exc)}; "
-                        "finished shards are kept: rerun the same command to resume"
-                    ) from None
-                log.warning("shard %d failed on actor %d (%s); retrying (%d of %d)", shard.index, slot,
-                            _first_line(exc), failures[shard.index], cc.max_retries)
-                pending.appendleft(shard)
-                if isinstance(exc, ray.exceptions.RayActorError) and gen == generation[slot]:
-                    replace(slot)
-                continue
-            records.append(rec)
-            bar.update(rec["n_tokens"])
-    for actor in actors.values():
-        ray.kill(actor, no_restart=True)  # free their CPUs/GPUs for the merge and similarity tasks
+                records.append(rec)
+                bar.update(rec["n_tokens"])
+    finally:
+        for actor in actors.values():
+            ray.kill(actor, no_restart=True)  # free CPUs/GPUs for merge and similarity; stop work on failure
     retries = sum(v for key, v in failures.items() if isinstance(key, int))
     return records, infos, retries
 
