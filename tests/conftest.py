@@ -14,8 +14,17 @@ ROOT = Path(__file__).resolve().parent.parent
 WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext-2" / "valid.txt"
 TOKENIZER = ROOT / "tests" / "fixtures" / "bpe-tokenizer"
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Test-only credentials for the local S3-compatible server (moto) that tests/test_s3.py starts on loopback;
+# set before the session's Ray cluster starts so that its workers have them too.
+TEST_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+for _key, _value in TEST_ENV.items():
+    os.environ.setdefault(_key, _value)
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +66,7 @@ def ray_cluster():
         include_dashboard=False,
         object_store_memory=400 * 1024 * 1024,
         _temp_dir=temp,
-        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}},
+        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), **TEST_ENV}},
         logging_level="WARNING",
         log_to_driver=False,
     )

@@ -1,0 +1,67 @@
+"""`run.out` on an object store: the tiny workflow against a local S3-compatible server (moto, on loopback),
+including resume, compared with the same run on a local disk."""
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+
+from tasks.storage import RunStore
+from tests.test_workflow import tiny_config
+from workflows.cli import main as cli_main
+from workflows.driver import run
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = Path(sys.executable).parent / "moto_server"
+    proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    endpoint = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "moto server did not start"
+                time.sleep(0.3)
+        fs, _ = pafs.FileSystem.from_uri(f"s3://bucket?endpoint_override={endpoint}&scheme=http&region=us-east-1"
+                                         "&allow_bucket_creation=true")
+        fs.create_dir("bucket")
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_run_resume_and_report_on_s3(s3_endpoint, ray_cluster, tiny_gpt2, wikitext, tmp_path):
+    uri = f"s3://bucket/tiny?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1"
+    local = run(tiny_config(tiny_gpt2, wikitext, tmp_path / "local"))
+    assert run(tiny_config(tiny_gpt2, wikitext, uri)) == uri
+    store = RunStore(uri)
+    m = store.read_json("manifest.json")
+    assert m["status"] == "complete" and m["shards"]["reused"] == 0
+    for name in ("summary.parquet", "histograms.parquet", "exemplars.parquet"):
+        assert store.read_parquet(name).equals(RunStore(str(local)).read_parquet(name)), name
+    assert store.read_parquet("samples.parquet").sort_by([("layer", "ascending"), ("site", "ascending"),
+                                                          ("index", "ascending")]).num_rows == 6 * 300
+    assert "overview.png" in store.list("plots")
+    # resume on the object store: drop one shard's record, rerun
+    records = [n for n in store.list("shards") if n.endswith(".json")]
+    store.delete(f"shards/{records[1]}")
+    run(tiny_config(tiny_gpt2, wikitext, uri))
+    m = store.read_json("manifest.json")
+    assert (m["shards"]["reused"], m["shards"]["computed"]) == (len(records) - 1, 1)
+    assert store.read_parquet("histograms.parquet").equals(RunStore(str(local)).read_parquet("histograms.parquet"))
+    # report from the object store alone
+    store.delete("plots")
+    assert cli_main(["report", uri]) == 0 and "overview.png" in store.list("plots")
