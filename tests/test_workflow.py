@@ -79,24 +79,30 @@ def test_histogram_counts_equal_brute_force_over_saved_sample(tiny_run):
         assert row.cos_std == pytest.approx(cos.std(), abs=1e-6)
 
 
-def test_sample_is_the_bottom_k_of_corpus_token_hashes(tiny_run, tiny_gpt2, wikitext):
+def expected_sample(model: Path, text: Path, max_docs: int, k: int, seed: int):
+    """(doc, pos, token_id) of the k tokens with the smallest hashes in the whole corpus, by brute force."""
     from transformers import AutoTokenizer
 
     from tasks.corpus import load_texts, make_sequences, tokenize
 
-    tok = AutoTokenizer.from_pretrained(tiny_gpt2)
-    docs = tokenize(load_texts("files", files=[str(wikitext)]), tok, max_docs=300)
+    tok = AutoTokenizer.from_pretrained(model)
+    docs = tokenize(load_texts("files", files=[str(text)]), tok, max_docs=max_docs)
     seqs = list(make_sequences(docs, tok, 128, "window"))
     doc = np.concatenate([np.full(len(s), d) for d, _, s in seqs])
     win = np.concatenate([np.full(len(s), w) for _, w, s in seqs])
     pos = np.concatenate([np.arange(len(s)) for _, _, s in seqs])
     ids = np.concatenate([s for _, _, s in seqs])
-    best = np.argsort(token_hash(1, doc, win, pos))[:300]
+    best = np.argsort(token_hash(seed, doc, win, pos))[:k]
+    return doc[best], pos[best], ids[best]
+
+
+def test_sample_is_the_bottom_k_of_corpus_token_hashes(tiny_run, tiny_gpt2, wikitext):
+    doc, pos, token = expected_sample(tiny_gpt2, wikitext, max_docs=300, k=300, seed=1)
     samples = _samples(tiny_run)
     one = samples[(samples.layer == 0) & (samples.site == "resid_post")].sort_values("index")
-    assert np.array_equal(one.doc.to_numpy(), doc[best])
-    assert np.array_equal(one.pos.to_numpy(), pos[best])
-    assert np.array_equal(one.token_id.to_numpy(), ids[best])
+    assert np.array_equal(one.doc.to_numpy(), doc)
+    assert np.array_equal(one.pos.to_numpy(), pos)
+    assert np.array_equal(one.token_id.to_numpy(), token)
 
 
 def test_exemplars_are_the_pairs_at_their_quantiles(tiny_run):
