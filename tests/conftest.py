@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -72,4 +73,6 @@ def ray_cluster():
     )
     yield ray
     ray.shutdown()
+    # Anything of this cluster still running (e.g. after a crashed test) is named by its temp dir: stop it.
+    subprocess.run(["pkill", "-f", temp], check=False)
     shutil.rmtree(temp, ignore_errors=True)

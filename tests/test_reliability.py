@@ -139,3 +139,42 @@ def test_nonfinite_states_are_counted_and_kept_out(ray_cluster, tiny_gpt2, wikit
     samples = pq.read_table(out / "samples.parquet").to_pandas()
     assert np.isfinite(np.stack(samples.vector)).all()
     assert (samples.token_id != poison).all()
+
+
+def test_killed_driver_resumes(reference, tiny_gpt2, wikitext, tmp_path):
+    """SIGKILL a driver connected to the running cluster mid-capture (Ray then ends its job and actors); the
+    same command resumes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    out = tmp_path / "run"
+    cfg = tiny_config(tiny_gpt2, wikitext, out)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    root = Path(__file__).resolve().parent.parent
+    import ray
+
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    driver = subprocess.Popen([sys.executable, "-m", "workflows.run", str(path), "--set", "cluster.actors=1"],
+                              cwd=root, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list((out / "shards").glob("*.json"))) < 2:
+            assert driver.poll() is None, f"driver ended before it could be killed: {driver.stderr.read()[-2000:]}"
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    assert manifest(out)["status"] == "running"  # what a script sees after a crash: not complete
+    time.sleep(1.0)
+    saved = len(list((out / "shards").glob("*.json")))
+    run(cfg)
+    m = manifest(out)
+    assert m["status"] == "complete" and m["shards"]["reused"] == saved >= 2
+    assert_same_results(reference, out)

@@ -165,15 +165,17 @@ def connect_ray(cfg: Config) -> bool:
 
     if ray.is_initialized():
         return False
+    # Workers import `tasks` and `workflows` from the project root, installed or not. A job submitted with
+    # `ray job submit --working-dir` brings its own runtime environment (the uploaded project) instead.
+    path = os.pathsep.join(p for p in (PROJECT_ROOT, os.environ.get("PYTHONPATH", "")) if p)
+    runtime_env = None if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ else {"env_vars": {"PYTHONPATH": path}}
     address = os.environ.get("RAY_ADDRESS") or cfg.cluster.address
     if address:
         log.info("connecting to Ray cluster at %s", address)
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         return False
     log.info("starting a local Ray cluster")
-    # Workers import `tasks` and `workflows` from the project root, installed or not.
-    path = os.pathsep.join(p for p in (PROJECT_ROOT, os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    ray.init(include_dashboard=False, runtime_env=runtime_env)
     return True
 
 
