@@ -19,10 +19,13 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_actors_on_workers_and_a_node_removed_mid_run(tiny_gpt2, wikitext, tmp_path):
     temp = tempfile.mkdtemp(prefix="gs-mn-", dir="/tmp")
     out = tmp_path / "run"
+    faults = tmp_path / "faults"  # every shard takes a second longer, so both actors have work in flight
+    faults.mkdir()
     try:
         res = subprocess.run([sys.executable, str(ROOT / "tests" / "multinode_run.py"), str(tiny_gpt2), str(wikitext),
                               str(out), temp], capture_output=True, text=True, timeout=600,
-                             env={**os.environ, "RAY_TMPDIR": temp})
+                             env={**os.environ, "RAY_TMPDIR": temp, "GPT_STATS_FAULTS": "delay@*x1",
+                                  "GPT_STATS_FAULT_DIR": str(faults)})
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     assert res.returncode == 0, res.stderr[-4000:]
