@@ -1,0 +1,91 @@
+"""Streaming statistics: any grouping and order of merges equals one float64 pass over all the data."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from tasks.moments import Covariance, Moments, NormHistogram, UnitSums
+
+
+def data(seed=0, n=3000, d=7):
+    """Batches with very different means and scales: where a wrong cross term in a merge shows."""
+    rng = np.random.default_rng(seed)
+    parts = [rng.standard_t(df=5, size=(int(rng.integers(1, 400)), d)) * rng.uniform(0.1, 5) + rng.normal(0, 50, d)
+             for _ in range(20)]
+    return np.concatenate(parts), parts
+
+
+def grouped(cls, parts, rng):
+    """Add parts to random groups, then merge the groups in random order (through state/load)."""
+    order = rng.permutation(len(parts))
+    cuts = np.sort(rng.choice(np.arange(1, len(parts)), size=4, replace=False))
+    states = []
+    for group in np.split(order, cuts):
+        s = cls()
+        for i in group:
+            s.add(torch.from_numpy(parts[i]))
+        states.append(s.state())
+    rng.shuffle(states)
+    merged = cls.load(states[0])
+    for st in states[1:]:
+        merged.merge(cls.load(st))
+    return merged
+
+
+def test_moments_match_single_pass_and_scipy():
+    x, parts = data()
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        m = grouped(Moments, parts, rng)
+        assert m.n == len(x)
+        np.testing.assert_allclose(m.mean, x.mean(0), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(m.variance, x.var(0), rtol=1e-10)
+        np.testing.assert_allclose(m.skewness, stats.skew(x, axis=0), rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(m.excess_kurtosis, stats.kurtosis(x, axis=0), rtol=1e-8, atol=1e-10)
+    single = Moments()
+    single.add(torch.from_numpy(x))
+    for key in ("m2", "m3", "m4"):
+        np.testing.assert_allclose(getattr(m, key), getattr(single, key), rtol=1e-9, atol=1e-6)
+
+
+def test_covariance_matches_numpy():
+    x, parts = data(seed=2)
+    c = grouped(Covariance, parts, np.random.default_rng(3))
+    np.testing.assert_allclose(c.covariance, np.cov(x, rowvar=False), rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(c.mean, x.mean(0), rtol=1e-12)
+
+
+def test_unit_sums_and_norms():
+    x, parts = data(seed=4)
+    u = grouped(UnitSums, parts, np.random.default_rng(5))
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    np.testing.assert_allclose(u.sum, unit.sum(0), rtol=1e-10)
+    np.testing.assert_allclose(u.second, unit.T @ unit, rtol=1e-10)
+    h = grouped(NormHistogram, parts, np.random.default_rng(6))
+    norms = np.linalg.norm(x, axis=1)
+    expected, _ = np.histogram(np.clip(norms, NormHistogram.LO, NormHistogram.HI), bins=NormHistogram.edges())
+    assert np.abs(h.counts - expected).sum() <= 2  # float ties at log-spaced edges only
+    assert h.counts.sum() == len(x)
+    np.testing.assert_allclose(h.moments.mean, [norms.mean()], rtol=1e-12)
+
+
+def test_float32_gpu_style_batches_still_merge_exactly():
+    """Inputs may arrive as float32 (or bf16) tensors; accumulation is float64 either way."""
+    x, parts = data(seed=8)
+    m = Moments()
+    for p in parts:
+        m.add(torch.from_numpy(p.astype(np.float32)))
+    x32 = np.concatenate(parts).astype(np.float32).astype(np.float64)
+    np.testing.assert_allclose(m.variance, x32.var(0), rtol=1e-10)
+
+
+def test_empty_state_round_trips():
+    x, _ = data(seed=9)
+    for cls in (Moments, Covariance, UnitSums, NormHistogram):
+        empty = cls.load(cls().state())
+        full = cls()
+        full.add(torch.from_numpy(x))
+        merged = cls.load(empty.state()).merge(full)  # empty + data == data
+        for key, value in full.state().items():
+            np.testing.assert_array_equal(merged.state()[key], value)
