@@ -38,14 +38,20 @@ class SiteRecorder:
         self.valid: torch.Tensor | None = None  # (B, T) bool: real tokens of the current batch
         self._out: list[torch.Tensor | None] = [None] * len(self.sites)
         self.nonfinite: torch.Tensor | None = None  # per site: real tokens whose state has a NaN or Inf
+        self.stats: list | None = None  # per site: a SiteStatistics fed every real, finite token
+        self.second_order = None  # finite mask of the real tokens -> rows for the d x d statistics
 
     def _hook(self, slot: int):
         def hook(_module, _inputs, output):
             hidden = output[0] if isinstance(output, tuple) else output
             b, t = self.select
             self._out[slot] = hidden[b, t]
-            bad = (~torch.isfinite(hidden).all(dim=-1)) & self.valid
-            self.nonfinite[slot] += bad.sum()
+            finite = torch.isfinite(hidden).all(dim=-1)
+            self.nonfinite[slot] += ((~finite) & self.valid).sum()
+            if self.stats is not None:
+                rows = hidden[self.valid & finite]  # every real token with a finite state, in (b, t) order
+                second = self.second_order(finite[self.valid]) if self.second_order is not None else None
+                self.stats[slot].add(rows, second)
 
         return hook
 

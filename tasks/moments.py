@@ -27,6 +27,11 @@ def _batch(x: torch.Tensor | np.ndarray) -> torch.Tensor:
     return torch.as_tensor(x) if isinstance(x, np.ndarray) else x
 
 
+def _product_dtype(x: torch.Tensor) -> torch.dtype:
+    """d x d products: float64 for float64 input (exact tests), float32 for model activations (speed)."""
+    return F64 if x.dtype == F64 else torch.float32
+
+
 class Moments:
     """Per-coordinate count, mean, M2, M3, M4 (sums of 2nd-4th powers of deviations from the mean)."""
 
@@ -112,14 +117,14 @@ class Covariance:
         x = _batch(x)
         if x.shape[0] == 0:
             return
-        # Centre on the batch mean before the product (no E[xx] - E[x]E[x] cancellation); float64 throughout.
-        xd = x.to(F64)
-        mean = xd.mean(0)
-        dev = xd - mean
+        # Centre on the batch mean (float64) before the product, so there is no E[xx] - E[x]E[x] cancellation;
+        # the product runs in float64 for float64 input, else in float32 (then accumulated in float64).
+        mean = x.to(F64).mean(0)
+        dev = (x.to(F64) - mean).to(_product_dtype(x))
         other = Covariance()
         other.n = x.shape[0]
         other.mean = mean.cpu().numpy()
-        other.comoment = (dev.T @ dev).cpu().numpy()
+        other.comoment = (dev.T @ dev).to(F64).cpu().numpy()
         self.merge(other)
 
     def merge(self, other: "Covariance") -> "Covariance":
@@ -170,8 +175,9 @@ class UnitSums:
         xd = x.to(F64)
         norms = xd.norm(dim=1, keepdim=True)
         u = xd / torch.where(norms > 0, norms, 1.0)
+        up = u.to(_product_dtype(x))
         other = UnitSums()
-        other.n, other.sum, other.second = x.shape[0], u.sum(0).cpu().numpy(), (u.T @ u).cpu().numpy()
+        other.n, other.sum, other.second = x.shape[0], u.sum(0).cpu().numpy(), (up.T @ up).to(F64).cpu().numpy()
         self.merge(other)
 
     def merge(self, other: "UnitSums") -> "UnitSums":
@@ -238,3 +244,49 @@ class NormHistogram:
         h.counts = np.asarray(state["counts"], np.int64).copy()
         h.moments = Moments.load({k[2:]: v for k, v in state.items() if k.startswith("m_")})
         return h
+
+
+class SiteStatistics:
+    """All streaming statistics of one (layer, site): moments and norms over every token; the two d x d
+    statistics (covariance, unit sums) over the tokens chosen for second-order statistics (all, or a fraction
+    where cost demands it)."""
+
+    PARTS = {"moments": Moments, "norms": NormHistogram, "covariance": Covariance, "units": UnitSums}
+
+    def __init__(self) -> None:
+        self.moments, self.norms, self.covariance, self.units = Moments(), NormHistogram(), Covariance(), UnitSums()
+
+    def add(self, x, second_order_rows=None) -> None:
+        """Add a batch (n, d); `second_order_rows` (indices or None for all) feed the d x d statistics."""
+        x = _batch(x)
+        self.moments.add(x)
+        self.norms.add(x)
+        y = x if second_order_rows is None else x[second_order_rows]
+        self.covariance.add(y)
+        self.units.add(y)
+
+    def merge(self, other: "SiteStatistics") -> "SiteStatistics":
+        for name in self.PARTS:
+            getattr(self, name).merge(getattr(other, name))
+        return self
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {f"{name}.{k}": v for name in self.PARTS for k, v in getattr(self, name).state().items()}
+
+    @classmethod
+    def load(cls, state: dict) -> "SiteStatistics":
+        s = cls()
+        for name, part in cls.PARTS.items():
+            prefix = f"{name}."
+            setattr(s, name, part.load({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}))
+        return s
+
+
+def stack_states(per_site: list[SiteStatistics]) -> dict[str, np.ndarray]:
+    """The states of several sites in one flat dict (`s{index}.{key}`), ready for one `.npz`."""
+    return {f"s{i}.{k}": v for i, s in enumerate(per_site) for k, v in s.state().items()}
+
+
+def unstack_states(arrays: dict[str, np.ndarray], n_sites: int) -> list[SiteStatistics]:
+    return [SiteStatistics.load({k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(f"s{i}.")})
+            for i in range(n_sites)]
