@@ -378,5 +378,10 @@ def _run(cfg, out, manifest, model_config, layers, timer, t_start) -> Path:
         timings=timer.seconds,
     )
     write_json(manifest, out / "manifest.json")
+    # -- model sanity check, final manifest and report.html (issue 5; all in workflows/finish.py) --
+    from workflows.finish import finish_run
+
+    finish_run(cfg, out, manifest, model_config.model_type, timer.seconds, t_start)
+    # -- end issue 5 --
     log.info("run complete: %s (%.1f s)", out, timer.seconds["total"])
     return out
