@@ -16,6 +16,7 @@ import hashlib
 import html
 import json
 import logging
+import math
 import re
 from pathlib import Path
 
@@ -28,10 +29,21 @@ SCRIPTS = {"report": ("common.js", "report.js"), "compare": ("common.js", "compa
 _PLACEHOLDER = re.compile(r"\{\{([A-Z]+)\}\}")
 
 
+def json_safe(value):
+    """`value` with every non-finite float (which JSON cannot hold) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def embed_json(data) -> str:
     """JSON for a `<script type="application/json">` element: no `<`, `>` or `&` survives, so no text inside
     can close the element or open a comment; JSON.parse reads the escapes back as the original characters."""
-    text = json.dumps(data, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+    text = json.dumps(json_safe(data), ensure_ascii=True, allow_nan=False, separators=(",", ":"))
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 

@@ -52,6 +52,7 @@ def test_embedded_json_cannot_close_the_script_element():
     blob = embed_json({"t": text})
     assert "<" not in blob and ">" not in blob and "&" not in blob
     assert json.loads(blob) == {"t": text}
+    assert json.loads(embed_json({"x": [1.0, float("nan"), float("inf")]})) == {"x": [1.0, None, None]}
     page = render("report", "<title>", {"t": "{{SCRIPT}} {{DATA}}"})
     assert page.count("{{SCRIPT}}") == 1 and "<title>&lt;title&gt;</title>" in page
 

@@ -53,7 +53,7 @@ function fmtInt(v) {
 function fmtSig(v) {
   if (v === 0) return "0";
   const a = Math.abs(v);
-  if (a >= 1e5 || a < 1e-3) return v.toExponential(1);
+  if (a >= 1e5 || a < 1e-3) return v.toExponential(1).replace(".0e", "e");
   if (a >= 100) return String(Math.round(v));
   return String(Number(v.toPrecision(3)));
 }

@@ -85,7 +85,7 @@ function buildSanity(sec) {
       h("span", { class: "token", title: `token id ${r.token_id}` }, td, r.token);
       const pc = h("td", { class: "text" }, tr);
       h("span", { class: "bar", style: null }, pc).style.width = Math.max(1, Math.round(r.probability * 120)) + "px";
-      h("span", {}, pc, " " + r.probability.toFixed(3));
+      h("span", {}, pc, " " + (r.probability < 0.01 ? r.probability.toPrecision(2) : r.probability.toFixed(3)));
     }
   });
 }
