@@ -44,7 +44,9 @@ def _summary(store: RunStore) -> dict[tuple[int, str, str], dict]:
     return {(r["layer"], r["site"], r["variant"]): r for r in rows}
 
 
-def _draw(ax, sources: dict, legend: bool) -> None:
+def _draw(ax, sources: dict, legend: bool, labels: dict[str, str] | None = None) -> None:
+    """Data histogram (filled steps) and the baselines on one axis; curves far above the data are clipped, and
+    the legend (with `labels` overriding the default ones) says where they peak."""
     data = sources["data"]
     centers = (data["left"] + data["right"]) / 2
     ax.fill_between(centers, data["density"], step="mid", alpha=0.35, color=STYLE["data"]["color"])
@@ -54,6 +56,7 @@ def _draw(ax, sources: dict, legend: bool) -> None:
         if name not in sources:
             continue
         style = dict(STYLE[name])
+        style["label"] = (labels or {}).get(name, style["label"])
         peak = sources[name]["density"].max()
         if peak > 1.15 * top:
             style["label"] += f" (peak {peak:.3g}, off scale)"
@@ -61,7 +64,7 @@ def _draw(ax, sources: dict, legend: bool) -> None:
     ax.set_xlim(-1, 1)
     ax.set_ylim(0, 1.15 * top if top > 0 else 1)
     if legend:
-        ax.legend(fontsize=7, loc="upper left", frameon=False)
+        ax.legend(fontsize=7, loc="upper left", frameon=True, framealpha=0.9, facecolor="white", edgecolor="none")
 
 
 def _png(fig, dpi: int) -> bytes:
@@ -73,12 +76,16 @@ def _png(fig, dpi: int) -> bytes:
 
 def plot_site(sources: dict, row: dict) -> bytes:
     fig, ax = plt.subplots(figsize=(8, 3.2))
-    _draw(ax, sources, legend=True)
+    labels = {
+        "gaussian_exact": f"isotropic Gaussian, d = d_model = {row['d_model']}",
+        "gaussian_fit": f"isotropic Gaussian, fitted d = {row['d_fit']:.3g}",
+    }
+    _draw(ax, sources, legend=True, labels=labels)
     ax.set_xlabel("cosine similarity between two sampled token states")
-    ax.set_ylabel("density")
+    ax.set_ylabel("density (per unit cosine)")
     ax.set_title(
         f"layer {row['layer']} {row['site']} ({row['variant']}): {row['n_sample']:,} states, {row['n_pairs']:,} pairs; "
-        f"mean cos {row['cos_mean']:.3f}, d_model {row['d_model']}, fitted d {row['d_fit']:.1f}",
+        f"mean cos {row['cos_mean']:.3f}, d_model {row['d_model']}, fitted d {row['d_fit']:.3g}",
         fontsize=9,
     )
     fig.tight_layout()
@@ -99,13 +106,16 @@ def plot_overview(hists: dict, summary: dict, variant: str = "raw") -> bytes:
                 continue
             _draw(ax, hists[key], legend=False)
             ax.set_yticks([])
-            ax.text(0.02, 0.9, f"L{layer} {site}  d_fit {summary[key]['d_fit']:.0f}", transform=ax.transAxes, fontsize=7, va="top")
+            ax.set_xticks([-1, -0.5, 0, 0.5, 1], ["−1", "−0.5", "0", "0.5", "1"], fontsize=7)
+            ax.text(0.02, 0.9, f"L{layer} {site}  d_fit {summary[key]['d_fit']:.3g}", transform=ax.transAxes, fontsize=7,
+                    va="top", bbox=dict(facecolor="white", edgecolor="none", alpha=0.75, pad=1))
             if r == 0:
                 ax.set_title(site, fontsize=9)
     for ax in axes[-1]:
         ax.set_xlabel("cosine similarity", fontsize=8)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, [lab.split(" (peak")[0] for lab in labels], loc="lower center", ncol=4, fontsize=7, frameon=False)
+    fig.supylabel("density (each panel on its own scale; curves clipped at 1.15 x the data's peak)", fontsize=7)
     fig.tight_layout(rect=(0, 0.6 / (1.3 * len(layers) + 0.8), 1, 1))
     return _png(fig, 90)
 

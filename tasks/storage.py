@@ -49,6 +49,11 @@ class RunStore:
     def __reduce__(self):  # ship by root: each process builds its own filesystem client
         return (RunStore, (self.root,))
 
+    @property
+    def name(self) -> str:
+        """The run directory's own name (its last path component)."""
+        return posixpath.basename(self.base.rstrip("/"))
+
     def path(self, rel: str) -> str:
         return posixpath.join(self.base, rel) if rel else self.base
 

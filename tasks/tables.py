@@ -71,6 +71,17 @@ SAMPLE_SCHEMA = pa.schema(
     ]
 )
 
+# The model sanity check (tasks/sanity.py): the top-k next tokens after each configured prompt, rank from 1.
+SANITY_SCHEMA = pa.schema(
+    [
+        ("prompt", pa.string()),
+        ("rank", pa.int32()),
+        ("token", pa.string()),
+        ("token_id", pa.int32()),
+        ("probability", pa.float64()),
+    ]
+)
+
 
 def rows_to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)

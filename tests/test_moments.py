@@ -1,7 +1,6 @@
 """Streaming statistics: any grouping and order of merges equals one float64 pass over all the data."""
 
 import numpy as np
-import pytest
 import torch
 from scipy import stats
 

@@ -1,4 +1,5 @@
-"""The `gpt-stats` command line: `run CONFIG [--set key=value ...]` and `report RUN_DIR`.
+"""The `gpt-stats` command line: `run CONFIG [--set key=value ...]`, `report RUN_DIR` and
+`compare RUN_A RUN_B [...] --out PAGE.html`.
 
 User mistakes (`UserError`) print one line and exit with status 2, without a traceback.
 """
@@ -23,21 +24,31 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a config key, e.g. --set sample.size=500 (repeatable)")
     r.add_argument("--fresh", action="store_true",
                    help="delete the results already in run.out (of this or another config) instead of resuming")
-    rep = sub.add_parser("report", help="redraw the plots of a run directory from its Parquet files")
+    rep = sub.add_parser("report", help="redraw plots/ and report.html of a run directory from its Parquet files")
     rep.add_argument("run_dir")
+    cmp = sub.add_parser("compare", help="one page putting runs side by side per layer and site")
+    cmp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="two or more run directories")
+    cmp.add_argument("--out", default="compare.html", help="the page to write (default: compare.html)")
     return p
 
 
 def _report(run_dir: str) -> None:
     from tasks.plots import draw_plots
+    from tasks.report_data import check_run_dir
+    from tasks.report_page import write_report
     from tasks.storage import RunStore
 
     store = RunStore(run_dir)
-    missing = [f for f in ("summary.parquet", "histograms.parquet") if not store.exists(f)]
-    if missing:
-        raise UserError(f"{run_dir!r} is not a finished run directory (no {missing[0]}); give the run.out of a completed run")
+    check_run_dir(store)
     for p in draw_plots(store):
         logging.getLogger("gpt_stats").info("wrote %s", store.path(p))
+    logging.getLogger("gpt_stats").info("wrote %s", write_report(store))
+
+
+def _compare(run_dirs: list[str], out: str) -> None:
+    from tasks.report_page import write_compare
+
+    logging.getLogger("gpt_stats").info("wrote %s", write_compare(run_dirs, out))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.config, args.overrides)
             out = run(cfg, fresh=args.fresh)
             logging.getLogger("gpt_stats").info("results in %s", out)
+        elif args.command == "compare":
+            _compare(args.run_dirs, args.out)
         else:
             _report(args.run_dir)
     except UserError as exc:

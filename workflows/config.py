@@ -115,6 +115,16 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    """What the report's model sanity check asks: for causal LMs, the `top_k` most likely next tokens after each
+    of `prompts` (the seed's first cell checked GPT-2-XL this way before measuring anything). It changes no
+    statistic, so it is outside the config hash; an empty list of prompts skips the check."""
+
+    prompts: tuple[str, ...] = ("Shaquille O'Neal plays the sport of", "Megan Rapinoe plays the sport of")
+    top_k: int = 10
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole run. Sections mirror the YAML file's top-level keys."""
 
@@ -125,6 +135,7 @@ class Config:
     similarity: SimilarityConfig = field(default_factory=SimilarityConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples as lists), the form written to `config.yaml` and hashed."""
@@ -133,11 +144,13 @@ class Config:
     def result_hash(self) -> str:
         """SHA-256 (16 hex digits) of every setting that can change the results.
 
-        Excludes `cluster` (how many actors and where) and `run.out` (where results go): the same corpus,
-        model and seed give the same numbers however they are scheduled.
+        Excludes `cluster` (how many actors and where), `run.out` (where results go) and `report` (the sanity
+        check's prompts, which change no statistic): the same corpus, model and seed give the same numbers
+        however they are scheduled.
         """
         d = self.to_dict()
         d.pop("cluster")
+        d.pop("report")
         d["run"].pop("out")
         blob = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
@@ -233,6 +246,7 @@ def _validate(cfg: Config) -> None:
         "similarity.tile": cfg.similarity.tile,
         "cluster.actors": cfg.cluster.actors,
         "cluster.shards_in_flight": cfg.cluster.shards_in_flight,
+        "report.top_k": cfg.report.top_k,
     }
     if cfg.cluster.max_retries < 0 or cfg.cluster.gpu_wait_s < 0 or cfg.cluster.actor_wait_s <= 0:
         raise UserError("config keys 'cluster.max_retries' and 'cluster.gpu_wait_s' must be >= 0, 'cluster.actor_wait_s' > 0")
@@ -269,6 +283,8 @@ def _validate(cfg: Config) -> None:
             raise UserError("config key 'capture.layers' lists a layer twice; list each once")
     if any(not 0.0 <= q <= 1.0 for q in cfg.similarity.quantiles):
         raise UserError("config key 'similarity.quantiles' must hold numbers in [0, 1]")
+    if any(not prompt.strip() for prompt in cfg.report.prompts):
+        raise UserError("config key 'report.prompts' has an empty prompt; give text the model should continue")
     if cfg.corpus.source == "hub" and not cfg.corpus.name:
         raise UserError("corpus.source 'hub' needs 'corpus.name' (a datasets name such as 'wikitext')")
     if cfg.corpus.source == "files" and not cfg.corpus.files:

@@ -36,7 +36,7 @@ from tasks.models import d_model, load_model_config, load_tokenizer, n_layers, r
 from tasks.plots import draw_plots
 from tasks.sampling import candidate_threshold
 from tasks.similarity import CosineHistogram, bin_edges
-from tasks.storage import RunStore, is_uri, shard_file
+from tasks.storage import RunStore, is_uri
 from tasks.tables import EXEMPLAR_SCHEMA, SUMMARY_SCHEMA, histogram_rows, rows_to_table
 from workflows.config import Config
 
@@ -483,6 +483,9 @@ def _run(cfg: Config, store: RunStore, manifest: dict, model_config, layers, tim
         checks=checks,
         timings=timer.seconds,
     )
-    store.write_json("manifest.json", manifest)
+    # model sanity check, final manifest and report.html (workflows/finish.py)
+    from workflows.finish import finish_run
+
+    finish_run(cfg, store, manifest, model_config.model_type, timer.seconds, t_start)
     log.info("run complete: %s (%.1f s; %d of %d shards reused)", store.root, timer.seconds["total"], len(reused), len(shards))
     return store.root if is_uri(store.root) else Path(store.local_path())

@@ -1,0 +1,195 @@
+"""The report's data model: a run directory's Parquet files and manifest read into plain JSON-ready values.
+
+Everything the page shows comes from here, so `gpt-stats report RUN_DIR` can redraw it after the run, from the
+files alone. Histograms are regrouped per (layer, site, variant) as arrays of densities over the run's bins;
+exemplars per (layer, site, variant) sorted by quantile; the sanity check per prompt. For the dimension slider,
+the isotropic law's per-bin densities are precomputed on a log-spaced grid of d (plus every site's `d_model`
+and `d_fit`, so the slider can sit exactly on them) with `tasks.baselines.law_probabilities`: the same exact
+Beta-CDF differences the run used, no second implementation in JavaScript.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks.baselines import law_probabilities
+from tasks.errors import UserError
+from tasks.storage import RunStore
+
+SITE_ORDER = ("resid_post", "attn_out", "mlp_out")
+REQUIRED = ("manifest.json", "summary.parquet", "histograms.parquet")
+
+
+@dataclass(frozen=True)
+class LawGrid:
+    """The dimension slider's grid: `per_decade` log-spaced values of d from `d_min` to `span` x the widest
+    model, merged with the exact d_model and d_fit values of the run."""
+
+    d_min: float = 1.1
+    span: float = 4.0
+    per_decade: int = 32
+
+
+def key(layer: int, site: str, variant: str) -> str:
+    """The page's key of one histogram: 'layer|site|variant'."""
+    return f"{layer}|{site}|{variant}"
+
+
+def finite(values: Any, digits: int = 6) -> list:
+    """Floats rounded to `digits` significant digits, non-finite values as None (JSON has no NaN)."""
+    out = []
+    for v in np.asarray(values, dtype=np.float64).tolist():
+        out.append(float(f"{v:.{digits}g}") if math.isfinite(v) else None)
+    return out
+
+
+def _clean(value: Any) -> Any:
+    """A Parquet cell as a JSON value (NaN -> None, numpy scalars -> Python)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, np.generic):
+        return _clean(value.item())
+    return value
+
+
+def check_run_dir(run_dir: RunStore) -> None:
+    """Refuse a directory that is not a finished run, naming the missing file."""
+    missing = [f for f in REQUIRED if not run_dir.exists(f)]
+    if missing:
+        raise UserError(
+            f"{run_dir.root!r} is not a finished run directory (no {missing[0]}); give the run.out of a completed run"
+        )
+
+
+def load_manifest(run_dir: RunStore) -> dict:
+    return run_dir.read_json("manifest.json")
+
+
+def load_summary(run_dir: RunStore) -> list[dict]:
+    rows = run_dir.read_parquet("summary.parquet").to_pylist()
+    return [{k: _clean(v) for k, v in r.items()} for r in rows]
+
+
+def load_histograms(run_dir: RunStore) -> tuple[list[float], dict[str, dict[str, list]]]:
+    """(bin edges, {key: {source: densities}}), bins in order of `bin_left`."""
+    table = run_dir.read_parquet("histograms.parquet").select(["layer", "site", "variant", "source", "bin_left", "bin_right", "density"])
+    df = table.to_pandas().sort_values(["layer", "site", "variant", "source", "bin_left"], kind="stable")
+    hists: dict[str, dict[str, list]] = {}
+    edges: list[float] | None = None
+    for (layer, site, variant, source), group in df.groupby(["layer", "site", "variant", "source"], sort=False):
+        hists.setdefault(key(int(layer), site, variant), {})[source] = finite(group["density"].to_numpy())
+        if edges is None:
+            left = group["bin_left"].to_numpy()
+            edges = [float(x) for x in np.append(left, group["bin_right"].to_numpy()[-1])]
+    return edges or [], hists
+
+
+def load_exemplars(run_dir: RunStore) -> dict[str, list[dict]]:
+    path = "exemplars.parquet"
+    if not run_dir.exists(path):
+        return {}
+    out: dict[str, list[dict]] = {}
+    rows = sorted(run_dir.read_parquet(path).to_pylist(), key=lambda r: (r["layer"], r["site"], r["variant"], r["quantile"]))
+    for r in rows:
+        pair = {"quantile": r["quantile"], "rank": r["rank"], "cos": r["cos"]}
+        for side in ("a", "b"):
+            pair[side] = {f: _clean(r[f"{side}_{f}"]) for f in ("index", "doc", "window", "pos", "token_id", "text")}
+        out.setdefault(key(r["layer"], r["site"], r["variant"]), []).append(pair)
+    return out
+
+
+def load_sanity(run_dir: RunStore, manifest: dict) -> dict:
+    """The sanity check as {applies, reason, prompts: [{prompt, top: [{rank, token, token_id, probability}]}]}."""
+    entry = dict(manifest.get("sanity") or {})
+    path = "sanity.parquet"
+    if not run_dir.exists(path):
+        entry.setdefault("applies", False)
+        entry.setdefault("reason", "this run has no sanity.parquet (it predates the check, or the check did not run)")
+        return entry
+    prompts: dict[str, list] = {}
+    for r in sorted(run_dir.read_parquet(path).to_pylist(), key=lambda r: r["rank"]):
+        prompts.setdefault(r["prompt"], []).append(
+            {"rank": r["rank"], "token": r["token"], "token_id": r["token_id"], "probability": r["probability"]}
+        )
+    entry.update(applies=True, prompts=[{"prompt": p, "top": top} for p, top in prompts.items()])
+    return entry
+
+
+def law_grid(summary: list[dict], bins: int, grid: LawGrid = LawGrid()) -> dict:
+    """Densities of the isotropic law over the run's bins for every d of the slider's grid."""
+    d_models = {float(r["d_model"]) for r in summary}
+    d_fits = {float(r["d_fit"]) for r in summary if r.get("d_fit") is not None}
+    top = max(d_models) * grid.span
+    n = int(round(math.log10(top / grid.d_min) * grid.per_decade)) + 1
+    ds = sorted({float(f"{d:.4g}") for d in np.geomspace(grid.d_min, top, n)} | d_models | d_fits)
+    width = 2.0 / bins
+    return {"d": ds, "density": [finite(law_probabilities(d, bins) / width, 5) for d in ds]}
+
+
+def ordered_sites(summary: list[dict]) -> list[str]:
+    present = {r["site"] for r in summary}
+    return [s for s in SITE_ORDER if s in present] + sorted(present - set(SITE_ORDER))
+
+
+def default_selection(summary: list[dict]) -> dict:
+    """The layer and site the page opens at: the one farthest from the isotropic law at the model's width
+    (largest `w1_gaussian`), where the eye should go first."""
+    rows = [r for r in summary if r.get("w1_gaussian") is not None] or summary
+    best = max(rows, key=lambda r: r.get("w1_gaussian") or 0.0)
+    return {"layer": best["layer"], "site": best["site"], "variant": best["variant"],
+            "reason": "farthest from the isotropic Gaussian at the model's width (largest W1)"}
+
+
+def identity(run_dir: RunStore, manifest: dict) -> dict:
+    """What identifies the run: model, corpus, sample, seed, hash, versions, timings."""
+    cfg = manifest.get("config", {})
+    return {
+        "dir": run_dir.name,
+        "path": run_dir.base if run_dir.local else run_dir.root,
+        "status": manifest.get("status"),
+        "config_hash": manifest.get("config_hash"),
+        "started": manifest.get("started"),
+        "finished": manifest.get("finished"),
+        "command": manifest.get("command"),
+        "model": manifest.get("model", {}),
+        "corpus": manifest.get("corpus", {}),
+        "corpus_config": cfg.get("corpus", {}),
+        "sample": manifest.get("sample", {}),
+        "seed": cfg.get("run", {}).get("seed"),
+        "config": cfg,
+        "versions": manifest.get("versions", {}),
+        "timings": manifest.get("timings", {}),
+        "actors": manifest.get("actors", []),
+        "throughput": manifest.get("throughput", {}),
+        "checks": manifest.get("checks", {}),
+    }
+
+
+def run_data(run_dir: str | Path | RunStore, with_laws: bool = True) -> dict:
+    """Everything the report page shows for one run, as JSON-ready values."""
+    run_dir = run_dir if isinstance(run_dir, RunStore) else RunStore(str(run_dir))
+    check_run_dir(run_dir)
+    manifest = load_manifest(run_dir)
+    summary = load_summary(run_dir)
+    edges, hists = load_histograms(run_dir)
+    data = {
+        "identity": identity(run_dir, manifest),
+        "summary": summary,
+        "summary_columns": list(run_dir.read_parquet("summary.parquet").schema.names),
+        "sites": ordered_sites(summary),
+        "layers": sorted({r["layer"] for r in summary}),
+        "variants": sorted({r["variant"] for r in summary}),
+        "edges": edges,
+        "hists": hists,
+        "exemplars": load_exemplars(run_dir),
+        "sanity": load_sanity(run_dir, manifest),
+        "default": default_selection(summary),
+    }
+    if with_laws:
+        data["laws"] = law_grid(summary, len(edges) - 1)
+    return data
