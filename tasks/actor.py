@@ -19,6 +19,7 @@ from tasks.capture import SiteRecorder, forward_and_gather, pad_batch
 from tasks.corpus import Shard, batches
 from tasks.models import load_model, load_model_config, site_table
 from tasks.faults import maybe_fail
+from tasks.moments import SiteStatistics, stack_states
 from tasks.sampling import BottomKSample, context_ids, token_hash
 from tasks.storage import RunStore, shard_file
 
@@ -58,6 +59,8 @@ class ShardCapturer:
         self.recorder = SiteRecorder(model, site_table(model_type), sites)
         self.pad_id = 0
         self.load_seconds = load_seconds
+        self.stats: list[SiteStatistics] | None = None  # accumulated across shards until `flush`
+        self.stats_shards: list[int] = []
 
     def ready(self) -> dict:
         """Called once by the driver: where this replica lives and how long it took to load."""
@@ -67,17 +70,25 @@ class ShardCapturer:
         return {"device": str(self.device), "node": node, "load_seconds": round(self.load_seconds, 3)}
 
     def process(self, shard: Shard, k: int, threshold: np.uint64, seed: int, batch_tokens: int,
-                store_root: str | None = None, config_hash: str = "") -> dict:
+                store_root: str | None = None, config_hash: str = "", stats_fraction: float | None = None) -> dict:
         """Capture one shard into its bottom-k sample. With `store_root`, write the sample (`.npz`) and then
         its record (`.json`) to the run directory and return the record; else return it with the state under
         `"state"` (tests, benchmarks). States with a NaN or Inf at any site are counted per site and kept out
-        of the sample."""
+        of the sample and the statistics.
+
+        With `stats_fraction`, every real token of the shard also feeds this actor's streaming statistics
+        (`SiteStatistics` per site; the d x d ones on the tokens whose second hash falls in that fraction); they
+        accumulate across shards until `flush` writes them."""
         t0 = time.perf_counter()
         maybe_fail(shard.index)
         sample = BottomKSample(k, threshold)
         lengths = shard.lengths()
         forwards = examined = 0
         self.recorder.reset_counts(self.device)
+        with_stats = stats_fraction is not None
+        if with_stats and self.stats is None:
+            self.stats = [SiteStatistics() for _ in self.recorder.sites]
+        self.recorder.stats = self.stats if with_stats else None
         with self.recorder.attached():
             for seq_index in batches(shard, batch_tokens):
                 seq_len = lengths[seq_index]
@@ -87,8 +98,11 @@ class ShardCapturer:
                 seqs = seq_index[rows]
                 hashes = token_hash(seed, shard.doc[seqs], shard.window[seqs], cols)
                 keep = sample.candidates(hashes)
-                if not keep.any():
+                if not keep.any() and not with_stats:
                     continue  # nothing here can enter the sample: skip the forward pass
+                if with_stats:
+                    chosen = second_order_tokens(seed, shard.doc[seqs], shard.window[seqs], cols, stats_fraction)
+                    self.recorder.second_order = _rows_of(torch.as_tensor(chosen, device=self.device))
                 rows, cols, seqs, hashes = rows[keep], cols[keep], seqs[keep], hashes[keep]
                 input_ids, mask = pad_batch(shard.ids, shard.offsets, seq_index, self.pad_id)
                 vectors = forward_and_gather(self.model, self.recorder, input_ids, mask, rows, cols)
@@ -119,6 +133,9 @@ class ShardCapturer:
             "forward_batches": forwards,
             "seconds": round(time.perf_counter() - t0, 4),
         }
+        if with_stats:
+            self.stats_shards.append(shard.index)
+            record["stats_pending"] = True
         state = sample.state() if len(sample) else None
         if store_root is None:
             return {**record, "state": state}
@@ -128,3 +145,28 @@ class ShardCapturer:
         store.write_json(shard_file(shard.index, "json"), record)  # written last: its presence means done
         return record
 
+    def flush(self, store_root: str, config_hash: str, name: str) -> dict:
+        """Write the statistics accumulated since the last flush as `stats/NAME.npz` and then its record
+        `stats/NAME.json` (the shards it covers, checksum), and start afresh. Returns the record."""
+        shards, self.stats_shards = self.stats_shards, []
+        record = {"name": name, "config_hash": config_hash, "shards": sorted(shards)}
+        if self.stats is not None and shards:
+            store = RunStore(store_root)
+            record["sha256"] = store.write_arrays(f"stats/{name}.npz", stack_states(self.stats))
+            store.write_json(f"stats/{name}.json", record)
+        self.stats = None
+        return record
+
+
+def second_order_tokens(seed: int, doc: np.ndarray, window: np.ndarray, pos: np.ndarray, fraction: float) -> np.ndarray:
+    """Which tokens feed the d x d statistics: those whose hash under a second seed falls in `fraction` (all when
+    1): a deterministic subset, independent of shards and actors, and of the sample's own hash."""
+    if fraction >= 1.0:
+        return np.ones(len(doc), dtype=bool)
+    return token_hash(seed ^ 0x5EC0_0D0E, doc, window, pos) < np.uint64(int(fraction * 2.0**64))
+
+
+def _rows_of(chosen: torch.Tensor):
+    """The recorder's `second_order`: from the finite mask over the batch's real tokens, the row indices (among
+    the real, finite tokens) of the chosen ones."""
+    return lambda finite: torch.nonzero(chosen[finite], as_tuple=True)[0]

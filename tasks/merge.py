@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tasks.moments import stack_states, unstack_states
 from tasks.sampling import KEYS, BottomKSample
 from tasks.storage import RunStore, shard_file
 
@@ -40,13 +41,32 @@ def merge_shard_files(k: int, store_root: str, shards: list[tuple[int, str]]) ->
     return merged.state() if len(merged) else None
 
 
-def corrupt_shards(store_root: str, shards: list[tuple[int, str]]) -> list[int]:
-    """Indices of the shards whose sample file is missing or does not match its recorded checksum."""
+def corrupt_files(store_root: str, files: list[tuple[str, str]]) -> list[str]:
+    """The paths among (path, sha256) pairs whose file is missing or does not match its checksum."""
     store = RunStore(store_root)
     bad = []
-    for index, sha in shards:
+    for path, sha in files:
         try:
-            store.read_arrays(shard_file(index, "npz"), sha)
+            store.read_arrays(path, sha)
         except (OSError, ValueError):
-            bad.append(index)
+            bad.append(path)
     return bad
+
+
+def merge_statistics_files(store_root: str, n_sites: int, files: list[tuple[str, str]], *states: dict) -> dict:
+    """Merge statistics partials read from the run directory ((path, sha256) pairs, checksums checked) and
+    already-merged states, all sites at once; returns the stacked state."""
+    store = RunStore(store_root)
+    parts = [store.read_arrays(path, sha) for path, sha in files] + list(states)
+    merged = unstack_states(parts[0], n_sites)
+    for part in parts[1:]:
+        for mine, other in zip(merged, unstack_states(part, n_sites)):
+            mine.merge(other)
+    return stack_states(merged)
+
+
+def split_statistics(state: dict, n_sites: int):
+    """One state dict per site, so that each site's task fetches only its own d x d matrices."""
+    per_site = unstack_states(state, n_sites)
+    states = tuple(s.state() for s in per_site)
+    return states if n_sites > 1 else states[0]

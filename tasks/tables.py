@@ -25,6 +25,31 @@ SUMMARY_SCHEMA = pa.schema(
         ("w1_fit", pa.float64()),
         ("norm_mean", pa.float64()),
         ("norm_std", pa.float64()),
+        # corpus-wide, from the streaming statistics over every token (null when stats.enabled is false)
+        ("n_tokens_stats", pa.int64()),
+        ("n_tokens_second_order", pa.int64()),
+        ("cos_mean_all", pa.float64()),
+        ("cos2_mean_all", pa.float64()),
+        ("pr_raw", pa.float64()),
+        ("pc90", pa.int32()),
+        ("pc95", pa.int32()),
+        ("pc99", pa.int32()),
+        ("kurtosis_max", pa.float64()),
+        ("kurtosis_median", pa.float64()),
+        ("norm_mean_all", pa.float64()),
+        ("norm_std_all", pa.float64()),
+    ]
+)
+
+MOMENTS_SCHEMA = pa.schema(
+    [
+        ("layer", pa.int32()),
+        ("site", pa.string()),
+        ("dim", pa.int32()),
+        ("mean", pa.float64()),
+        ("variance", pa.float64()),
+        ("skewness", pa.float64()),
+        ("excess_kurtosis", pa.float64()),
     ]
 )
 
@@ -126,4 +151,19 @@ def samples_table(layer: int, site: str, keys: dict[str, np.ndarray], vectors: n
             "vector": vec,
         },
         schema=SAMPLE_SCHEMA,
+    )
+
+
+def moments_table(layer: int, site: str, dims: dict[str, np.ndarray]) -> pa.Table:
+    """Per-coordinate moments of one site over every token."""
+    d = len(dims["mean"])
+    return pa.table(
+        {
+            "layer": pa.array(np.full(d, layer), pa.int32()),
+            "site": pa.array([site] * d, pa.string()),
+            "dim": pa.array(np.arange(d), pa.int32()),
+            **{name: pa.array(np.asarray(dims[name], np.float64), pa.float64())
+               for name in ("mean", "variance", "skewness", "excess_kurtosis")},
+        },
+        schema=MOMENTS_SCHEMA,
     )

@@ -90,6 +90,18 @@ class SimilarityConfig:
 
 
 @dataclass(frozen=True)
+class StatsConfig:
+    """Streaming statistics over every token (not only the sample): per-coordinate moments and norms on all
+    tokens; covariance and unit-vector second moment (d x d each) on a deterministic `second_order_fraction` of
+    tokens where their cost (2 d^2 flops per token and site) demands it. Each actor accumulates across its
+    shards and writes a partial every `flush_every` shards (what a resumed run can reuse)."""
+
+    enabled: bool = True
+    second_order_fraction: float = 1.0
+    flush_every: int = 64
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     """Where to run. `address` (or the `RAY_ADDRESS` variable) joins a running cluster; otherwise a local one
     starts. One actor holds one model replica; `gpus_per_actor` 0 runs on CPU. A shard whose actor dies or
@@ -133,6 +145,7 @@ class Config:
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     similarity: SimilarityConfig = field(default_factory=SimilarityConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     run: RunConfig = field(default_factory=RunConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
@@ -144,14 +157,15 @@ class Config:
     def result_hash(self) -> str:
         """SHA-256 (16 hex digits) of every setting that can change the results.
 
-        Excludes `cluster` (how many actors and where), `run.out` (where results go) and `report` (the sanity
-        check's prompts, which change no statistic): the same corpus, model and seed give the same numbers
-        however they are scheduled.
+        Excludes `cluster` (how many actors and where), `run.out` (where results go), `report` (the sanity
+        check's prompts, which change no statistic) and `stats.flush_every` (how partial statistics are
+        grouped): the same corpus, model and seed give the same numbers however they are scheduled.
         """
         d = self.to_dict()
         d.pop("cluster")
         d.pop("report")
         d["run"].pop("out")
+        d["stats"].pop("flush_every")
         blob = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -248,6 +262,10 @@ def _validate(cfg: Config) -> None:
         "cluster.shards_in_flight": cfg.cluster.shards_in_flight,
         "report.top_k": cfg.report.top_k,
     }
+    if not 0.0 < cfg.stats.second_order_fraction <= 1.0:
+        raise UserError(f"config key 'stats.second_order_fraction' must be in (0, 1], got {cfg.stats.second_order_fraction}")
+    if cfg.stats.flush_every <= 0:
+        raise UserError(f"config key 'stats.flush_every' must be positive, got {cfg.stats.flush_every}")
     if cfg.cluster.max_retries < 0 or cfg.cluster.gpu_wait_s < 0 or cfg.cluster.actor_wait_s <= 0:
         raise UserError("config keys 'cluster.max_retries' and 'cluster.gpu_wait_s' must be >= 0, 'cluster.actor_wait_s' > 0")
     if cfg.model.trust_remote_code is not None and cfg.model.trust_remote_code != cfg.model.name:

@@ -16,7 +16,6 @@ import os
 import platform
 import sys
 import time
-from collections import Counter, deque
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,18 +25,25 @@ import yaml
 from tqdm.auto import tqdm
 
 from tasks import corpus as corpus_mod
-from tasks.actor import ShardCapturer
 from tasks.analysis import analyze_site
 from tasks.baselines import empirical_gaussian, law_probabilities, wasserstein1
 from tasks.errors import RunError, UserError
 from tasks.exemplars import exemplar_rows
-from tasks.merge import corrupt_shards, merge_shard_files, merge_states, split_sites
+from tasks.merge import (
+    corrupt_files,
+    merge_shard_files,
+    merge_states,
+    merge_statistics_files,
+    split_sites,
+    split_statistics,
+)
 from tasks.models import d_model, load_model_config, load_tokenizer, n_layers, resolve_layers, site_table
 from tasks.plots import draw_plots
 from tasks.sampling import candidate_threshold
 from tasks.similarity import CosineHistogram, bin_edges
-from tasks.storage import RunStore, is_uri
-from tasks.tables import EXEMPLAR_SCHEMA, SUMMARY_SCHEMA, histogram_rows, rows_to_table
+from tasks.storage import RunStore, is_uri, shard_file
+from tasks.tables import EXEMPLAR_SCHEMA, SUMMARY_SCHEMA, histogram_rows, moments_table, rows_to_table
+from workflows.capture_pool import CaptureResult, run_capture
 from workflows.config import Config
 
 log = logging.getLogger(__name__)
@@ -45,9 +51,11 @@ log = logging.getLogger(__name__)
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MERGE_FAN_IN = 64
 VARIANT = "raw"
+CORPUS_COLUMNS = ("n_tokens_stats", "n_tokens_second_order", "cos_mean_all", "cos2_mean_all", "pr_raw", "pc90",
+                  "pc95", "pc99", "kurtosis_max", "kurtosis_median", "norm_mean_all", "norm_std_all")
 OUTPUTS = ("manifest.json", "config.yaml", "summary.parquet", "histograms.parquet", "exemplars.parquet",
-           "samples.parquet", "plots", "shards", "report.html")
-FAULT_ENV = ("GPT_STATS_FAULTS", "GPT_STATS_FAULT_DIR")
+           "samples.parquet", "moments.parquet", "statistics", "stats", "sanity.parquet", "plots", "shards",
+           "report.html")
 
 
 class Timer:
@@ -127,8 +135,11 @@ def prepare_run_dir(store: RunStore, cfg: Config, fresh: bool) -> dict:
     return manifest
 
 
-def reusable_shards(store: RunStore, shards, config_hash: str) -> dict[int, dict]:
-    """Records of shards finished by an earlier attempt of this config whose files are intact."""
+def reusable_shards(store: RunStore, shards, config_hash: str, with_stats: bool) -> tuple[dict[int, dict], list[dict]]:
+    """What an earlier attempt of this config left that can be trusted: the records of finished shards whose
+    sample files pass their checksums and, with statistics on, the statistics partials that cover only such
+    shards (each shard in at most one). A shard counts as done only when both hold; everything else is run
+    again, and partials that cannot be used are deleted so that no statistic is ever counted twice."""
     import ray
 
     by_index = {s.index: s for s in shards}
@@ -144,15 +155,37 @@ def reusable_shards(store: RunStore, shards, config_hash: str) -> dict[int, dict
         if shard is None or rec.get("config_hash") != config_hash or rec.get("fingerprint") != shard.fingerprint():
             continue
         records[shard.index] = rec
-    with_files = [(i, r["sha256"]) for i, r in records.items() if r.get("n_kept")]
-    if with_files:
-        check = ray.remote(corrupt_shards).options(num_cpus=1)
-        chunks = [with_files[i : i + MERGE_FAN_IN] for i in range(0, len(with_files), MERGE_FAN_IN)]
-        for bad in ray.get([check.remote(store.root, c) for c in chunks]):
-            for index in bad:
-                log.warning("shard %d: saved sample is missing or corrupt; recomputing it", index)
-                records.pop(index)
-    return records
+    check = ray.remote(corrupt_files).options(num_cpus=1)
+    files = [(shard_file(i, "npz"), r["sha256"]) for i, r in records.items() if r.get("n_kept")]
+    partials = []
+    if with_stats:
+        for name in store.list("stats"):
+            if name.endswith(".json"):
+                try:
+                    p = store.read_json(f"stats/{name}")
+                except (OSError, ValueError):
+                    continue
+                if p.get("config_hash") == config_hash and p.get("sha256"):
+                    partials.append(p)
+        files += [(f"stats/{p['name']}.npz", p["sha256"]) for p in partials]
+    chunks = [files[i : i + MERGE_FAN_IN] for i in range(0, len(files), MERGE_FAN_IN)]
+    bad = {path for found in ray.get([check.remote(store.root, c) for c in chunks]) for path in found}
+    for index in [i for i in records if shard_file(i, "npz") in bad]:
+        log.warning("shard %d: saved sample is missing or corrupt; recomputing it", index)
+        records.pop(index)
+    if not with_stats:
+        return records, []
+    accepted, covered = [], set()
+    for p in sorted(partials, key=lambda p: p["name"]):
+        shard_set = set(p["shards"])
+        if f"stats/{p['name']}.npz" in bad or not shard_set <= set(records) or shard_set & covered:
+            log.warning("statistics partial %s cannot be reused; its shards run again", p["name"])
+            store.delete(f"stats/{p['name']}.json")
+            store.delete(f"stats/{p['name']}.npz")
+            continue
+        accepted.append(p)
+        covered |= shard_set
+    return {i: r for i, r in records.items() if i in covered}, accepted
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -179,12 +212,6 @@ def connect_ray(cfg: Config) -> bool:
     return True
 
 
-def _user_error(exc: BaseException) -> UserError | None:
-    """The UserError raised inside a Ray task or actor, if that is what `exc` carries."""
-    cause = getattr(exc, "cause", None)
-    return cause if isinstance(cause, UserError) else None
-
-
 def wait_for_gpus(cfg: Config) -> None:
     """Fail at once when actors ask for GPUs the cluster does not have, unless told to wait for an autoscaler."""
     import ray
@@ -206,112 +233,6 @@ def wait_for_gpus(cfg: Config) -> None:
 # Stages
 
 
-def capture(cfg: Config, store: RunStore, todo, sites, k: int, threshold: np.uint64, config_hash: str,
-            total_tokens: int, done_tokens: int) -> tuple[list[dict], list[dict], int]:
-    """Run shards through a pool of actors, `shards_in_flight` queued on each live actor. A shard whose actor
-    dies or fails is put back and retried (a dead actor is replaced) up to `max_retries` times.
-    Returns (records, actor infos, retries)."""
-    import ray
-
-    cc = cfg.cluster
-    env = {name: os.environ[name] for name in FAULT_ENV if name in os.environ}
-    options = dict(num_cpus=cc.cpus_per_actor, num_gpus=cc.gpus_per_actor, max_restarts=0)
-    if cc.resources:
-        options["resources"] = dict(cc.resources)
-    if env:
-        options["runtime_env"] = {"env_vars": env}
-    actor_cls = ray.remote(ShardCapturer).options(**options)
-    trust = cfg.model.trust_remote_code == cfg.model.name
-
-    def start():
-        return actor_cls.remote(cfg.model.name, cfg.model.dtype, sites, revision=cfg.model.revision,
-                                use_gpu=cc.gpus_per_actor > 0, trust_remote_code=trust)
-
-    n_actors = min(cc.actors, len(todo))
-    actors = {slot: start() for slot in range(n_actors)}
-    generation = Counter()
-    starting = {actors[slot].ready.remote(): (slot, 0) for slot in actors}
-    live: set[int] = set()
-    pending = deque(todo)
-    in_flight: dict = {}  # ref -> (slot, generation, shard)
-    failures: Counter = Counter()
-    records, infos = [], []
-    last_progress = time.monotonic()
-
-    def replace(slot: int) -> None:
-        live.discard(slot)
-        ray.kill(actors[slot], no_restart=True)
-        generation[slot] += 1
-        actors[slot] = start()
-        starting[actors[slot].ready.remote()] = (slot, generation[slot])
-
-    try:
-        with tqdm(total=total_tokens, initial=done_tokens, unit="tok", desc="capture", disable=None) as bar:
-            while pending or in_flight:
-                for slot in sorted(live):
-                    queued = sum(1 for s, g, _ in in_flight.values() if s == slot and g == generation[slot])
-                    while pending and queued < cc.shards_in_flight:
-                        shard = pending.popleft()
-                        ref = actors[slot].process.remote(shard, k, threshold, cfg.run.seed, cfg.capture.batch_tokens,
-                                                          store.root, config_hash)
-                        in_flight[ref] = (slot, generation[slot], shard)
-                        queued += 1
-                done, _ = ray.wait(list(in_flight) + list(starting), num_returns=1, timeout=10.0)
-                if not done:
-                    if not live and time.monotonic() - last_progress > cc.actor_wait_s:
-                        raise RunError(
-                            f"no capture actor could be placed for {cc.actor_wait_s:g} s; the cluster lacks the resources "
-                            "asked for (cluster.cpus_per_actor, gpus_per_actor, resources)"
-                        )
-                    continue
-                ref = done[0]
-                last_progress = time.monotonic()
-                if ref in starting:
-                    slot, gen = starting.pop(ref)
-                    try:
-                        info = ray.get(ref)
-                    except Exception as exc:
-                        if (user := _user_error(exc)) is not None:
-                            raise user from None
-                        failures[f"actor {slot}"] += 1
-                        if failures[f"actor {slot}"] > cc.max_retries:
-                            raise RunError(f"capture actor {slot} failed to start {failures[f'actor {slot}']} times; "
-                                           f"last error: {_first_line(exc)}") from None
-                        log.warning("actor %d failed to start (%s); starting another", slot, _first_line(exc))
-                        if gen == generation[slot]:
-                            replace(slot)
-                        continue
-                    if gen == generation[slot]:
-                        live.add(slot)
-                        infos.append(info)
-                    continue
-                slot, gen, shard = in_flight.pop(ref)
-                try:
-                    rec = ray.get(ref)
-                except Exception as exc:
-                    if (user := _user_error(exc)) is not None:
-                        raise user from None
-                    failures[shard.index] += 1
-                    if failures[shard.index] > cc.max_retries:
-                        raise RunError(
-                            f"shard {shard.index} failed {failures[shard.index]} times; last error: {_first_line(exc)}; "
-                            "finished shards are kept: rerun the same command to resume"
-                        ) from None
-                    log.warning("shard %d failed on actor %d (%s); retrying (%d of %d)", shard.index, slot,
-                                _first_line(exc), failures[shard.index], cc.max_retries)
-                    pending.appendleft(shard)
-                    if isinstance(exc, ray.exceptions.RayActorError) and gen == generation[slot]:
-                        replace(slot)
-                    continue
-                records.append(rec)
-                bar.update(rec["n_tokens"])
-    finally:
-        for actor in actors.values():
-            ray.kill(actor, no_restart=True)  # free CPUs/GPUs for merge and similarity; stop work on failure
-    retries = sum(v for key, v in failures.items() if isinstance(key, int))
-    return records, infos, retries
-
-
 def merge(store: RunStore, k: int, records: list[dict], n_sites: int):
     """Tree-reduce the shard samples (fan-in MERGE_FAN_IN) and split the result per site."""
     import ray
@@ -327,7 +248,20 @@ def merge(store: RunStore, k: int, records: list[dict], n_sites: int):
     return keys_ref, vector_refs
 
 
-def analyze(cfg: Config, store: RunStore, sites, keys_ref, vector_refs, n: int, d: int) -> tuple[list[dict], CosineHistogram]:
+def merge_statistics(store: RunStore, partials: list[dict], n_sites: int) -> list:
+    """Tree-reduce the statistics partials (fan-in MERGE_FAN_IN) and split them per site (object refs)."""
+    import ray
+
+    files = sorted((f"stats/{p['name']}.npz", p["sha256"]) for p in partials)
+    first = ray.remote(merge_statistics_files)
+    refs = [first.remote(store.root, n_sites, files[i : i + MERGE_FAN_IN]) for i in range(0, len(files), MERGE_FAN_IN)]
+    while len(refs) > 1:
+        refs = [first.remote(store.root, n_sites, [], *refs[i : i + MERGE_FAN_IN]) for i in range(0, len(refs), MERGE_FAN_IN)]
+    split = ray.remote(split_statistics).options(num_returns=n_sites).remote(refs[0], n_sites)
+    return [split] if n_sites == 1 else list(split)
+
+
+def analyze(cfg: Config, store: RunStore, sites, keys_ref, vector_refs, stats_refs, n: int, d: int) -> tuple[list[dict], CosineHistogram]:
     """One task per site plus one for the empirical Gaussian baseline; results in site order."""
     import ray
 
@@ -335,8 +269,8 @@ def analyze(cfg: Config, store: RunStore, sites, keys_ref, vector_refs, n: int, 
     task = ray.remote(analyze_site).options(num_cpus=1)
     refs = [
         task.remote(layer, site, vec_ref, keys_ref, bins=sc.bins, tile=sc.tile, quantiles=sc.quantiles,
-                    store_root=store.root, save_samples=cfg.sample.save_vectors)
-        for (layer, site), vec_ref in zip(sites, vector_refs)
+                    store_root=store.root, save_samples=cfg.sample.save_vectors, stats=stats_ref)
+        for (layer, site), vec_ref, stats_ref in zip(sites, vector_refs, stats_refs)
     ]
     empirical_ref = ray.remote(empirical_gaussian).options(num_cpus=1).remote(n, d, cfg.run.seed, sc.bins, sc.tile)
     with tqdm(total=len(refs) + 1, unit="site", desc="similarity", disable=None) as bar:
@@ -353,7 +287,7 @@ def write_results(cfg: Config, store: RunStore, sites, results: list[dict], empi
     bins = cfg.similarity.bins
     edges = bin_edges(bins)
     emp_prob = empirical.counts / empirical.n_pairs
-    summary, hist_tables, exemplars = [], [], []
+    summary, hist_tables, exemplars, moment_tables = [], [], [], []
     for r, bad in zip(results, nonfinite):
         hist = CosineHistogram.load(r["hist"])
         layer, site, d = r["layer"], r["site"], r["d_model"]
@@ -364,8 +298,11 @@ def write_results(cfg: Config, store: RunStore, sites, results: list[dict], empi
                 "cos_mean": r["cos_mean"], "cos_std": r["cos_std"], "d_fit": r["d_fit"],
                 "w1_gaussian": r["w1_gaussian"], "w1_fit": r["w1_fit"],
                 "norm_mean": r["norm_mean"], "norm_std": r["norm_std"],
+                **{name: r.get(name) for name in CORPUS_COLUMNS},
             }
         )
+        if "dims" in r:
+            moment_tables.append(moments_table(layer, site, r["dims"]))
         hist_tables += [
             histogram_rows(layer, site, VARIANT, "data", edges, hist.counts / hist.n_pairs, hist.counts),
             histogram_rows(layer, site, VARIANT, "gaussian_exact", edges, law_probabilities(d, bins)),
@@ -376,6 +313,10 @@ def write_results(cfg: Config, store: RunStore, sites, results: list[dict], empi
     store.write_parquet("summary.parquet", rows_to_table(summary, SUMMARY_SCHEMA))
     store.write_parquet("histograms.parquet", pa.concat_tables(hist_tables))
     store.write_parquet("exemplars.parquet", rows_to_table(exemplars, EXEMPLAR_SCHEMA))
+    if moment_tables:
+        store.write_parquet("moments.parquet", pa.concat_tables(moment_tables))
+    else:
+        store.delete("moments.parquet")
     d = results[0]["d_model"]
     return {
         "gaussian_empirical_vs_exact": {
@@ -437,24 +378,27 @@ def _run(cfg: Config, store: RunStore, manifest: dict, model_config, layers, tim
     try:
         wait_for_gpus(cfg)
         with timer.stage("resume_check"):
-            reused = reusable_shards(store, shards, config_hash)
+            reused, partials = reusable_shards(store, shards, config_hash, cfg.stats.enabled)
         if reused:
             log.info("resuming: %d of %d shards already done", len(reused), len(shards))
         todo = [s for s in shards if s.index not in reused]
-        infos, retries, new_records = [], 0, []
+        captured = CaptureResult()
         if todo:
             with timer.stage("capture"):
                 done_tokens = sum(r["n_tokens"] for r in reused.values())
-                new_records, infos, retries = capture(cfg, store, todo, sites, k, threshold, config_hash, total, done_tokens)
+                captured = run_capture(cfg, store, todo, sites, k, threshold, config_hash, total, done_tokens,
+                                       manifest["attempt"])
+        new_records, infos, retries = captured.records, captured.actors, captured.retries
         records = sorted([*reused.values(), *new_records], key=lambda r: r["shard"])
         with timer.stage("merge"):
             keys_ref, vector_refs = merge(store, k, records, len(sites))
+            stats_refs = merge_statistics(store, [*partials, *captured.partials], len(sites)) if cfg.stats.enabled else [None] * len(sites)
             keys = ray.get(keys_ref)
         n = len(keys["hash"])
         if n < k:
             raise RunError(f"only {n} finite candidate tokens for sample.size={k}; lower sample.size or use another run.seed")
         with timer.stage("similarity"):
-            results, empirical = analyze(cfg, store, sites, keys_ref, vector_refs, n, d_model(model_config))
+            results, empirical = analyze(cfg, store, sites, keys_ref, vector_refs, stats_refs, n, d_model(model_config))
     finally:
         if started:
             ray.shutdown()
