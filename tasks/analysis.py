@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from tasks.baselines import fit_dimension, law_probabilities, wasserstein1
+from tasks.dimension import dimension_report
 from tasks.similarity import cosine_histogram, quantile_pairs, unit_rows
 from tasks.moments import SiteStatistics
 from tasks.storage import RunStore
@@ -46,25 +47,32 @@ def analyze_site(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     vectors = np.asarray(vectors, dtype=np.float32)
     n, d = vectors.shape
+    store = RunStore(store_root)
+    if save_samples:
+        store.write_parquet(samples_part(layer, site), samples_table(layer, site, keys, vectors))
+    corpus = {}
+    variants = {"raw": vectors}
+    if stats is not None:
+        store.write_arrays(f"statistics/L{layer:03d}-{site}.npz", stats)
+        corpus = corpus_numbers(SiteStatistics.load(stats))
+        variants["centered"] = vectors - corpus.pop("corpus_mean").astype(np.float32)
+    out = {name: sample_numbers(v, bins, tile, quantiles, device) for name, v in variants.items()}
+    if "centered" in out:  # E[cos^2] of centred states against what a Gaussian with their covariance gives
+        c = out["centered"]
+        c["cos2_over_gaussian"] = (c["cos_std"] ** 2 + c["cos_mean"] ** 2) / corpus["predicted_cos_var"]
+    return {**corpus, "layer": layer, "site": site, "d_model": d, "n_sample": n, "variants": out}
+
+
+def sample_numbers(vectors: np.ndarray, bins: int, tile: int, quantiles: tuple[float, ...], device) -> dict:
+    """The sampled states' pairwise cosine histogram, its exemplar pairs, fitted dimension and distances."""
+    d = vectors.shape[1]
     units = unit_rows(vectors, device)
     hist = cosine_histogram(units, bins, tile)
     pairs = quantile_pairs(units, hist, quantiles, tile)
     prob = hist.counts / max(hist.n_pairs, 1)
     d_fit = fit_dimension(hist.counts, d_max=64.0 * d)
     norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
-    store = RunStore(store_root)
-    if save_samples:
-        store.write_parquet(samples_part(layer, site), samples_table(layer, site, keys, vectors))
-    corpus = {}
-    if stats is not None:
-        store.write_arrays(f"statistics/L{layer:03d}-{site}.npz", stats)
-        corpus = corpus_numbers(SiteStatistics.load(stats))
     return {
-        **corpus,
-        "layer": layer,
-        "site": site,
-        "d_model": d,
-        "n_sample": n,
         "hist": hist.state(),
         "cos_mean": hist.mean,
         "cos_std": hist.std,
@@ -78,29 +86,29 @@ def analyze_site(
 
 
 def corpus_numbers(stats: SiteStatistics) -> dict:
-    """The corpus-wide numbers of one site from its streaming statistics (every token, no sampling):
-    exact all-pairs mean cosine and mean squared cosine, covariance spectrum summaries, norms, and the
-    per-coordinate moments (returned as arrays for `moments.parquet`)."""
+    """The corpus-wide numbers of one site from its streaming statistics (every token, no sampling): exact
+    all-pairs mean cosine and mean squared cosine, effective dimensions of the covariance (`tasks.dimension`),
+    the cosine variance that a Gaussian with this covariance would give, norms, and the per-coordinate moments
+    (returned as arrays for `moments.parquet`)."""
     m, u, cov = stats.moments, stats.units, stats.covariance
-    n = u.n
-    # Over all ordered pairs of distinct tokens: (|sum u|^2 - n) / (n (n - 1)), (|U^T U|_F^2 - n) / (n (n - 1)).
-    cos_mean_all = (float(u.sum @ u.sum) - n) / (n * (n - 1)) if n > 1 else float("nan")
-    cos2_mean_all = (float(np.sum(u.second * u.second)) - n) / (n * (n - 1)) if n > 1 else float("nan")
-    eig = np.clip(np.linalg.eigvalsh(cov.covariance)[::-1], 0.0, None)
-    share = np.cumsum(eig) / eig.sum()
+    rep = dimension_report(u.n, cov.mean, cov.covariance, u.sum, u.second)
     kurt = m.excess_kurtosis
     return {
         "n_tokens_stats": m.n,
-        "n_tokens_second_order": n,
-        "cos_mean_all": cos_mean_all,
-        "cos2_mean_all": cos2_mean_all,
-        "pr_raw": float(eig.sum() ** 2 / np.sum(eig**2)),
-        "pc90": int(np.searchsorted(share, 0.90) + 1),
-        "pc95": int(np.searchsorted(share, 0.95) + 1),
-        "pc99": int(np.searchsorted(share, 0.99) + 1),
+        "n_tokens_second_order": u.n,
+        "cos_mean_all": rep.mean_cos,
+        "cos2_mean_all": rep.mean_cos2,
+        "pr_raw": rep.pr_raw,
+        "pr_corrected": rep.pr_corrected,
+        "pc90": rep.pc90,
+        "pc95": rep.pc95,
+        "pc99": rep.pc99,
+        "predicted_cos_var": rep.predicted_cos_var,
+        "mean_share": rep.mean_share,
         "kurtosis_max": float(np.nanmax(kurt)),
         "kurtosis_median": float(np.nanmedian(kurt)),
         "norm_mean_all": float(stats.norms.moments.mean[0]),
         "norm_std_all": float(np.sqrt(stats.norms.moments.variance[0])),
+        "corpus_mean": cov.mean,
         "dims": {"mean": m.mean, "variance": m.variance, "skewness": m.skewness, "excess_kurtosis": kurt},
     }

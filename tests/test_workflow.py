@@ -49,21 +49,25 @@ def test_outputs_and_schema(tiny_run):
     assert manifest["status"] == "complete" and len(manifest["config_hash"]) == 16
     assert set(manifest["timings"]) >= {"corpus", "capture", "merge", "similarity", "report", "total"}
     summary = pq.read_table(tiny_run / "summary.parquet").to_pandas()
-    assert len(summary) == 6  # 2 layers x 3 sites
+    assert len(summary) == 12  # 2 layers x 3 sites x (raw, centered)
+    assert set(summary.variant) == {"raw", "centered"}
+    summary = summary[summary.variant == "raw"]
     assert set(summary.columns) >= {"layer", "site", "variant", "d_model", "n_tokens", "n_sample", "n_pairs",
                                     "cos_mean", "cos_std", "d_fit"}
     assert (summary.n_sample == 300).all() and (summary.n_pairs == 300 * 299 // 2).all() and (summary.d_model == 64).all()
     hist = pq.read_table(tiny_run / "histograms.parquet").to_pandas()
     assert set(hist.source) == {"data", "gaussian_exact", "gaussian_fit", "gaussian_empirical"}
-    for _, group in hist.groupby(["layer", "site", "source"]):
+    for _, group in hist.groupby(["layer", "site", "variant", "source"]):
         assert len(group) == 60 and group.probability.sum() == pytest.approx(1.0, abs=1e-9)
-    assert len(list((tiny_run / "plots").glob("L*_*.png"))) == 6
+    assert len(list((tiny_run / "plots").glob("L*_*.png"))) == 12
 
 
 def test_histogram_counts_equal_brute_force_over_saved_sample(tiny_run):
     samples = _samples(tiny_run)
     hist = pq.read_table(tiny_run / "histograms.parquet").to_pandas()
+    hist = hist[hist.variant == "raw"]
     summary = pq.read_table(tiny_run / "summary.parquet").to_pandas()
+    summary = summary[summary.variant == "raw"]
     for (layer, site), group in samples.groupby(["layer", "site"]):
         x = np.stack(group.sort_values("index").vector.to_numpy()).astype(np.float64)
         u = x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -108,7 +112,8 @@ def test_sample_is_the_bottom_k_of_corpus_token_hashes(tiny_run, tiny_gpt2, wiki
 def test_exemplars_are_the_pairs_at_their_quantiles(tiny_run):
     samples = _samples(tiny_run)
     ex = pq.read_table(tiny_run / "exemplars.parquet").to_pandas()
-    assert len(ex) == 6 * 7
+    assert len(ex) == 6 * 7 * 2
+    ex = ex[ex.variant == "raw"]
     for (layer, site), group in ex.groupby(["layer", "site"]):
         s = samples[(samples.layer == layer) & (samples.site == site)].sort_values("index")
         x = np.stack(s.vector.to_numpy()).astype(np.float64)
@@ -141,7 +146,7 @@ def test_report_redraws_plots_from_parquet(tiny_run):
         png.unlink()
     assert cli_main(["report", str(tiny_run)]) == 0
     assert (tiny_run / "plots" / "overview.png").stat().st_size > 10_000
-    assert len(list((tiny_run / "plots").glob("L*_*.png"))) == 6
+    assert len(list((tiny_run / "plots").glob("L*_*.png"))) == 12
 
 
 def test_run_dir_safety_and_small_corpus(tiny_run, tiny_gpt2, wikitext, tmp_path):
@@ -159,7 +164,62 @@ def test_demo_config_end_to_end(ray_cluster, tmp_path):
     for name in OUTPUTS:
         assert (out / name).exists(), name
     summary = pq.read_table(out / "summary.parquet").to_pandas()
-    assert len(summary) == 18 and (summary.d_model == 384).all() and (summary.n_sample == 2000).all()
+    assert len(summary) == 36 and (summary.d_model == 384).all() and (summary.n_sample == 2000).all()
     manifest = json.loads((out / "manifest.json").read_text())
     check = manifest["checks"]["gaussian_empirical_vs_exact"]
     assert check["w1"] < 1e-3 and check["cos_std_empirical"] == pytest.approx(check["cos_std_exact"], rel=0.02)
+
+
+def all_states(model_dir: Path, text: Path, max_docs: int, layer: int) -> np.ndarray:
+    """Block output `layer` of every token of the corpus, one sequence at a time (float64)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from tasks.corpus import load_texts, make_sequences, tokenize
+
+    model = AutoModel.from_pretrained(model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    docs = tokenize(load_texts("files", files=[str(text)]), tok, max_docs=max_docs)
+    out = []
+    with torch.no_grad():
+        for _, _, seq in make_sequences(docs, tok, 128, "window"):
+            out.append(model(input_ids=torch.tensor([seq]), output_hidden_states=True).hidden_states[layer + 1][0])
+    return torch.cat(out).double().numpy()
+
+
+def test_corpus_numbers_equal_brute_force_over_every_token(tiny_run, tiny_gpt2, wikitext):
+    x = all_states(tiny_gpt2, wikitext, 300, layer=0)  # layer 0 resid_post (no ln_f in between)
+    n = len(x)
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    total = total_sq = 0.0
+    for i in range(0, n, 4000):  # every pair of distinct tokens, by blocks of the Gram matrix
+        g = u[i : i + 4000] @ u.T
+        total += g.sum()
+        total_sq += (g * g).sum()
+    mean_cos, mean_cos2 = (total - n) / (n * (n - 1)), (total_sq - n) / (n * (n - 1))
+    s = pq.read_table(tiny_run / "summary.parquet").to_pandas()
+    raw = s[(s.layer == 0) & (s.site == "resid_post") & (s.variant == "raw")].iloc[0]
+    assert raw.n_tokens_stats == raw.n_tokens == n
+    assert raw.cos_mean_all == pytest.approx(mean_cos, rel=1e-5)
+    assert raw.cos2_mean_all == pytest.approx(mean_cos2, rel=1e-5)
+    eig = np.linalg.eigvalsh(np.cov(x, rowvar=False))
+    assert raw.pr_raw == pytest.approx(eig.sum() ** 2 / (eig**2).sum(), rel=1e-5)
+    # the sampled histogram's mean agrees with the exact all-pairs mean within sampling error
+    assert abs(raw.cos_mean - raw.cos_mean_all) < 5 * raw.cos_std * np.sqrt(2 / raw.n_sample)
+    m = pq.read_table(tiny_run / "moments.parquet").to_pandas()
+    m = m[(m.layer == 0) & (m.site == "resid_post")].sort_values("dim")
+    from scipy import stats
+
+    np.testing.assert_allclose(m["mean"], x.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(m["variance"], x.var(0), rtol=1e-5)
+    np.testing.assert_allclose(m["excess_kurtosis"], stats.kurtosis(x, axis=0), rtol=1e-4, atol=1e-5)
+    # the centred variant: states minus the corpus mean, compared with the Gaussian of their covariance
+    cen = s[(s.layer == 0) & (s.site == "resid_post") & (s.variant == "centered")].iloc[0]
+    samples = pq.read_table(tiny_run / "samples.parquet").to_pandas()
+    v = np.stack(samples[(samples.layer == 0) & (samples.site == "resid_post")].sort_values("index").vector)
+    c = v.astype(np.float64) - x.mean(0)
+    cu = c / np.linalg.norm(c, axis=1, keepdims=True)
+    i, j = np.triu_indices(len(cu), k=1)
+    cos = (cu @ cu.T)[i, j]
+    assert cen.cos_mean == pytest.approx(cos.mean(), abs=1e-5) and cen.cos_std == pytest.approx(cos.std(), abs=1e-5)
+    assert cen.cos2_over_gaussian == pytest.approx((cos**2).mean() / cen.predicted_cos_var, rel=1e-4)

@@ -50,9 +50,10 @@ log = logging.getLogger(__name__)
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MERGE_FAN_IN = 64
-VARIANT = "raw"
-CORPUS_COLUMNS = ("n_tokens_stats", "n_tokens_second_order", "cos_mean_all", "cos2_mean_all", "pr_raw", "pc90",
-                  "pc95", "pc99", "kurtosis_max", "kurtosis_median", "norm_mean_all", "norm_std_all")
+CORPUS_COLUMNS = ("n_tokens_stats", "n_tokens_second_order", "cos_mean_all", "cos2_mean_all", "pr_raw",
+                  "pr_corrected", "pc90", "pc95", "pc99", "predicted_cos_var", "mean_share", "kurtosis_max",
+                  "kurtosis_median", "norm_mean_all", "norm_std_all")
+RAW_ONLY = ("cos_mean_all", "cos2_mean_all", "mean_share")
 OUTPUTS = ("manifest.json", "config.yaml", "summary.parquet", "histograms.parquet", "exemplars.parquet",
            "samples.parquet", "moments.parquet", "statistics", "stats", "sanity.parquet", "plots", "shards",
            "report.html")
@@ -289,27 +290,33 @@ def write_results(cfg: Config, store: RunStore, sites, results: list[dict], empi
     emp_prob = empirical.counts / empirical.n_pairs
     summary, hist_tables, exemplars, moment_tables = [], [], [], []
     for r, bad in zip(results, nonfinite):
-        hist = CosineHistogram.load(r["hist"])
         layer, site, d = r["layer"], r["site"], r["d_model"]
-        summary.append(
-            {
-                "layer": layer, "site": site, "variant": VARIANT, "d_model": d, "n_tokens": n_tokens,
-                "n_sample": r["n_sample"], "n_pairs": hist.n_pairs, "n_nonfinite": int(bad),
-                "cos_mean": r["cos_mean"], "cos_std": r["cos_std"], "d_fit": r["d_fit"],
-                "w1_gaussian": r["w1_gaussian"], "w1_fit": r["w1_fit"],
-                "norm_mean": r["norm_mean"], "norm_std": r["norm_std"],
-                **{name: r.get(name) for name in CORPUS_COLUMNS},
-            }
-        )
         if "dims" in r:
             moment_tables.append(moments_table(layer, site, r["dims"]))
-        hist_tables += [
-            histogram_rows(layer, site, VARIANT, "data", edges, hist.counts / hist.n_pairs, hist.counts),
-            histogram_rows(layer, site, VARIANT, "gaussian_exact", edges, law_probabilities(d, bins)),
-            histogram_rows(layer, site, VARIANT, "gaussian_fit", edges, law_probabilities(r["d_fit"], bins)),
-            histogram_rows(layer, site, VARIANT, "gaussian_empirical", edges, emp_prob, empirical.counts),
-        ]
-        exemplars += exemplar_rows(layer, site, VARIANT, r["pairs"], keys, tokenizer)
+        for variant, v in r["variants"].items():
+            hist = CosineHistogram.load(v["hist"])
+            site_level = {name: r.get(name) for name in CORPUS_COLUMNS}
+            if variant != "raw":  # these describe the raw states' directions, not the centred ones
+                for name in RAW_ONLY:
+                    site_level[name] = None
+            summary.append(
+                {
+                    "layer": layer, "site": site, "variant": variant, "d_model": d, "n_tokens": n_tokens,
+                    "n_sample": r["n_sample"], "n_pairs": hist.n_pairs, "n_nonfinite": int(bad),
+                    "cos_mean": v["cos_mean"], "cos_std": v["cos_std"], "d_fit": v["d_fit"],
+                    "w1_gaussian": v["w1_gaussian"], "w1_fit": v["w1_fit"],
+                    "norm_mean": v["norm_mean"], "norm_std": v["norm_std"],
+                    "cos2_over_gaussian": v.get("cos2_over_gaussian"),
+                    **site_level,
+                }
+            )
+            hist_tables += [
+                histogram_rows(layer, site, variant, "data", edges, hist.counts / hist.n_pairs, hist.counts),
+                histogram_rows(layer, site, variant, "gaussian_exact", edges, law_probabilities(d, bins)),
+                histogram_rows(layer, site, variant, "gaussian_fit", edges, law_probabilities(v["d_fit"], bins)),
+                histogram_rows(layer, site, variant, "gaussian_empirical", edges, emp_prob, empirical.counts),
+            ]
+            exemplars += exemplar_rows(layer, site, variant, v["pairs"], keys, tokenizer)
     store.write_parquet("summary.parquet", rows_to_table(summary, SUMMARY_SCHEMA))
     store.write_parquet("histograms.parquet", pa.concat_tables(hist_tables))
     store.write_parquet("exemplars.parquet", rows_to_table(exemplars, EXEMPLAR_SCHEMA))
