@@ -44,7 +44,8 @@ def main(model: str, text: str, out: str, temp: str) -> None:
     watcher.start()
     try:
         cfg = tiny_config(Path(model), Path(text), Path(out), "cluster.actors=2", "cluster.resources={accel: 1}",
-                          "corpus.shard_tokens=3000", "cluster.actor_wait_s=60")
+                          "corpus.shard_tokens=3000", "cluster.actor_wait_s=60",
+                          "cluster.shards_in_flight=2", "stats.flush_every=4")
         run(cfg)
         watcher.join(timeout=5)
         print(json.dumps({"head": head_id, "workers": [w.node_id for w in workers], "removed": removed.get("node")}))

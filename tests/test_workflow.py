@@ -26,7 +26,8 @@ def tiny_config(model: Path, text: Path, out: Path, *overrides: str):
         "capture": {"layers": "all", "batch_tokens": 1024},
         "sample": {"size": 300},
         "similarity": {"bins": 60, "tile": 128},
-        "cluster": {"actors": 1},
+        "stats": {"flush_every": 1},  # statistics written per shard: resume tests can reason shard by shard
+        "cluster": {"actors": 1, "shards_in_flight": 1},  # with flush_every 1: one shard per statistics partial
         "run": {"seed": 1, "out": str(out)},
     }
     return config_from_dict(data, list(overrides))
