@@ -138,8 +138,9 @@ def ordered_sites(summary: list[dict]) -> list[str]:
 
 def default_selection(summary: list[dict]) -> dict:
     """The layer and site the page opens at: the one farthest from the isotropic law at the model's width
-    (largest `w1_gaussian`), where the eye should go first."""
-    rows = [r for r in summary if r.get("w1_gaussian") is not None] or summary
+    (largest `w1_gaussian`) among the raw states (the seed's view), where the eye should go first."""
+    raw = [r for r in summary if r.get("variant") == "raw"] or summary
+    rows = [r for r in raw if r.get("w1_gaussian") is not None] or raw
     best = max(rows, key=lambda r: r.get("w1_gaussian") or 0.0)
     return {"layer": best["layer"], "site": best["site"], "variant": best["variant"],
             "reason": "farthest from the isotropic Gaussian at the model's width (largest W1)"}
@@ -183,7 +184,7 @@ def run_data(run_dir: str | Path | RunStore, with_laws: bool = True) -> dict:
         "summary_columns": list(run_dir.read_parquet("summary.parquet").schema.names),
         "sites": ordered_sites(summary),
         "layers": sorted({r["layer"] for r in summary}),
-        "variants": sorted({r["variant"] for r in summary}),
+        "variants": sorted({r["variant"] for r in summary}, key=lambda v: (v != "raw", v)),  # raw first
         "edges": edges,
         "hists": hists,
         "exemplars": load_exemplars(run_dir),

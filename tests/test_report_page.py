@@ -132,7 +132,9 @@ class Opened:
 
 
 def _parquet(run_dir: Path, name: str):
-    return pq.read_table(run_dir / name).to_pandas()
+    """A table of the run; for tables with variants, the raw states' rows (what the page opens on)."""
+    df = pq.read_table(run_dir / name).to_pandas()
+    return df[df.variant == "raw"] if "variant" in df.columns else df
 
 
 def _density(hist, layer, site, source) -> np.ndarray:
