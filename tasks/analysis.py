@@ -13,9 +13,10 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from tasks.baselines import fit_dimension, law_probabilities, wasserstein1
+from tasks.baselines import fit_dimension, law_probabilities, matched_gaussian, wasserstein1
 from tasks.dimension import dimension_report
-from tasks.similarity import cosine_histogram, quantile_pairs, unit_rows
+from tasks.distances import energy_distance, ks_statistic
+from tasks.similarity import CosineHistogram, cosine_histogram, quantile_pairs, unit_rows
 from tasks.moments import SiteStatistics
 from tasks.storage import RunStore
 from tasks.tables import samples_table
@@ -40,6 +41,7 @@ def analyze_site(
     store_root: str,
     save_samples: bool,
     stats: dict | None = None,
+    matched_seed: int = 0,
 ) -> dict:
     """Histogram, exemplar pairs and fitted dimension for one site's sample (n x d); with the site's merged
     streaming statistics (`stats`, a `SiteStatistics` state), the corpus-wide numbers too, and the statistics
@@ -55,11 +57,23 @@ def analyze_site(
     if stats is not None:
         store.write_arrays(f"statistics/L{layer:03d}-{site}.npz", stats)
         corpus = corpus_numbers(SiteStatistics.load(stats))
-        variants["centered"] = vectors - corpus.pop("corpus_mean").astype(np.float32)
+        mean = corpus.pop("corpus_mean")
+        variants["centered"] = vectors - mean.astype(np.float32)
     out = {name: sample_numbers(v, bins, tile, quantiles, device) for name, v in variants.items()}
-    if "centered" in out:  # E[cos^2] of centred states against what a Gaussian with their covariance gives
+    if "centered" in out:
+        # E[cos^2] of the centred states against what a Gaussian with their covariance gives, exactly.
         c = out["centered"]
         c["cos2_over_gaussian"] = (c["cos_std"] ** 2 + c["cos_mean"] ** 2) / corpus["predicted_cos_var"]
+        # The matched Gaussian: N(mean, covariance) draws through the same histogram code, per variant.
+        draws = matched_gaussian(mean, corpus.pop("corpus_covariance"), n, seed=matched_seed)
+        for name, states in (("raw", draws), ("centered", draws - mean.astype(np.float32))):
+            h = cosine_histogram(unit_rows(states, device), bins, tile)
+            v = out[name]
+            v["matched_counts"] = h.counts
+            data = CosineHistogram.load(v["hist"]).counts
+            v["w1_matched"] = wasserstein1(data / data.sum(), h.counts / h.counts.sum())
+            v["ks_matched"] = ks_statistic(data, h.counts)
+            v["energy_matched"] = energy_distance(data, h.counts)
     return {**corpus, "layer": layer, "site": site, "d_model": d, "n_sample": n, "variants": out}
 
 
@@ -71,6 +85,7 @@ def sample_numbers(vectors: np.ndarray, bins: int, tile: int, quantiles: tuple[f
     pairs = quantile_pairs(units, hist, quantiles, tile)
     prob = hist.counts / max(hist.n_pairs, 1)
     d_fit = fit_dimension(hist.counts, d_max=64.0 * d)
+    exact = law_probabilities(d, len(prob))
     norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
     return {
         "hist": hist.state(),
@@ -78,7 +93,9 @@ def sample_numbers(vectors: np.ndarray, bins: int, tile: int, quantiles: tuple[f
         "cos_std": hist.std,
         "d_fit": d_fit,
         "w1_fit": wasserstein1(prob, law_probabilities(d_fit, bins)),
-        "w1_gaussian": wasserstein1(prob, law_probabilities(d, bins)),
+        "w1_gaussian": wasserstein1(prob, exact),
+        "ks_gaussian": ks_statistic(prob, exact),
+        "energy_gaussian": energy_distance(prob, exact),
         "norm_mean": float(norms.mean()),
         "norm_std": float(norms.std()),
         "pairs": [asdict(p) for p in pairs],
@@ -110,5 +127,6 @@ def corpus_numbers(stats: SiteStatistics) -> dict:
         "norm_mean_all": float(stats.norms.moments.mean[0]),
         "norm_std_all": float(np.sqrt(stats.norms.moments.variance[0])),
         "corpus_mean": cov.mean,
+        "corpus_covariance": cov.covariance,
         "dims": {"mean": m.mean, "variance": m.variance, "skewness": m.skewness, "excess_kurtosis": kurt},
     }

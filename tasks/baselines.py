@@ -81,3 +81,13 @@ def empirical_gaussian(n: int, d: int, seed: int, bins: int, tile: int, device: 
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     x = torch.randn(n, d, generator=gen, dtype=torch.float32)
     return cosine_histogram(unit_rows(x, device), bins, tile)
+
+
+def matched_gaussian(mean: np.ndarray, covariance: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """n draws from N(mean, covariance) (float32), seeded: the `gaussian_matched` baseline's states. Run through
+    the same histogram code as the data, they separate "shaped covariance" (the data looks like these) from "not
+    Gaussian at all" (heavy tails, clusters, varying norms make the data differ even from these)."""
+    eig, vec = np.linalg.eigh(np.asarray(covariance, np.float64))
+    root = vec * np.sqrt(np.clip(eig, 0.0, None))  # root @ root.T == covariance
+    z = np.random.default_rng(seed).standard_normal((n, len(eig)))
+    return (z @ root.T + np.asarray(mean, np.float64)).astype(np.float32)

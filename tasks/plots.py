@@ -24,7 +24,9 @@ STYLE = {
     "gaussian_exact": dict(color="C3", lw=1.2, label="isotropic Gaussian, d = model width"),
     "gaussian_fit": dict(color="C2", lw=1.5, ls="--", label="isotropic Gaussian, fitted d"),
     "gaussian_empirical": dict(color="0.3", lw=0.8, ls=":", label="random normal vectors (check)"),
+    "gaussian_matched": dict(color="C1", lw=1.3, ls="-.", label="Gaussian with the site's mean and covariance"),
 }
+VERDICT_COLORS = {"near-gaussian": "#4c9a2a", "gaussian-shaped-low-dim": "#e0a030", "non-gaussian": "#c0392b"}
 
 
 def _histograms(store: RunStore) -> dict[tuple[int, str, str], dict[str, dict[str, np.ndarray]]]:
@@ -52,7 +54,7 @@ def _draw(ax, sources: dict, legend: bool, labels: dict[str, str] | None = None)
     ax.fill_between(centers, data["density"], step="mid", alpha=0.35, color=STYLE["data"]["color"])
     ax.step(centers, data["density"], where="mid", color=STYLE["data"]["color"], lw=0.8, label=STYLE["data"]["label"])
     top = max(data["density"].max(), sources.get("gaussian_fit", data)["density"].max())
-    for name in ("gaussian_empirical", "gaussian_exact", "gaussian_fit"):
+    for name in ("gaussian_empirical", "gaussian_exact", "gaussian_fit", "gaussian_matched"):
         if name not in sources:
             continue
         style = dict(STYLE[name])
@@ -120,6 +122,37 @@ def plot_overview(hists: dict, summary: dict, variant: str = "raw") -> bytes:
     return _png(fig, 90)
 
 
+def plot_verdicts(summary: dict) -> bytes:
+    """Layers (x) by sites (y), each cell coloured by its verdict (`tasks/verdict.py`), with the centred
+    E[cos^2] / Gaussian ratio written in it."""
+    from matplotlib.patches import Patch
+
+    raw = {(k[0], k[1]): r for k, r in summary.items() if k[2] == "raw"}
+    cen = {(k[0], k[1]): r for k, r in summary.items() if k[2] == "centered"}
+    layers = sorted({k[0] for k in raw})
+    sites = [s for s in ("resid_post", "attn_out", "mlp_out") if any(k[1] == s for k in raw)]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(layers) + 2.5), 0.6 * len(sites) + 1.6))
+    for y, site in enumerate(sites):
+        for x, layer in enumerate(layers):
+            r = raw.get((layer, site))
+            color = VERDICT_COLORS.get(r and r.get("verdict"), "0.85")
+            ax.add_patch(plt.Rectangle((x - 0.5, y - 0.5), 1, 1, color=color, ec="white"))
+            ratio = (cen.get((layer, site)) or {}).get("cos2_over_gaussian")
+            if ratio is not None and len(layers) <= 24:
+                ax.text(x, y, f"{ratio:.2g}", ha="center", va="center", fontsize=7, color="white")
+    ax.set_xlim(-0.5, len(layers) - 0.5)
+    ax.set_ylim(-0.5, len(sites) - 0.5)
+    step = max(1, len(layers) // 12)
+    ax.set_xticks(range(0, len(layers), step), [str(layers[i]) for i in range(0, len(layers), step)])
+    ax.set_yticks(range(len(sites)), sites)
+    ax.set_xlabel("layer")
+    ax.set_title("verdict per site (numbers: centred E[cos²] / Gaussian prediction)", fontsize=9)
+    ax.legend(handles=[Patch(color=c, label=v) for v, c in VERDICT_COLORS.items()], fontsize=7, ncol=3,
+              loc="upper center", bbox_to_anchor=(0.5, -0.35), frameon=False)
+    fig.tight_layout()
+    return _png(fig, 110)
+
+
 def draw_plots(run_dir: str | RunStore) -> list[str]:
     """(Re)draw every plot of a run directory from its Parquet files; returns the files written (relative)."""
     store = run_dir if isinstance(run_dir, RunStore) else RunStore(str(run_dir))
@@ -133,5 +166,8 @@ def draw_plots(run_dir: str | RunStore) -> list[str]:
         written.append(rel)
     store.write_bytes("plots/overview.png", plot_overview(hists, summary))
     written.append("plots/overview.png")
+    if any(r.get("verdict") for r in summary.values()):
+        store.write_bytes("plots/verdicts.png", plot_verdicts(summary))
+        written.append("plots/verdicts.png")
     log.info("wrote %d plots to %s", len(written), store.path("plots"))
     return written

@@ -23,6 +23,12 @@ SUMMARY_SCHEMA = pa.schema(
         ("d_fit", pa.float64()),
         ("w1_gaussian", pa.float64()),
         ("w1_fit", pa.float64()),
+        ("ks_gaussian", pa.float64()),
+        ("energy_gaussian", pa.float64()),
+        ("w1_matched", pa.float64()),
+        ("ks_matched", pa.float64()),
+        ("energy_matched", pa.float64()),
+        ("verdict", pa.string()),
         ("norm_mean", pa.float64()),
         ("norm_std", pa.float64()),
         # corpus-wide, from the streaming statistics over every token (null when stats.enabled is false)

@@ -57,10 +57,13 @@ def test_outputs_and_schema(tiny_run):
                                     "cos_mean", "cos_std", "d_fit"}
     assert (summary.n_sample == 300).all() and (summary.n_pairs == 300 * 299 // 2).all() and (summary.d_model == 64).all()
     hist = pq.read_table(tiny_run / "histograms.parquet").to_pandas()
-    assert set(hist.source) == {"data", "gaussian_exact", "gaussian_fit", "gaussian_empirical"}
+    assert set(hist.source) == {"data", "gaussian_exact", "gaussian_fit", "gaussian_empirical", "gaussian_matched"}
     for _, group in hist.groupby(["layer", "site", "variant", "source"]):
         assert len(group) == 60 and group.probability.sum() == pytest.approx(1.0, abs=1e-9)
     assert len(list((tiny_run / "plots").glob("L*_*.png"))) == 12
+    full = pq.read_table(tiny_run / "summary.parquet").to_pandas()
+    assert set(full.verdict) <= {"near-gaussian", "gaussian-shaped-low-dim", "non-gaussian"} and full.verdict.notna().all()
+    assert (tiny_run / "plots" / "verdicts.png").exists()
 
 
 def test_histogram_counts_equal_brute_force_over_saved_sample(tiny_run):

@@ -44,6 +44,7 @@ from tasks.similarity import CosineHistogram, bin_edges
 from tasks.storage import RunStore, is_uri, shard_file
 from tasks.tables import EXEMPLAR_SCHEMA, SUMMARY_SCHEMA, histogram_rows, moments_table, rows_to_table
 from workflows.capture_pool import CaptureResult, run_capture
+from tasks.verdict import verdict
 from workflows.config import Config
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ CORPUS_COLUMNS = ("n_tokens_stats", "n_tokens_second_order", "cos_mean_all", "co
                   "pr_corrected", "pc90", "pc95", "pc99", "predicted_cos_var", "mean_share", "kurtosis_max",
                   "kurtosis_median", "norm_mean_all", "norm_std_all")
 RAW_ONLY = ("cos_mean_all", "cos2_mean_all", "mean_share")
+DISTANCE_COLUMNS = ("ks_gaussian", "energy_gaussian", "w1_matched", "ks_matched", "energy_matched")
 OUTPUTS = ("manifest.json", "config.yaml", "summary.parquet", "histograms.parquet", "exemplars.parquet",
            "samples.parquet", "moments.parquet", "statistics", "stats", "sanity.parquet", "plots", "shards",
            "report.html")
@@ -270,8 +272,9 @@ def analyze(cfg: Config, store: RunStore, sites, keys_ref, vector_refs, stats_re
     task = ray.remote(analyze_site).options(num_cpus=1)
     refs = [
         task.remote(layer, site, vec_ref, keys_ref, bins=sc.bins, tile=sc.tile, quantiles=sc.quantiles,
-                    store_root=store.root, save_samples=cfg.sample.save_vectors, stats=stats_ref)
-        for (layer, site), vec_ref, stats_ref in zip(sites, vector_refs, stats_refs)
+                    store_root=store.root, save_samples=cfg.sample.save_vectors, stats=stats_ref,
+                    matched_seed=cfg.run.seed * 1_000_003 + index)
+        for index, ((layer, site), vec_ref, stats_ref) in enumerate(zip(sites, vector_refs, stats_refs))
     ]
     empirical_ref = ray.remote(empirical_gaussian).options(num_cpus=1).remote(n, d, cfg.run.seed, sc.bins, sc.tile)
     with tqdm(total=len(refs) + 1, unit="site", desc="similarity", disable=None) as bar:
@@ -307,9 +310,13 @@ def write_results(cfg: Config, store: RunStore, sites, results: list[dict], empi
                     "w1_gaussian": v["w1_gaussian"], "w1_fit": v["w1_fit"],
                     "norm_mean": v["norm_mean"], "norm_std": v["norm_std"],
                     "cos2_over_gaussian": v.get("cos2_over_gaussian"),
+                    **{name: v.get(name) for name in DISTANCE_COLUMNS},
                     **site_level,
                 }
             )
+            if "matched_counts" in v:
+                mc = v["matched_counts"]
+                hist_tables.append(histogram_rows(layer, site, variant, "gaussian_matched", edges, mc / mc.sum(), mc))
             hist_tables += [
                 histogram_rows(layer, site, variant, "data", edges, hist.counts / hist.n_pairs, hist.counts),
                 histogram_rows(layer, site, variant, "gaussian_exact", edges, law_probabilities(d, bins)),
@@ -317,6 +324,9 @@ def write_results(cfg: Config, store: RunStore, sites, results: list[dict], empi
                 histogram_rows(layer, site, variant, "gaussian_empirical", edges, emp_prob, empirical.counts),
             ]
             exemplars += exemplar_rows(layer, site, variant, v["pairs"], keys, tokenizer)
+    rows = {(r["layer"], r["site"], r["variant"]): r for r in summary}
+    for r in summary:
+        r["verdict"] = verdict(rows[(r["layer"], r["site"], "raw")], rows.get((r["layer"], r["site"], "centered")))
     store.write_parquet("summary.parquet", rows_to_table(summary, SUMMARY_SCHEMA))
     store.write_parquet("histograms.parquet", pa.concat_tables(hist_tables))
     store.write_parquet("exemplars.parquet", rows_to_table(exemplars, EXEMPLAR_SCHEMA))
