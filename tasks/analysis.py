@@ -15,7 +15,7 @@ import torch
 
 from tasks.baselines import fit_dimension, law_probabilities, matched_gaussian, wasserstein1
 from tasks.dimension import dimension_report
-from tasks.distances import energy_distance, ks_statistic
+from tasks.distances import energy_distance, ks_statistic, weighted_document_bootstrap
 from tasks.similarity import CosineHistogram, cosine_histogram, quantile_pairs, unit_rows
 from tasks.moments import SiteStatistics
 from tasks.storage import RunStore
@@ -42,6 +42,7 @@ def analyze_site(
     save_samples: bool,
     stats: dict | None = None,
     matched_seed: int = 0,
+    n_boot: int = 0,
 ) -> dict:
     """Histogram, exemplar pairs and fitted dimension for one site's sample (n x d); with the site's merged
     streaming statistics (`stats`, a `SiteStatistics` state), the corpus-wide numbers too, and the statistics
@@ -59,11 +60,15 @@ def analyze_site(
         corpus = corpus_numbers(SiteStatistics.load(stats))
         mean = corpus.pop("corpus_mean")
         variants["centered"] = vectors - mean.astype(np.float32)
-    out = {name: sample_numbers(v, bins, tile, quantiles, device) for name, v in variants.items()}
+    docs = keys.get("doc")
+    out = {name: sample_numbers(v, bins, tile, quantiles, device, docs, n_boot, matched_seed) for name, v in variants.items()}
     if "centered" in out:
         # E[cos^2] of the centred states against what a Gaussian with their covariance gives, exactly.
         c = out["centered"]
         c["cos2_over_gaussian"] = (c["cos_std"] ** 2 + c["cos_mean"] ** 2) / corpus["predicted_cos_var"]
+        if "cos2_ci" in c:  # the prediction comes from every token: its own error is negligible next to these
+            c["cos2_over_gaussian_ci_low"], c["cos2_over_gaussian_ci_high"] = (
+                x / corpus["predicted_cos_var"] for x in c["cos2_ci"])
         # The matched Gaussian: N(mean, covariance) draws through the same histogram code, per variant.
         draws = matched_gaussian(mean, corpus.pop("corpus_covariance"), n, seed=matched_seed)
         for name, states in (("raw", draws), ("centered", draws - mean.astype(np.float32))):
@@ -77,10 +82,13 @@ def analyze_site(
     return {**corpus, "layer": layer, "site": site, "d_model": d, "n_sample": n, "variants": out}
 
 
-def sample_numbers(vectors: np.ndarray, bins: int, tile: int, quantiles: tuple[float, ...], device) -> dict:
-    """The sampled states' pairwise cosine histogram, its exemplar pairs, fitted dimension and distances."""
+def sample_numbers(vectors: np.ndarray, bins: int, tile: int, quantiles: tuple[float, ...], device,
+                   docs: np.ndarray | None = None, n_boot: int = 0, seed: int = 0) -> dict:
+    """The sampled states' pairwise cosine histogram, its exemplar pairs, fitted dimension and distances; with
+    the tokens' documents, bootstrap intervals (over documents) of the mean cosine and mean squared cosine."""
     d = vectors.shape[1]
     units = unit_rows(vectors, device)
+    boot = pair_moments_bootstrap(units.double().cpu().numpy(), docs, n_boot, seed) if docs is not None and n_boot else None
     hist = cosine_histogram(units, bins, tile)
     pairs = quantile_pairs(units, hist, quantiles, tile)
     prob = hist.counts / max(hist.n_pairs, 1)
@@ -99,7 +107,52 @@ def sample_numbers(vectors: np.ndarray, bins: int, tile: int, quantiles: tuple[f
         "norm_mean": float(norms.mean()),
         "norm_std": float(norms.std()),
         "pairs": [asdict(p) for p in pairs],
+        **({} if boot is None else {
+            "cos_mean_ci_low": float(boot.low[0]), "cos_mean_ci_high": float(boot.high[0]),
+            "cos2_ci": (float(boot.low[1]), float(boot.high[1])),
+        }),
     }
+
+
+def pair_moments_bootstrap(units: np.ndarray, docs: np.ndarray, n_boot: int, seed: int):
+    """95 % intervals of (mean cosine, mean squared cosine) over pairs of distinct sampled tokens, by resampling
+    documents (pairs share tokens, and tokens of a document are correlated).
+
+    A replicate draws documents with multiplicities m_d. Pairs between two drawn documents count m_d m_e times;
+    pairs inside one document count m_d times (once per copy), not m_d^2, so that a replicate does not invent
+    within-document pairs the sample never had (which would bias every replicate toward the, more similar,
+    within-document pairs). With token weights w_i = m_doc(i) and G the Gram matrix of unit rows:
+    sum_{i != j} w_i w_j G_ij = |U^T w|^2 - sum_i w_i^2, then minus sum_d (m_d^2 - m_d) W_d with W_d the sum of
+    G_ij over distinct pairs inside document d; the same for G_ij^2 and for the pair counts. All replicates at
+    once; G o G in row blocks (memory ~ 2048 x n)."""
+    n = len(units)
+    norms2 = np.einsum("ij,ij->i", units, units)  # 1 for unit rows, 0 for zero rows
+    uniq, first, codes = np.unique(docs, return_index=True, return_inverse=True)
+    codes = codes.reshape(-1)
+    within = np.zeros((len(uniq), 3))  # per document: sum of G, of G^2, and the number of ordered pairs
+    for b in range(0, n, 2048):
+        g = units[b : b + 2048] @ units.T
+        same = codes[b : b + 2048, None] == codes[None, :]
+        rows = np.arange(b, min(b + 2048, n))
+        same[rows - b, rows] = False  # distinct tokens only
+        within[:, 0] += np.bincount(codes[rows], (g * same).sum(1), minlength=len(uniq))
+        within[:, 1] += np.bincount(codes[rows], (g * g * same).sum(1), minlength=len(uniq))
+        within[:, 2] += np.bincount(codes[rows], same.sum(1), minlength=len(uniq))
+
+    def statistic(w: np.ndarray) -> np.ndarray:
+        self_pairs = w**2 @ norms2
+        m = w[:, first]
+        extra = (m * m - m) @ within  # within-document pairs counted m^2 times by the products, kept m times
+        s1 = w @ units
+        second = np.zeros(len(w))
+        for b in range(0, n, 2048):  # w^T (G o G) w, a row block of G at a time
+            g = units[b : b + 2048] @ units.T
+            second += np.einsum("kn,kn->k", w[:, b : b + 2048] @ (g * g), w)
+        totals = np.stack([np.einsum("kd,kd->k", s1, s1) - self_pairs, second - self_pairs], axis=1) - extra[:, :2]
+        pairs = w.sum(1) ** 2 - (w**2).sum(1) - extra[:, 2]
+        return totals / pairs[:, None]
+
+    return weighted_document_bootstrap(statistic, docs, n_boot=n_boot, seed=seed)
 
 
 def corpus_numbers(stats: SiteStatistics) -> dict:

@@ -60,3 +60,25 @@ def test_heavy_tails_and_clusters_are_non_gaussian(kind, tmp_path):
         x = centres[rng.integers(0, 3, 20_000)] + rng.normal(size=(20_000, 64)) * 0.5
     label, raw, cen = site_verdict(x, tmp_path)
     assert label == "non-gaussian", (cen["cos2_over_gaussian"], cen["ks_matched"], raw["w1_gaussian"], raw["kurtosis_max"])
+
+
+def test_bootstrap_intervals_cover_the_truth(tmp_path):
+    """Isotropic Gaussian tokens, each its own document: the mean cosine is 0 and the centred E[cos^2] equals the
+    Gaussian prediction, so the 95 % intervals should contain 0 and 1; the point estimate is the histogram's."""
+    from tasks.analysis import pair_moments_bootstrap
+    from tasks.similarity import unit_rows
+
+    x = np.random.default_rng(5).normal(size=(20_000, 32))
+    stats = SiteStatistics()
+    stats.add(torch.from_numpy(x))
+    n = 1000
+    r = analyze_site(0, "mlp_out", x[:n].astype(np.float32), {"doc": np.arange(n)}, bins=100, tile=512,
+                     quantiles=(0.5,), store_root=str(tmp_path), save_samples=False, stats=stats.state(),
+                     matched_seed=3, n_boot=200)
+    raw, cen = r["variants"]["raw"], r["variants"]["centered"]
+    assert raw["cos_mean_ci_low"] < 0 < raw["cos_mean_ci_high"]
+    assert raw["cos_mean_ci_high"] - raw["cos_mean_ci_low"] < 0.02
+    assert cen["cos2_over_gaussian_ci_low"] < 1 < cen["cos2_over_gaussian_ci_high"]
+    boot = pair_moments_bootstrap(unit_rows(x[:n].astype(np.float32)).double().numpy(), np.arange(n), 10, 0)
+    assert boot.estimate[0] == pytest.approx(raw["cos_mean"], abs=1e-6)
+    assert boot.estimate[1] == pytest.approx(raw["cos_std"] ** 2 + raw["cos_mean"] ** 2, rel=1e-5)

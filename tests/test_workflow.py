@@ -227,3 +227,7 @@ def test_corpus_numbers_equal_brute_force_over_every_token(tiny_run, tiny_gpt2, 
     cos = (cu @ cu.T)[i, j]
     assert cen.cos_mean == pytest.approx(cos.mean(), abs=1e-5) and cen.cos_std == pytest.approx(cos.std(), abs=1e-5)
     assert cen.cos2_over_gaussian == pytest.approx((cos**2).mean() / cen.predicted_cos_var, rel=1e-4)
+    # document-bootstrap intervals hold their estimates, and the raw one the exact all-pairs mean
+    assert raw.cos_mean_ci_low <= raw.cos_mean <= raw.cos_mean_ci_high
+    assert raw.cos_mean_ci_low <= raw.cos_mean_all <= raw.cos_mean_ci_high
+    assert cen.cos2_over_gaussian_ci_low <= cen.cos2_over_gaussian <= cen.cos2_over_gaussian_ci_high

@@ -99,6 +99,7 @@ class StatsConfig:
     enabled: bool = True
     second_order_fraction: float = 1.0
     flush_every: int = 64
+    bootstrap: int = 200  # document-bootstrap replicates for the sampled numbers' intervals (0: none)
 
 
 @dataclass(frozen=True)
@@ -264,6 +265,8 @@ def _validate(cfg: Config) -> None:
     }
     if not 0.0 < cfg.stats.second_order_fraction <= 1.0:
         raise UserError(f"config key 'stats.second_order_fraction' must be in (0, 1], got {cfg.stats.second_order_fraction}")
+    if cfg.stats.bootstrap < 0:
+        raise UserError(f"config key 'stats.bootstrap' must be >= 0, got {cfg.stats.bootstrap}")
     if cfg.stats.flush_every <= 0:
         raise UserError(f"config key 'stats.flush_every' must be positive, got {cfg.stats.flush_every}")
     if cfg.cluster.max_retries < 0 or cfg.cluster.gpu_wait_s < 0 or cfg.cluster.actor_wait_s <= 0:

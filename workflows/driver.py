@@ -55,7 +55,8 @@ CORPUS_COLUMNS = ("n_tokens_stats", "n_tokens_second_order", "cos_mean_all", "co
                   "pr_corrected", "pc90", "pc95", "pc99", "predicted_cos_var", "mean_share", "kurtosis_max",
                   "kurtosis_median", "norm_mean_all", "norm_std_all")
 RAW_ONLY = ("cos_mean_all", "cos2_mean_all", "mean_share")
-DISTANCE_COLUMNS = ("ks_gaussian", "energy_gaussian", "w1_matched", "ks_matched", "energy_matched")
+DISTANCE_COLUMNS = ("ks_gaussian", "energy_gaussian", "w1_matched", "ks_matched", "energy_matched",
+                    "cos_mean_ci_low", "cos_mean_ci_high", "cos2_over_gaussian_ci_low", "cos2_over_gaussian_ci_high")
 OUTPUTS = ("manifest.json", "config.yaml", "summary.parquet", "histograms.parquet", "exemplars.parquet",
            "samples.parquet", "moments.parquet", "statistics", "stats", "sanity.parquet", "plots", "shards",
            "report.html")
@@ -273,7 +274,7 @@ def analyze(cfg: Config, store: RunStore, sites, keys_ref, vector_refs, stats_re
     refs = [
         task.remote(layer, site, vec_ref, keys_ref, bins=sc.bins, tile=sc.tile, quantiles=sc.quantiles,
                     store_root=store.root, save_samples=cfg.sample.save_vectors, stats=stats_ref,
-                    matched_seed=cfg.run.seed * 1_000_003 + index)
+                    matched_seed=cfg.run.seed * 1_000_003 + index, n_boot=cfg.stats.bootstrap)
         for index, ((layer, site), vec_ref, stats_ref) in enumerate(zip(sites, vector_refs, stats_refs))
     ]
     empirical_ref = ray.remote(empirical_gaussian).options(num_cpus=1).remote(n, d, cfg.run.seed, sc.bins, sc.tile)
