@@ -62,6 +62,13 @@ def analyze_site(
         variants["centered"] = vectors - mean.astype(np.float32)
     docs = keys.get("doc")
     out = {name: sample_numbers(v, bins, tile, quantiles, device, docs, n_boot, matched_seed) for name, v in variants.items()}
+    if "rogue_order" in corpus:  # how much of the raw cosine variance is left without the top 1, 3, 5 of them
+        order = corpus.pop("rogue_order")
+        for m in (1, 3, 5):
+            trimmed = vectors.copy()
+            trimmed[:, order[:m]] = 0.0
+            h = cosine_histogram(unit_rows(trimmed, device), bins, tile)
+            out["raw"][f"cos_var_left_top{m}"] = h.std**2 / out["raw"]["cos_std"] ** 2
     if "centered" in out:
         # E[cos^2] of the centred states against what a Gaussian with their covariance gives, exactly.
         c = out["centered"]
@@ -163,6 +170,9 @@ def corpus_numbers(stats: SiteStatistics) -> dict:
     m, u, cov = stats.moments, stats.units, stats.covariance
     rep = dimension_report(u.n, cov.mean, cov.covariance, u.sum, u.second)
     kurt = m.excess_kurtosis
+    # Each coordinate's share of the all-pairs mean cosine: mean over pairs of u_ik u_jk (sums to cos_mean_all).
+    contribution = (u.sum**2 - np.diag(u.second)) / (u.n * (u.n - 1)) if u.n > 1 else np.full(len(u.sum), np.nan)
+    rogue = np.argsort(-contribution)[:5]
     return {
         "n_tokens_stats": m.n,
         "n_tokens_second_order": u.n,
@@ -181,5 +191,9 @@ def corpus_numbers(stats: SiteStatistics) -> dict:
         "norm_std_all": float(np.sqrt(stats.norms.moments.variance[0])),
         "corpus_mean": cov.mean,
         "corpus_covariance": cov.covariance,
-        "dims": {"mean": m.mean, "variance": m.variance, "skewness": m.skewness, "excess_kurtosis": kurt},
+        "rogue_dims": ",".join(str(int(k)) for k in rogue),
+        "rogue_share": float(contribution[rogue[0]] / rep.mean_cos) if rep.mean_cos else float("nan"),
+        "rogue_order": rogue,
+        "dims": {"mean": m.mean, "variance": m.variance, "skewness": m.skewness, "excess_kurtosis": kurt,
+                 "cos_share": contribution},
     }

@@ -48,6 +48,11 @@ SUMMARY_SCHEMA = pa.schema(
         ("cos_mean_ci_high", pa.float64()),
         ("cos2_over_gaussian_ci_low", pa.float64()),
         ("cos2_over_gaussian_ci_high", pa.float64()),
+        ("rogue_dims", pa.string()),
+        ("rogue_share", pa.float64()),
+        ("cos_var_left_top1", pa.float64()),
+        ("cos_var_left_top3", pa.float64()),
+        ("cos_var_left_top5", pa.float64()),
         ("kurtosis_max", pa.float64()),
         ("kurtosis_median", pa.float64()),
         ("norm_mean_all", pa.float64()),
@@ -64,6 +69,7 @@ MOMENTS_SCHEMA = pa.schema(
         ("variance", pa.float64()),
         ("skewness", pa.float64()),
         ("excess_kurtosis", pa.float64()),
+        ("cos_share", pa.float64()),
     ]
 )
 
@@ -177,7 +183,7 @@ def moments_table(layer: int, site: str, dims: dict[str, np.ndarray]) -> pa.Tabl
             "site": pa.array([site] * d, pa.string()),
             "dim": pa.array(np.arange(d), pa.int32()),
             **{name: pa.array(np.asarray(dims[name], np.float64), pa.float64())
-               for name in ("mean", "variance", "skewness", "excess_kurtosis")},
+               for name in ("mean", "variance", "skewness", "excess_kurtosis", "cos_share")},
         },
         schema=MOMENTS_SCHEMA,
     )

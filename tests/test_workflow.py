@@ -227,6 +227,19 @@ def test_corpus_numbers_equal_brute_force_over_every_token(tiny_run, tiny_gpt2, 
     cos = (cu @ cu.T)[i, j]
     assert cen.cos_mean == pytest.approx(cos.mean(), abs=1e-5) and cen.cos_std == pytest.approx(cos.std(), abs=1e-5)
     assert cen.cos2_over_gaussian == pytest.approx((cos**2).mean() / cen.predicted_cos_var, rel=1e-4)
+    # rogue dimensions: each coordinate's share of the all-pairs mean cosine, the top ones, and what is left
+    share = (u.sum(0) ** 2 - (u**2).sum(0)) / (n * (n - 1))
+    np.testing.assert_allclose(m["cos_share"], share, rtol=1e-5, atol=1e-9)
+    assert share.sum() == pytest.approx(mean_cos, rel=1e-9)
+    top = np.argsort(-share)[:5]
+    assert raw.rogue_dims == ",".join(map(str, top)) and raw.rogue_share == pytest.approx(share[top[0]] / mean_cos, rel=1e-5)
+    v_raw = v.astype(np.float64)
+    for k in (1, 3, 5):
+        t = v_raw.copy()
+        t[:, top[:k]] = 0
+        tu = t / np.linalg.norm(t, axis=1, keepdims=True)
+        left = ((tu @ tu.T)[i, j]).var() / ((u_s := v_raw / np.linalg.norm(v_raw, axis=1, keepdims=True)) @ u_s.T)[i, j].var()
+        assert raw[f"cos_var_left_top{k}"] == pytest.approx(left, rel=1e-4)
     # document-bootstrap intervals hold their estimates, and the raw one the exact all-pairs mean
     assert raw.cos_mean_ci_low <= raw.cos_mean <= raw.cos_mean_ci_high
     assert raw.cos_mean_ci_low <= raw.cos_mean_all <= raw.cos_mean_ci_high

@@ -53,9 +53,10 @@ PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MERGE_FAN_IN = 64
 CORPUS_COLUMNS = ("n_tokens_stats", "n_tokens_second_order", "cos_mean_all", "cos2_mean_all", "pr_raw",
                   "pr_corrected", "pc90", "pc95", "pc99", "predicted_cos_var", "mean_share", "kurtosis_max",
-                  "kurtosis_median", "norm_mean_all", "norm_std_all")
-RAW_ONLY = ("cos_mean_all", "cos2_mean_all", "mean_share")
+                  "kurtosis_median", "norm_mean_all", "norm_std_all", "rogue_dims", "rogue_share")
+RAW_ONLY = ("cos_mean_all", "cos2_mean_all", "mean_share", "rogue_dims", "rogue_share")
 DISTANCE_COLUMNS = ("ks_gaussian", "energy_gaussian", "w1_matched", "ks_matched", "energy_matched",
+                    "cos_var_left_top1", "cos_var_left_top3", "cos_var_left_top5",
                     "cos_mean_ci_low", "cos_mean_ci_high", "cos2_over_gaussian_ci_low", "cos2_over_gaussian_ci_high")
 OUTPUTS = ("manifest.json", "config.yaml", "summary.parquet", "histograms.parquet", "exemplars.parquet",
            "samples.parquet", "moments.parquet", "statistics", "stats", "sanity.parquet", "plots", "shards",
