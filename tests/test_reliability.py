@@ -33,7 +33,7 @@ def assert_same_results(a: Path, b: Path) -> None:
         if sa[col].dtype.kind == "f":
             np.testing.assert_allclose(sa[col], sb[col], rtol=1e-12, atol=0)
         else:
-            assert (sa[col] == sb[col]).all(), col
+            assert sa[col].equals(sb[col]), col  # equal values, and nulls in the same places
 
 
 def finished(out: Path) -> set[int]:
