@@ -12,3 +12,9 @@ class UserError(Exception):
 class RunError(Exception):
     """A run that could not finish for a reason outside the user's input (a shard failing every retry, no actor
     placeable). Also one line; finished shards stay in the run directory for the next attempt."""
+
+
+def first_line(exc: BaseException) -> str:
+    """`Type: message` on one line (the last line of a multi-line message, where Ray puts the cause)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[-1] if text else ''}"

@@ -20,18 +20,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from tasks.actor import ShardCapturer
-from tasks.errors import RunError, UserError
+from tasks.errors import RunError, UserError, first_line
 from tasks.storage import RunStore
 from workflows.config import Config
 
 log = logging.getLogger(__name__)
 
 FAULT_ENV = ("GPT_STATS_FAULTS", "GPT_STATS_FAULT_DIR")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[-1] if text else ''}"
 
 
 def _user_error(exc: BaseException) -> UserError | None:
@@ -111,9 +106,9 @@ def run_capture(cfg: Config, store: RunStore, todo, sites, k: int, threshold: np
             raise user from None
         failures[key] += 1
         if failures[key] > cc.max_retries:
-            raise RunError(f"{what} failed {failures[key]} times; last error: {_first_line(exc)}; "
+            raise RunError(f"{what} failed {failures[key]} times; last error: {first_line(exc)}; "
                            "finished shards are kept: rerun the same command to resume") from None
-        log.warning("%s failed (%s); retrying (%d of %d)", what, _first_line(exc), failures[key], cc.max_retries)
+        log.warning("%s failed (%s); retrying (%d of %d)", what, first_line(exc), failures[key], cc.max_retries)
 
     bar = tqdm(total=total_tokens, initial=done_tokens, unit="tok", desc="capture", disable=None)
     try:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from tasks import corpus as corpus_mod
 from tasks.analysis import analyze_site
 from tasks.baselines import empirical_gaussian, law_probabilities, wasserstein1
-from tasks.errors import RunError, UserError
+from tasks.errors import RunError, UserError, first_line
 from tasks.exemplars import exemplar_rows
 from tasks.merge import (
     corrupt_files,
@@ -95,11 +95,6 @@ def versions() -> dict[str, str]:
         "pyarrow": pa.__version__,
         "scipy": scipy.__version__,
     }
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[-1] if text else ''}"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -287,7 +282,7 @@ def analyze(cfg: Config, store: RunStore, sites, keys_ref, vector_refs, stats_re
     return ray.get(refs), ray.get(empirical_ref)
 
 
-def write_results(cfg: Config, store: RunStore, sites, results: list[dict], empirical: CosineHistogram, keys: dict,
+def write_results(cfg: Config, store: RunStore, results: list[dict], empirical: CosineHistogram, keys: dict,
                   tokenizer, n_tokens: int, nonfinite: np.ndarray) -> dict:
     """summary.parquet, histograms.parquet, exemplars.parquet; returns the consistency checks for the manifest."""
     bins = cfg.similarity.bins
@@ -363,7 +358,7 @@ def run(cfg: Config, fresh: bool = False) -> Path | str:
     try:
         return _run(cfg, store, manifest, model_config, layers, timer, t_start)
     except BaseException as exc:
-        manifest.update(status="failed", reason=_first_line(exc), timings=timer.seconds)
+        manifest.update(status="failed", reason=first_line(exc), timings=timer.seconds)
         store.write_json("manifest.json", manifest)
         raise
 
@@ -423,7 +418,7 @@ def _run(cfg: Config, store: RunStore, manifest: dict, model_config, layers, tim
             ray.shutdown()
     nonfinite = np.sum([r["nonfinite"] for r in records], axis=0)
     with timer.stage("report"):
-        checks = write_results(cfg, store, sites, results, empirical, keys, tokenizer, total, nonfinite)
+        checks = write_results(cfg, store, results, empirical, keys, tokenizer, total, nonfinite)
         draw_plots(store)
     timer.seconds["total"] = round(time.perf_counter() - t_start, 3)
     capture_s = timer.seconds.get("capture", 0.0)
