@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from tasks.baselines import fit_dimension, law_probabilities, matched_gaussian, wasserstein1
-from tasks.dimension import dimension_report
+from tasks.dimension import dimension_report, mean_cosine, mean_squared_cosine
 from tasks.distances import energy_distance, ks_statistic, weighted_document_bootstrap
 from tasks.similarity import CosineHistogram, cosine_histogram, quantile_pairs, unit_rows
 from tasks.moments import SiteStatistics
@@ -168,14 +168,15 @@ def corpus_numbers(stats: SiteStatistics) -> dict:
     the cosine variance that a Gaussian with this covariance would give, norms, and the per-coordinate moments
     (returned as arrays for `moments.parquet`)."""
     m, u, cov = stats.moments, stats.units, stats.covariance
-    rep = dimension_report(u.n, cov.mean, cov.covariance, u.sum, u.second)
+    mean_cos = mean_cosine(u.n, u.sum, u.sq) if u.n > 1 else float("nan")  # every token
+    rep = dimension_report(cov.n, cov.mean, cov.covariance, mean_cos, mean_squared_cosine(stats.unit_second.n, stats.unit_second.second))
     kurt = m.excess_kurtosis
     # Each coordinate's share of the all-pairs mean cosine: mean over pairs of u_ik u_jk (sums to cos_mean_all).
-    contribution = (u.sum**2 - np.diag(u.second)) / (u.n * (u.n - 1)) if u.n > 1 else np.full(len(u.sum), np.nan)
+    contribution = (u.sum**2 - u.sq) / (u.n * (u.n - 1)) if u.n > 1 else np.full(len(u.sum), np.nan)
     rogue = np.argsort(-contribution)[:5]
     return {
         "n_tokens_stats": m.n,
-        "n_tokens_second_order": u.n,
+        "n_tokens_second_order": cov.n,
         "cos_mean_all": rep.mean_cos,
         "cos2_mean_all": rep.mean_cos2,
         "pr_raw": rep.pr_raw,

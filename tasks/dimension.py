@@ -31,24 +31,32 @@ _LOG_TAIL = np.log(1e-18)  # nodes where prod (1 + 2 t lambda_j)^(-1/2) is below
 _BLOCK = 1 << 22  # most (node, eigenvalue) entries held at once
 
 
-def all_pairs_cosine(n: int, unit_sum: np.ndarray, unit_second_moment: np.ndarray) -> tuple[float, float]:
-    """Exact mean cosine and mean squared cosine over all n (n - 1) ordered pairs of distinct states.
-
-    With unit vectors u_i, s = sum_i u_i and M = U^T U = sum_i u_i u_i^T:
-        sum_{i != j} u_i . u_j      = |s|^2 - sum_i |u_i|^2 = |s|^2 - n,
-        sum_{i != j} (u_i . u_j)^2  = tr(M^2) - n = ||M||_F^2 - n      (tr(M^2) = sum_{i, j} (u_i . u_j)^2),
-    each divided by n (n - 1). Ordered and unordered pairs give the same means. Every one of the n states must
-    have unit norm (a zero state would add 0 to both sums but still count in n). With float64 sums, cancelling the
-    n diagonal terms costs an absolute error of about 1e-16 * (|s|^2 / n^2 + 1 / n) on the means: negligible.
-    """
+def mean_cosine(n: int, unit_sum: np.ndarray, unit_sq: np.ndarray | float) -> float:
+    """Exact mean cosine over all n (n - 1) ordered pairs of distinct states, from s = sum_i u_i of their unit
+    vectors and the per-coordinate sums of squares sq_k = sum_i u_ik^2 (or their total, sum_i |u_i|^2):
+        sum_{i != j} u_i . u_j = |s|^2 - sum_i |u_i|^2.
+    A zero state adds 0 to both sums (but counts in n). Ordered and unordered pairs give the same mean."""
     if n < 2:
         raise ValueError(f"all-pairs cosine needs n >= 2 states, got {n}")
     s = np.asarray(unit_sum, dtype=np.float64)
+    return (float(s @ s) - float(np.sum(unit_sq))) / (float(n) * (n - 1))
+
+
+def mean_squared_cosine(n: int, unit_second_moment: np.ndarray) -> float:
+    """Exact mean squared cosine over all n (n - 1) ordered pairs of distinct unit-norm states, from
+    M = U^T U = sum_i u_i u_i^T: sum_{i != j} (u_i . u_j)^2 = tr(M^2) - n = ||M||_F^2 - n. With float64 sums,
+    cancelling the n diagonal terms costs an absolute error of about 1e-16 / n: negligible."""
+    if n < 2:
+        raise ValueError(f"all-pairs cosine needs n >= 2 states, got {n}")
     m = np.asarray(unit_second_moment, dtype=np.float64)
-    pairs = float(n) * (n - 1)
-    mean_cos = (float(s @ s) - n) / pairs
-    mean_cos2 = (float(np.einsum("ij,ij->", m, m)) - n) / pairs
-    return mean_cos, mean_cos2
+    return (float(np.einsum("ij,ij->", m, m)) - n) / (float(n) * (n - 1))
+
+
+def all_pairs_cosine(n: int, unit_sum: np.ndarray, unit_second_moment: np.ndarray) -> tuple[float, float]:
+    """Exact mean cosine and mean squared cosine over all n (n - 1) ordered pairs of n distinct unit-norm states
+    (`mean_cosine` and `mean_squared_cosine` of the same states; |u_i|^2 = 1 is the diagonal of M)."""
+    return (mean_cosine(n, unit_sum, np.trace(np.asarray(unit_second_moment, dtype=np.float64))),
+            mean_squared_cosine(n, unit_second_moment))
 
 
 def covariance_spectrum(covariance: np.ndarray) -> np.ndarray:
@@ -236,16 +244,16 @@ def dimension_report(
     n: int,
     mean: np.ndarray,
     covariance: np.ndarray,
-    unit_sum: np.ndarray,
-    unit_second_moment: np.ndarray,
+    mean_cos: float,
+    mean_cos2: float,
 ) -> DimensionReport:
-    """Bundle the estimators for one site: `covariance` with the mean removed and divisor n - 1 (d x d),
-    `mean` (d,), `unit_sum` = sum of the normalised states (d,), `unit_second_moment` = U^T U (d x d)."""
+    """Bundle the estimators for one site: `covariance` of n states, with the mean removed and divisor n - 1
+    (d x d), their `mean` (d,), and the all-pairs mean cosine and mean squared cosine (`mean_cosine`,
+    `mean_squared_cosine`; the streaming statistics may take them over more tokens than the covariance)."""
     mean = np.asarray(mean, dtype=np.float64)
     lam = covariance_spectrum(covariance)
     pc90, pc95, pc99 = components_for_variance(lam, (0.9, 0.95, 0.99))
     cos_var_pred = gaussian_cosine_variance(lam)
-    mean_cos, mean_cos2 = all_pairs_cosine(n, unit_sum, unit_second_moment)
     mean_sq = float(mean @ mean)
     return DimensionReport(
         n=int(n),

@@ -2,17 +2,25 @@
 
 Every statistic follows the project's interface: `add(x)` a batch (an (n, d) tensor, on any device; shapes are
 found from the first batch), `merge(other)`, `state()` to a dict of plain float64 arrays (saved as `.npz`, never
-pickled) and `load(state)`. Batches are reduced on their device, then folded into float64 accumulators with the
-pairwise update formulas, so a merge of partial statistics equals one pass over all the data up to rounding.
+pickled) and `load(state)`. Accumulators are float64 tensors that stay on the device of the batches that fed them
+(a GPU actor moves nothing to the host until `state()`), and batches are folded in with the pairwise update
+formulas, so a merge of partial statistics equals one pass over all the data up to rounding. Array attributes
+(`mean`, `m2`, ...) read back as NumPy arrays.
 
 * `Moments`: count, mean and the central moment sums M2, M3, M4 of every coordinate (Pébay 2008, "Formulas for
   robust, one-pass parallel computation of covariances and arbitrary-order statistical moments", eqs. 2.1-2.3,
   generalising Chan, Golub & LeVeque 1979). Gives per-dimension variance, skewness and excess kurtosis.
 * `Covariance`: mean and the co-moment matrix C = sum (x - mean)(x - mean)^T (Chan et al.'s pairwise update
   C = C_a + C_b + (n_a n_b / n) d d^T with d = mean_b - mean_a).
-* `UnitSums`: sum of unit vectors s = sum u_i and their second moment Q = sum u_i u_i^T, which give the exact
-  mean cosine and mean squared cosine over all pairs of distinct tokens.
+* `UnitSums`: sum of unit vectors s = sum u_i and per-coordinate sum of squares sum u_ik^2 (O(n d): on every
+  token), which give the exact mean cosine over all pairs and each coordinate's share of it.
+* `UnitSecondMoment`: Q = sum u_i u_i^T (O(n d^2)), which gives the exact mean squared cosine over all pairs.
 * `NormHistogram`: counts of the states' Euclidean norms in fixed log-spaced bins, plus their moments.
+
+Cost: the two d x d statistics are one matrix product per batch each (2 n d^2 flops, float32 for model
+activations, accumulated in float64); `SiteStatistics` feeds them a deterministic fraction of the tokens where
+that cost matters (`stats.second_order_fraction`). The rest is O(n d); on a CPU it runs over row blocks that stay
+in cache, in float64 throughout.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import numpy as np
 import torch
 
 F64 = torch.float64
+CPU_BLOCK = 512  # rows per block for the O(n d) float64 reductions on a CPU (cache-sized); a GPU takes the batch
 
 
 def _batch(x: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -32,48 +41,93 @@ def _product_dtype(x: torch.Tensor) -> torch.dtype:
     return F64 if x.dtype == F64 else torch.float32
 
 
-class Moments:
-    """Per-coordinate count, mean, M2, M3, M4 (sums of 2nd-4th powers of deviations from the mean)."""
+def _blocks(x: torch.Tensor):
+    """Row blocks of x for the elementwise float64 reductions: cache-sized on a CPU, the whole batch on a GPU."""
+    step = CPU_BLOCK if x.device.type == "cpu" else max(len(x), 1)
+    return (x[s : s + step] for s in range(0, len(x), step))
+
+
+class _Stat:
+    """Plumbing shared by the statistics: `n` plus named float64 tensors (`FIELDS`), read back as NumPy arrays,
+    saved as `{"n": n, field: array}`, loaded onto the CPU, and moved to `self`'s device when merged."""
+
+    FIELDS: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.n = 0
-        self.mean: np.ndarray | None = None
-        self.m2 = self.m3 = self.m4 = None
+        self.t: dict[str, torch.Tensor] = {}
+
+    def __getattr__(self, name: str):
+        if name in type(self).FIELDS:
+            t = self.__dict__.get("t", {}).get(name)
+            return None if t is None else t.cpu().numpy()
+        raise AttributeError(name)
+
+    def _fields_of(self, other: _Stat) -> dict[str, torch.Tensor]:
+        device = next(iter(self.t.values())).device
+        return {k: v.to(device) for k, v in other.t.items()}
+
+    def _take(self, other: _Stat) -> bool:
+        """Merge preamble: True when nothing is left to do (other empty, or self empty and now a copy of it)."""
+        if other.n == 0:
+            return True
+        if self.n == 0:
+            self.n, self.t = other.n, {k: v.clone() for k, v in other.t.items()}
+            return True
+        return False
+
+    def state(self) -> dict[str, np.ndarray]:
+        if not self.n:
+            return {"n": np.int64(0)}
+        return {"n": np.int64(self.n), **{k: self.t[k].cpu().numpy().copy() for k in self.FIELDS}}
+
+    @classmethod
+    def load(cls, state: dict):
+        s = cls()
+        s.n = int(state["n"])
+        if s.n:
+            s.t = {k: torch.from_numpy(np.array(state[k], dtype=np.float64)) for k in cls.FIELDS}
+        return s
+
+
+class Moments(_Stat):
+    """Per-coordinate count, mean, M2, M3, M4 (sums of 2nd-4th powers of deviations from the mean)."""
+
+    FIELDS = ("mean", "m2", "m3", "m4")
 
     def add(self, x) -> None:
         x = _batch(x)
         if x.shape[0] == 0:
             return
-        xd = x.to(F64)
-        mean = xd.mean(0)
-        dev = xd - mean
-        dev2 = dev * dev
+        mean = x.mean(0, dtype=F64)
+        sums = torch.zeros(3, x.shape[1], dtype=F64, device=x.device)
+        for block in _blocks(x):
+            dev = block.to(F64) - mean
+            dev2 = dev * dev
+            sums[0] += dev2.sum(0)
+            sums[1] += (dev2 * dev).sum(0)
+            sums[2] += dev2.square_().sum(0)
         other = Moments()
-        other.n = x.shape[0]
-        other.mean = mean.cpu().numpy()
-        other.m2 = dev2.sum(0).cpu().numpy()
-        other.m3 = (dev2 * dev).sum(0).cpu().numpy()
-        other.m4 = (dev2 * dev2).sum(0).cpu().numpy()
+        other.n, other.t = x.shape[0], {"mean": mean, "m2": sums[0], "m3": sums[1], "m4": sums[2]}
         self.merge(other)
 
-    def merge(self, other: "Moments") -> "Moments":
-        if other.n == 0:
+    def merge(self, other: Moments) -> Moments:
+        if self._take(other):
             return self
-        if self.n == 0:
-            self.n, self.mean, self.m2, self.m3, self.m4 = other.n, other.mean.copy(), other.m2.copy(), other.m3.copy(), other.m4.copy()
-            return self
+        b = self._fields_of(other)
+        a = self.t
         na, nb = float(self.n), float(other.n)
         n = na + nb
-        d = other.mean - self.mean
+        d = b["mean"] - a["mean"]
         d2 = d * d
-        m2 = self.m2 + other.m2 + d2 * na * nb / n
-        m3 = (self.m3 + other.m3 + d2 * d * na * nb * (na - nb) / n**2
-              + 3.0 * d * (na * other.m2 - nb * self.m2) / n)
-        m4 = (self.m4 + other.m4 + d2 * d2 * na * nb * (na * na - na * nb + nb * nb) / n**3
-              + 6.0 * d2 * (na * na * other.m2 + nb * nb * self.m2) / n**2
-              + 4.0 * d * (na * other.m3 - nb * self.m3) / n)
-        self.mean = self.mean + d * nb / n
-        self.m2, self.m3, self.m4, self.n = m2, m3, m4, int(n)
+        m2 = a["m2"] + b["m2"] + d2 * (na * nb / n)
+        m3 = (a["m3"] + b["m3"] + d2 * d * (na * nb * (na - nb) / n**2)
+              + 3.0 * d * (na * b["m2"] - nb * a["m2"]) / n)
+        m4 = (a["m4"] + b["m4"] + d2 * d2 * (na * nb * (na * na - na * nb + nb * nb) / n**3)
+              + 6.0 * d2 * (na * na * b["m2"] + nb * nb * a["m2"]) / n**2
+              + 4.0 * d * (na * b["m3"] - nb * a["m3"]) / n)
+        self.t = {"mean": a["mean"] + d * (nb / n), "m2": m2, "m3": m3, "m4": m4}
+        self.n = int(n)
         return self
 
     @property
@@ -91,53 +145,34 @@ class Moments:
         with np.errstate(divide="ignore", invalid="ignore"):
             return self.n * self.m4 / self.m2**2 - 3.0
 
-    def state(self) -> dict[str, np.ndarray]:
-        if not self.n:
-            return {"n": np.int64(0)}
-        return {"n": np.int64(self.n), "mean": self.mean, "m2": self.m2, "m3": self.m3, "m4": self.m4}
 
-    @classmethod
-    def load(cls, state: dict) -> "Moments":
-        m = cls()
-        m.n = int(state["n"])
-        if m.n:
-            m.mean, m.m2, m.m3, m.m4 = (np.asarray(state[k], np.float64).copy() for k in ("mean", "m2", "m3", "m4"))
-        return m
-
-
-class Covariance:
+class Covariance(_Stat):
     """Count, mean and co-moment matrix C; the covariance is C / (n - 1)."""
 
-    def __init__(self) -> None:
-        self.n = 0
-        self.mean: np.ndarray | None = None
-        self.comoment: np.ndarray | None = None
+    FIELDS = ("mean", "comoment")
 
     def add(self, x) -> None:
         x = _batch(x)
         if x.shape[0] == 0:
             return
-        # Centre on the batch mean (float64) before the product, so there is no E[xx] - E[x]E[x] cancellation;
-        # the product runs in float64 for float64 input, else in float32 (then accumulated in float64).
-        mean = x.to(F64).mean(0)
-        dev = (x.to(F64) - mean).to(_product_dtype(x))
+        # Centre on the batch mean before the product, so there is no E[xx] - E[x]E[x] cancellation; the product
+        # runs in float64 for float64 input, else in float32 (then accumulated in float64).
+        mean = x.mean(0, dtype=F64)
+        dtype = _product_dtype(x)
+        dev = x.to(dtype) - mean.to(dtype)
         other = Covariance()
-        other.n = x.shape[0]
-        other.mean = mean.cpu().numpy()
-        other.comoment = (dev.T @ dev).to(F64).cpu().numpy()
+        other.n, other.t = x.shape[0], {"mean": mean, "comoment": (dev.T @ dev).to(F64)}
         self.merge(other)
 
-    def merge(self, other: "Covariance") -> "Covariance":
-        if other.n == 0:
+    def merge(self, other: Covariance) -> Covariance:
+        if self._take(other):
             return self
-        if self.n == 0:
-            self.n, self.mean, self.comoment = other.n, other.mean.copy(), other.comoment.copy()
-            return self
+        b = self._fields_of(other)
         na, nb = float(self.n), float(other.n)
         n = na + nb
-        d = other.mean - self.mean
-        self.comoment = self.comoment + other.comoment + np.outer(d, d) * (na * nb / n)
-        self.mean = self.mean + d * nb / n
+        d = b["mean"] - self.t["mean"]
+        self.t["comoment"] = self.t["comoment"] + b["comoment"] + torch.outer(d, d) * (na * nb / n)
+        self.t["mean"] = self.t["mean"] + d * (nb / n)
         self.n = int(n)
         return self
 
@@ -145,65 +180,60 @@ class Covariance:
     def covariance(self) -> np.ndarray:
         return self.comoment / max(self.n - 1, 1)
 
-    def state(self) -> dict[str, np.ndarray]:
-        if not self.n:
-            return {"n": np.int64(0)}
-        return {"n": np.int64(self.n), "mean": self.mean, "comoment": self.comoment}
 
-    @classmethod
-    def load(cls, state: dict) -> "Covariance":
-        c = cls()
-        c.n = int(state["n"])
-        if c.n:
-            c.mean = np.asarray(state["mean"], np.float64).copy()
-            c.comoment = np.asarray(state["comoment"], np.float64).copy()
-        return c
+def _units(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Rows scaled to unit norm (zero rows stay zero), in `dtype`, norms taken in float64."""
+    norms = torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=F64)
+    return (x.to(F64) / torch.where(norms > 0, norms, 1.0)).to(dtype)
 
 
-class UnitSums:
-    """n, s = sum of unit vectors u_i = x_i / |x_i|, and Q = sum u_i u_i^T. Zero vectors count as zero."""
+class UnitSums(_Stat):
+    """n, s = sum of unit vectors u_i = x_i / |x_i| and sq = per-coordinate sum of u_ik^2 (zero vectors count as
+    zero): the exact all-pairs mean cosine (|s|^2 - sum(sq)) / (n (n - 1)) and each coordinate's share of it."""
 
-    def __init__(self) -> None:
-        self.n = 0
-        self.sum: np.ndarray | None = None
-        self.second: np.ndarray | None = None
+    FIELDS = ("sum", "sq")
 
     def add(self, x) -> None:
         x = _batch(x)
         if x.shape[0] == 0:
             return
-        xd = x.to(F64)
-        norms = xd.norm(dim=1, keepdim=True)
-        u = xd / torch.where(norms > 0, norms, 1.0)
-        up = u.to(_product_dtype(x))
+        sums = torch.zeros(2, x.shape[1], dtype=F64, device=x.device)
+        for block in _blocks(x):
+            u = _units(block, F64)
+            sums[0] += u.sum(0)
+            sums[1] += u.square_().sum(0)
         other = UnitSums()
-        other.n, other.sum, other.second = x.shape[0], u.sum(0).cpu().numpy(), (up.T @ up).to(F64).cpu().numpy()
+        other.n, other.t = x.shape[0], {"sum": sums[0], "sq": sums[1]}
         self.merge(other)
 
-    def merge(self, other: "UnitSums") -> "UnitSums":
-        if other.n == 0:
-            return self
-        if self.n == 0:
-            self.n, self.sum, self.second = other.n, other.sum.copy(), other.second.copy()
-        else:
+    def merge(self, other: UnitSums) -> UnitSums:
+        if not self._take(other):
+            b = self._fields_of(other)
             self.n += other.n
-            self.sum = self.sum + other.sum
-            self.second = self.second + other.second
+            self.t = {k: self.t[k] + b[k] for k in self.FIELDS}
         return self
 
-    def state(self) -> dict[str, np.ndarray]:
-        if not self.n:
-            return {"n": np.int64(0)}
-        return {"n": np.int64(self.n), "sum": self.sum, "second": self.second}
 
-    @classmethod
-    def load(cls, state: dict) -> "UnitSums":
-        u = cls()
-        u.n = int(state["n"])
-        if u.n:
-            u.sum = np.asarray(state["sum"], np.float64).copy()
-            u.second = np.asarray(state["second"], np.float64).copy()
-        return u
+class UnitSecondMoment(_Stat):
+    """n and Q = sum u_i u_i^T of unit vectors (zero vectors count as zero): the exact all-pairs mean squared
+    cosine (||Q||_F^2 - n) / (n (n - 1))."""
+
+    FIELDS = ("second",)
+
+    def add(self, x) -> None:
+        x = _batch(x)
+        if x.shape[0] == 0:
+            return
+        u = _units(x, _product_dtype(x))
+        other = UnitSecondMoment()
+        other.n, other.t = x.shape[0], {"second": (u.T @ u).to(F64)}
+        self.merge(other)
+
+    def merge(self, other: UnitSecondMoment) -> UnitSecondMoment:
+        if not self._take(other):
+            self.n += other.n
+            self.t = {"second": self.t["second"] + self._fields_of(other)["second"]}
+        return self
 
 
 class NormHistogram:
@@ -213,8 +243,12 @@ class NormHistogram:
     LO, HI, BINS = 1e-3, 1e5, 400
 
     def __init__(self) -> None:
-        self.counts = np.zeros(self.BINS, dtype=np.int64)
+        self._counts: torch.Tensor | None = None
         self.moments = Moments()
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.zeros(self.BINS, np.int64) if self._counts is None else self._counts.cpu().numpy()
 
     @classmethod
     def edges(cls) -> np.ndarray:
@@ -224,14 +258,18 @@ class NormHistogram:
         x = _batch(x)
         if x.shape[0] == 0:
             return
-        norms = x.to(F64).norm(dim=1)
+        norms = torch.linalg.vector_norm(x, dim=1, dtype=F64)
         scaled = (torch.log(norms.clamp(self.LO, self.HI)) - np.log(self.LO)) * (self.BINS / np.log(self.HI / self.LO))
         idx = scaled.long().clamp_(0, self.BINS - 1)
-        self.counts += torch.bincount(idx, minlength=self.BINS).cpu().numpy()
+        self._add_counts(torch.bincount(idx, minlength=self.BINS))
         self.moments.add(norms[:, None])
 
-    def merge(self, other: "NormHistogram") -> "NormHistogram":
-        self.counts += other.counts
+    def _add_counts(self, counts: torch.Tensor) -> None:
+        self._counts = counts.clone() if self._counts is None else self._counts + counts.to(self._counts.device)
+
+    def merge(self, other: NormHistogram) -> NormHistogram:
+        if other._counts is not None:
+            self._add_counts(other._counts)
         self.moments.merge(other.moments)
         return self
 
@@ -239,33 +277,36 @@ class NormHistogram:
         return {"counts": self.counts.copy(), **{f"m_{k}": v for k, v in self.moments.state().items()}}
 
     @classmethod
-    def load(cls, state: dict) -> "NormHistogram":
+    def load(cls, state: dict) -> NormHistogram:
         h = cls()
-        h.counts = np.asarray(state["counts"], np.int64).copy()
+        h._counts = torch.from_numpy(np.array(state["counts"], dtype=np.int64))
         h.moments = Moments.load({k[2:]: v for k, v in state.items() if k.startswith("m_")})
         return h
 
 
 class SiteStatistics:
-    """All streaming statistics of one (layer, site): moments and norms over every token; the two d x d
-    statistics (covariance, unit sums) over the tokens chosen for second-order statistics (all, or a fraction
-    where cost demands it)."""
+    """All streaming statistics of one (layer, site): moments, norms and unit sums over every token; the two d x d
+    statistics (covariance, unit second moment) over the tokens chosen for second-order statistics (all, or a
+    fraction where cost demands it)."""
 
-    PARTS = {"moments": Moments, "norms": NormHistogram, "covariance": Covariance, "units": UnitSums}
+    PARTS = {"moments": Moments, "norms": NormHistogram, "units": UnitSums, "covariance": Covariance,
+             "unit_second": UnitSecondMoment}
 
     def __init__(self) -> None:
-        self.moments, self.norms, self.covariance, self.units = Moments(), NormHistogram(), Covariance(), UnitSums()
+        for name, part in self.PARTS.items():
+            setattr(self, name, part())
 
     def add(self, x, second_order_rows=None) -> None:
         """Add a batch (n, d); `second_order_rows` (indices or None for all) feed the d x d statistics."""
         x = _batch(x)
         self.moments.add(x)
         self.norms.add(x)
+        self.units.add(x)
         y = x if second_order_rows is None else x[second_order_rows]
         self.covariance.add(y)
-        self.units.add(y)
+        self.unit_second.add(y)
 
-    def merge(self, other: "SiteStatistics") -> "SiteStatistics":
+    def merge(self, other: SiteStatistics) -> SiteStatistics:
         for name in self.PARTS:
             getattr(self, name).merge(getattr(other, name))
         return self
@@ -274,7 +315,7 @@ class SiteStatistics:
         return {f"{name}.{k}": v for name in self.PARTS for k, v in getattr(self, name).state().items()}
 
     @classmethod
-    def load(cls, state: dict) -> "SiteStatistics":
+    def load(cls, state: dict) -> SiteStatistics:
         s = cls()
         for name, part in cls.PARTS.items():
             prefix = f"{name}."

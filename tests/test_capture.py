@@ -114,3 +114,36 @@ def test_actor_sample_is_the_bottom_k_of_all_tokens(tiny_gpt2):
             out = model(input_ids=torch.tensor(ids[offsets[s] : offsets[s + 1]][None].astype(np.int64)),
                         output_hidden_states=True)
         np.testing.assert_allclose(state["vectors"][0][n], out.hidden_states[1][0, pos[t]].numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_actor_statistics_every_token_and_second_order_fraction(tiny_gpt2):
+    """First-order statistics see every token; the d x d ones the tokens that the second hash picks (about the
+    configured fraction): each equals a direct computation over those tokens' states from separate forward passes."""
+    from scipy import stats
+    from transformers import AutoModel
+
+    from tasks.actor import second_order_tokens
+
+    rng = np.random.default_rng(3)
+    lengths = np.array([60, 9, 120, 33, 80, 47])
+    ids = rng.integers(5, 2048, size=int(lengths.sum())).astype(np.int32)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    shard = Shard(0, ids, offsets, np.arange(6), np.zeros(6, np.int64))
+    cap = ShardCapturer(str(tiny_gpt2), "float32", [(0, "resid_post")])  # layer 1 would meet ln_f
+    cap.process(shard, k=10, threshold=np.uint64(2**64 - 1), seed=7, batch_tokens=150, stats_fraction=0.3)
+    st = cap.stats[0]
+    seq = np.repeat(np.arange(6), lengths)
+    pos = np.arange(lengths.sum()) - offsets[seq]
+    chosen = second_order_tokens(7, shard.doc[seq], shard.window[seq], pos, 0.3)
+    assert 0.2 < chosen.mean() < 0.4
+    model = AutoModel.from_pretrained(tiny_gpt2).eval()
+    with torch.no_grad():
+        x = np.concatenate([model(input_ids=torch.tensor(ids[offsets[s] : offsets[s + 1]][None].astype(np.int64)),
+                                  output_hidden_states=True).hidden_states[1][0].double().numpy() for s in range(6)])
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    assert st.moments.n == st.units.n == len(x) and st.covariance.n == st.unit_second.n == chosen.sum()
+    np.testing.assert_allclose(st.moments.mean, x.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(st.moments.excess_kurtosis, stats.kurtosis(x, axis=0), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(st.units.sum, u.sum(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(st.covariance.covariance, np.cov(x[chosen], rowvar=False), rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(st.unit_second.second, u[chosen].T @ u[chosen], rtol=1e-4, atol=1e-5)

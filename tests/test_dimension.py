@@ -175,7 +175,7 @@ def test_dimension_report_on_a_rotated_spiked_gaussian():
     mu = 0.5 * rng.standard_normal(d)
     x = mu + (rng.standard_normal((n, d)) * np.sqrt(lam)) @ q.T
     s, m = unit_sums(x)
-    rep = dimension_report(n, x.mean(0), np.cov(x, rowvar=False), s, m)
+    rep = dimension_report(n, x.mean(0), np.cov(x, rowvar=False), *all_pairs_cosine(n, s, m))
 
     assert (rep.n, rep.d) == (n, d)
     truth_pr = lam.sum() ** 2 / (lam**2).sum()

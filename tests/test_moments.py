@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from tasks.moments import Covariance, Moments, NormHistogram, UnitSums
+from tasks.moments import Covariance, Moments, NormHistogram, SiteStatistics, UnitSecondMoment, UnitSums
 
 
 def data(seed=0, n=3000, d=7):
@@ -60,7 +60,10 @@ def test_unit_sums_and_norms():
     u = grouped(UnitSums, parts, np.random.default_rng(5))
     unit = x / np.linalg.norm(x, axis=1, keepdims=True)
     np.testing.assert_allclose(u.sum, unit.sum(0), rtol=1e-10)
-    np.testing.assert_allclose(u.second, unit.T @ unit, rtol=1e-10)
+    np.testing.assert_allclose(u.sq, (unit * unit).sum(0), rtol=1e-10)
+    q = grouped(UnitSecondMoment, parts, np.random.default_rng(7))
+    assert u.n == q.n == len(x)
+    np.testing.assert_allclose(q.second, unit.T @ unit, rtol=1e-10)
     h = grouped(NormHistogram, parts, np.random.default_rng(6))
     norms = np.linalg.norm(x, axis=1)
     expected, _ = np.histogram(np.clip(norms, NormHistogram.LO, NormHistogram.HI), bins=NormHistogram.edges())
@@ -81,10 +84,29 @@ def test_float32_gpu_style_batches_still_merge_exactly():
 
 def test_empty_state_round_trips():
     x, _ = data(seed=9)
-    for cls in (Moments, Covariance, UnitSums, NormHistogram):
+    for cls in (Moments, Covariance, UnitSums, UnitSecondMoment, NormHistogram):
         empty = cls.load(cls().state())
         full = cls()
         full.add(torch.from_numpy(x))
         merged = cls.load(empty.state()).merge(full)  # empty + data == data
         for key, value in full.state().items():
             np.testing.assert_array_equal(merged.state()[key], value)
+
+
+def test_site_statistics_second_order_rows_and_cpu_blocks():
+    """A batch longer than the CPU block size, float32 like model activations: first-order parts see every row,
+    the d x d parts only the chosen rows; each equals a direct float64 computation on those rows."""
+    rng = np.random.default_rng(10)
+    x = (rng.standard_t(df=4, size=(1500, 6)) * [1, 2, 3, 4, 5, 6] + 20).astype(np.float32)
+    rows = np.flatnonzero(rng.random(len(x)) < 0.3)
+    s = SiteStatistics.load(SiteStatistics().state())
+    s.add(torch.from_numpy(x[:700]), torch.as_tensor(rows[rows < 700]))
+    s.add(torch.from_numpy(x[700:]), torch.as_tensor(rows[rows >= 700] - 700))
+    s = SiteStatistics.load(s.state())
+    xd = x.astype(np.float64)
+    unit = xd / np.linalg.norm(xd, axis=1, keepdims=True)
+    assert s.moments.n == s.units.n == len(x) and s.covariance.n == s.unit_second.n == len(rows)
+    np.testing.assert_allclose(s.moments.excess_kurtosis, stats.kurtosis(xd, axis=0), rtol=1e-9)
+    np.testing.assert_allclose(s.units.sum, unit.sum(0), rtol=1e-10)
+    np.testing.assert_allclose(s.covariance.covariance, np.cov(xd[rows], rowvar=False), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(s.unit_second.second, unit[rows].T @ unit[rows], rtol=1e-5)

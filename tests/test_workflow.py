@@ -26,7 +26,9 @@ def tiny_config(model: Path, text: Path, out: Path, *overrides: str):
         "capture": {"layers": "all", "batch_tokens": 1024},
         "sample": {"size": 300},
         "similarity": {"bins": 60, "tile": 128},
-        "stats": {"flush_every": 1},  # statistics written per shard: resume tests can reason shard by shard
+        # statistics written per shard (resume tests reason shard by shard); d x d statistics on every token (the
+        # brute-force checks below compare with all of them; tests/test_capture.py covers a fraction)
+        "stats": {"flush_every": 1, "second_order_fraction": 1.0},
         "cluster": {"actors": 1, "shards_in_flight": 1},  # with flush_every 1: one shard per statistics partial
         "run": {"seed": 1, "out": str(out)},
     }

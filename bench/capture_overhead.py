@@ -1,0 +1,116 @@
+"""Capture overhead: tokens/s of the capture actor with every layer and site hooked and the streaming statistics
+on, against a bare forward pass of the same model on the same batches (issue 6, benchmark 1).
+
+    python bench/capture_overhead.py [--layers 12] [--width 768] [--heads 12] [--batches 1] [--repeats 3]
+                                     [--device cpu|cuda] [--dtype float32|bfloat16|float16]
+
+The model is the GPT-2 small architecture with random weights (the hub is unreachable here; timing does not
+depend on the weights), on random token ids in windows of the model's context length, batched by the workflow's
+default token budget (`capture.batch_tokens`). Measured in this run, interleaved `--repeats` times (the minimum
+of each is reported, so that a busy neighbour slows both sides alike):
+  bare           the model's forward pass alone;
+  hooks+sample   `ShardCapturer.process` with all sites hooked, keeping a 2000-token sample of a 100M-token
+                 corpus (the workflow's hash threshold), no statistics;
+  default stats  the same with the streaming statistics at the default `stats.second_order_fraction`;
+  all tokens d2  the same with the d x d statistics on every token (`second_order_fraction = 1`).
+Each line gives tokens/s and the time relative to bare; the target is default stats <= 1.10 x bare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tasks.actor import ShardCapturer  # noqa: E402
+from tasks.corpus import Shard  # noqa: E402
+from tasks.sampling import candidate_threshold  # noqa: E402
+from workflows.config import CaptureConfig, StatsConfig  # noqa: E402
+
+SITES = ("resid_post", "attn_out", "mlp_out")
+
+
+def model_of(layers: int, width: int, heads: int, device: str, dtype: torch.dtype):
+    from transformers import GPT2Config, GPT2Model
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=layers, n_embd=width, n_head=heads, n_positions=1024, vocab_size=50257)
+    model = GPT2Model._from_config(cfg, attn_implementation="sdpa", dtype=torch.float32)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def timed(fn, device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--layers", type=int, default=12)
+    p.add_argument("--width", type=int, default=768)
+    p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--seq", type=int, default=1024)
+    p.add_argument("--batch-tokens", type=int, default=CaptureConfig().batch_tokens)
+    p.add_argument("--batches", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    args = p.parse_args()
+    torch.set_grad_enabled(False)
+    dtype = getattr(torch, args.dtype)
+    model = model_of(args.layers, args.width, args.heads, args.device, dtype)
+    per_batch = max(args.batch_tokens // args.seq, 1)
+    n_seq = per_batch * args.batches
+    ids = np.random.default_rng(0).integers(0, 50257, size=n_seq * args.seq).astype(np.int32)
+    offsets = np.arange(n_seq + 1, dtype=np.int64) * args.seq
+    shard = Shard(0, ids, offsets, np.arange(n_seq, dtype=np.int64), np.zeros(n_seq, np.int64))
+    sites = [(layer, s) for layer in range(args.layers) for s in SITES]
+    cap = ShardCapturer.from_model(model, "gpt2", sites)
+    threshold = candidate_threshold(2000, 100_000_000)
+    default_fraction = StatsConfig().second_order_fraction
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"# capture_overhead.py {time.strftime('%Y-%m-%d')}: torch {torch.__version__}, {device_name}")
+    print(f"GPT-2 architecture {args.layers} layers x {args.width}, {args.dtype}, random weights; {len(sites)} sites; "
+          f"{args.batches} batch(es) of {per_batch} x {args.seq} = {shard.n_tokens:,} tokens; "
+          f"default stats.second_order_fraction = {default_fraction}")
+
+    def bare():
+        for b in range(args.batches):
+            x = torch.as_tensor(ids.reshape(n_seq, args.seq)[b * per_batch : (b + 1) * per_batch].astype(np.int64),
+                                device=args.device)
+            with torch.inference_mode():
+                model(input_ids=x)  # equal lengths: the actor passes no mask either
+
+    def capture(fraction):
+        def run():
+            cap.stats = None  # a fresh accumulation each time, as after a flush
+            cap.process(shard, 2000, threshold, 0, args.batch_tokens, stats_fraction=fraction)
+        return run
+
+    runs = {"bare forward": bare, "hooks + sample, no statistics": capture(None),
+            f"default statistics (d x d on {default_fraction:.0%} of tokens)": capture(default_fraction),
+            "statistics, d x d on every token": capture(1.0)}
+    for fn in runs.values():  # warm-up
+        fn()
+    best = {name: float("inf") for name in runs}
+    for _ in range(args.repeats):
+        for name, fn in runs.items():
+            best[name] = min(best[name], timed(fn, args.device))
+    base = best["bare forward"]
+    for name, t in best.items():
+        print(f"  {name:48s} {shard.n_tokens / t:9,.0f} tok/s  {t:7.2f} s  {t / base:5.3f} x bare")
+
+
+if __name__ == "__main__":
+    main()
