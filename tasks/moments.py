@@ -249,12 +249,15 @@ class NormHistogram:
 class SiteStatistics:
     """All streaming statistics of one (layer, site): moments and norms over every token; the two d x d
     statistics (covariance, unit sums) over the tokens chosen for second-order statistics (all, or a fraction
-    where cost demands it)."""
+    where cost demands it). Tokens excluded from the analysis (`capture.exclude`: position 0, special tokens)
+    feed only their own norms, `excluded_norms` (their count is its moments' n)."""
 
-    PARTS = {"moments": Moments, "norms": NormHistogram, "covariance": Covariance, "units": UnitSums}
+    PARTS = {"moments": Moments, "norms": NormHistogram, "covariance": Covariance, "units": UnitSums,
+             "excluded_norms": NormHistogram}
 
     def __init__(self) -> None:
         self.moments, self.norms, self.covariance, self.units = Moments(), NormHistogram(), Covariance(), UnitSums()
+        self.excluded_norms = NormHistogram()
 
     def add(self, x, second_order_rows=None) -> None:
         """Add a batch (n, d); `second_order_rows` (indices or None for all) feed the d x d statistics."""
@@ -264,6 +267,10 @@ class SiteStatistics:
         y = x if second_order_rows is None else x[second_order_rows]
         self.covariance.add(y)
         self.units.add(y)
+
+    def add_excluded(self, x) -> None:
+        """Add a batch (n, d) of excluded tokens: their norms only."""
+        self.excluded_norms.add(_batch(x))
 
     def merge(self, other: "SiteStatistics") -> "SiteStatistics":
         for name in self.PARTS:

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from tasks.moments import Covariance, Moments, NormHistogram, UnitSums
+from tasks.moments import Covariance, Moments, NormHistogram, SiteStatistics, UnitSums
 
 
 def data(seed=0, n=3000, d=7):
@@ -88,3 +88,26 @@ def test_empty_state_round_trips():
         merged = cls.load(empty.state()).merge(full)  # empty + data == data
         for key, value in full.state().items():
             np.testing.assert_array_equal(merged.state()[key], value)
+
+
+def test_site_statistics_keep_excluded_tokens_apart():
+    """Excluded tokens feed only `excluded_norms`; through state/load and merges, like the other parts."""
+    x, parts = data(seed=10)
+    halves = []
+    for group in (parts[:7], parts[7:]):
+        s = SiteStatistics()
+        for p in group:
+            s.add(torch.from_numpy(p[1:]))
+            s.add_excluded(torch.from_numpy(p[:1]))  # the first row of every part is "position 0"
+        halves.append(SiteStatistics.load(s.state()))
+    merged = halves[1].merge(halves[0])
+    kept = np.concatenate([p[1:] for p in parts])
+    dropped = np.concatenate([p[:1] for p in parts])
+    assert merged.moments.n == merged.covariance.n == merged.units.n == len(kept)
+    np.testing.assert_allclose(merged.moments.mean, kept.mean(0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(merged.norms.moments.mean, [np.linalg.norm(kept, axis=1).mean()], rtol=1e-12)
+    ex = merged.excluded_norms
+    assert ex.moments.n == ex.counts.sum() == len(dropped) == len(parts)
+    np.testing.assert_allclose(ex.moments.mean, [np.linalg.norm(dropped, axis=1).mean()], rtol=1e-12)
+    np.testing.assert_allclose(ex.moments.variance, [np.linalg.norm(dropped, axis=1).var()], rtol=1e-10)
+    assert SiteStatistics.load(SiteStatistics().state()).excluded_norms.moments.n == 0
