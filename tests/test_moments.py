@@ -92,7 +92,7 @@ def test_empty_state_round_trips():
 
 def test_site_statistics_keep_excluded_tokens_apart():
     """Excluded tokens feed only `excluded_norms`; through state/load and merges, like the other parts."""
-    x, parts = data(seed=10)
+    _, parts = data(seed=10)
     halves = []
     for group in (parts[:7], parts[7:]):
         s = SiteStatistics()
