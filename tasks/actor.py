@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from tasks.capture import SiteRecorder, forward_and_gather, pad_batch
-from tasks.corpus import Shard, batches
+from tasks.corpus import Exclusion, Shard, batches
 from tasks.models import load_model, load_model_config, site_table
 from tasks.faults import maybe_fail
 from tasks.moments import SiteStatistics, stack_states
@@ -70,7 +70,8 @@ class ShardCapturer:
         return {"device": str(self.device), "node": node, "load_seconds": round(self.load_seconds, 3)}
 
     def process(self, shard: Shard, k: int, threshold: np.uint64, seed: int, batch_tokens: int,
-                store_root: str | None = None, config_hash: str = "", stats_fraction: float | None = None) -> dict:
+                store_root: str | None = None, config_hash: str = "", stats_fraction: float | None = None,
+                exclusion: Exclusion | None = None) -> dict:
         """Capture one shard into its bottom-k sample. With `store_root`, write the sample (`.npz`) and then
         its record (`.json`) to the run directory and return the record; else return it with the state under
         `"state"` (tests, benchmarks). States with a NaN or Inf at any site are counted per site and kept out
@@ -78,12 +79,15 @@ class ShardCapturer:
 
         With `stats_fraction`, every real token of the shard also feeds this actor's streaming statistics
         (`SiteStatistics` per site; the d x d ones on the tokens whose second hash falls in that fraction); they
-        accumulate across shards until `flush` writes them."""
+        accumulate across shards until `flush` writes them.
+
+        With `exclusion`, the tokens it names (position 0, special ids) never enter the sample (the threshold
+        must then come from the count of the other tokens) and feed only the statistics' excluded norms."""
         t0 = time.perf_counter()
         maybe_fail(shard.index)
         sample = BottomKSample(k, threshold)
         lengths = shard.lengths()
-        forwards = examined = 0
+        forwards = examined = n_excluded = 0
         self.recorder.reset_counts(self.device)
         with_stats = stats_fraction is not None
         if with_stats and self.stats is None:
@@ -97,15 +101,25 @@ class ShardCapturer:
                 cols = np.arange(int(seq_len.sum())) - np.repeat(np.cumsum(seq_len) - seq_len, seq_len)
                 seqs = seq_index[rows]
                 hashes = token_hash(seed, shard.doc[seqs], shard.window[seqs], cols)
-                keep = sample.candidates(hashes)
+                excluded = exclusion.mask(shard.ids[shard.offsets[seqs] + cols], cols) if exclusion else None
+                if excluded is None:
+                    keep = sample.candidates(hashes)
+                else:  # only eligible tokens compete for the sample (and for the batch's k slots)
+                    n_excluded += int(excluded.sum())
+                    keep = ~excluded
+                    keep[keep] = sample.candidates(hashes[keep])
                 if not keep.any() and not with_stats:
                     continue  # nothing here can enter the sample: skip the forward pass
                 if with_stats:
                     chosen = second_order_tokens(seed, shard.doc[seqs], shard.window[seqs], cols, stats_fraction)
                     self.recorder.second_order = _rows_of(torch.as_tensor(chosen, device=self.device))
+                grid = None
+                if excluded is not None and with_stats:
+                    grid = np.zeros((len(seq_index), int(seq_len.max())), dtype=bool)
+                    grid[rows, cols] = excluded
                 rows, cols, seqs, hashes = rows[keep], cols[keep], seqs[keep], hashes[keep]
                 input_ids, mask = pad_batch(shard.ids, shard.offsets, seq_index, self.pad_id)
-                vectors = forward_and_gather(self.model, self.recorder, input_ids, mask, rows, cols)
+                vectors = forward_and_gather(self.model, self.recorder, input_ids, mask, rows, cols, grid)
                 forwards += 1
                 examined += int(seq_len.sum())
                 finite = torch.isfinite(vectors).all(dim=2).all(dim=0).cpu().numpy()
@@ -128,6 +142,7 @@ class ShardCapturer:
             "n_tokens": shard.n_tokens,
             "n_sequences": shard.n_sequences,
             "n_examined": examined,
+            "n_excluded": n_excluded,
             "n_kept": len(sample),
             "nonfinite": self.recorder.nonfinite.cpu().tolist(),
             "forward_batches": forwards,
@@ -167,6 +182,6 @@ def second_order_tokens(seed: int, doc: np.ndarray, window: np.ndarray, pos: np.
 
 
 def _rows_of(chosen: torch.Tensor):
-    """The recorder's `second_order`: from the finite mask over the batch's real tokens, the row indices (among
-    the real, finite tokens) of the chosen ones."""
+    """The recorder's `second_order`: from the mask over the batch's real tokens of those feeding the statistics
+    (finite, not excluded), the row indices (among those tokens) of the chosen ones."""
     return lambda finite: torch.nonzero(chosen[finite], as_tuple=True)[0]

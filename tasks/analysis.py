@@ -165,9 +165,10 @@ def pair_moments_bootstrap(units: np.ndarray, docs: np.ndarray, n_boot: int, see
 def corpus_numbers(stats: SiteStatistics) -> dict:
     """The corpus-wide numbers of one site from its streaming statistics (every token, no sampling): exact
     all-pairs mean cosine and mean squared cosine, effective dimensions of the covariance (`tasks.dimension`),
-    the cosine variance that a Gaussian with this covariance would give, norms, and the per-coordinate moments
-    (returned as arrays for `moments.parquet`)."""
+    the cosine variance that a Gaussian with this covariance would give, norms, the count and norms of the tokens
+    kept out (`capture.exclude`), and the per-coordinate moments (returned as arrays for `moments.parquet`)."""
     m, u, cov = stats.moments, stats.units, stats.covariance
+    ex = stats.excluded_norms.moments
     mean_cos = mean_cosine(u.n, u.sum, u.sq) if u.n > 1 else float("nan")  # every token
     rep = dimension_report(cov.n, cov.mean, cov.covariance, mean_cos, mean_squared_cosine(stats.unit_second.n, stats.unit_second.second))
     kurt = m.excess_kurtosis
@@ -190,6 +191,9 @@ def corpus_numbers(stats: SiteStatistics) -> dict:
         "kurtosis_median": float(np.nanmedian(kurt)),
         "norm_mean_all": float(stats.norms.moments.mean[0]),
         "norm_std_all": float(np.sqrt(stats.norms.moments.variance[0])),
+        "n_excluded": ex.n,
+        "excluded_norm_mean": float(ex.mean[0]) if ex.n else None,
+        "excluded_norm_std": float(np.sqrt(ex.variance[0])) if ex.n else None,
         "corpus_mean": cov.mean,
         "corpus_covariance": cov.covariance,
         "rogue_dims": ",".join(str(int(k)) for k in rogue),

@@ -36,10 +36,11 @@ class SiteRecorder:
         self.paths = [table.path(layer, site) for layer, site in self.sites]
         self.select: tuple[torch.Tensor, torch.Tensor] | None = None
         self.valid: torch.Tensor | None = None  # (B, T) bool: real tokens of the current batch
+        self.excluded: torch.Tensor | None = None  # (B, T) bool: real tokens kept out of the statistics, or None
         self._out: list[torch.Tensor | None] = [None] * len(self.sites)
         self.nonfinite: torch.Tensor | None = None  # per site: real tokens whose state has a NaN or Inf
-        self.stats: list | None = None  # per site: a SiteStatistics fed every real, finite token
-        self.second_order = None  # finite mask of the real tokens -> rows for the d x d statistics
+        self.stats: list | None = None  # per site: a SiteStatistics fed every real, finite, not excluded token
+        self.second_order = None  # mask of the real tokens that feed the statistics -> rows for the d x d ones
 
     def _hook(self, slot: int):
         def hook(_module, _inputs, output):
@@ -49,9 +50,12 @@ class SiteRecorder:
             finite = torch.isfinite(hidden).all(dim=-1)
             self.nonfinite[slot] += ((~finite) & self.valid).sum()
             if self.stats is not None:
-                rows = hidden[self.valid & finite]  # every real token with a finite state, in (b, t) order
-                second = self.second_order(finite[self.valid]) if self.second_order is not None else None
-                self.stats[slot].add(rows, second)
+                used = self.valid & finite  # every real token with a finite state, in (b, t) order
+                if self.excluded is not None:
+                    self.stats[slot].add_excluded(hidden[used & self.excluded])
+                    used = used & ~self.excluded
+                second = self.second_order(used[self.valid]) if self.second_order is not None else None
+                self.stats[slot].add(hidden[used], second)
 
         return hook
 
@@ -94,14 +98,17 @@ def forward_and_gather(
     attention_mask: np.ndarray,
     rows: np.ndarray,
     cols: np.ndarray,
+    excluded: np.ndarray | None = None,
 ) -> torch.Tensor:
     """One forward pass; returns the states at (rows, cols) for every recorded site, shape (sites, n, d), left
-    on the model's device so that a sample can stay there until its shard is done."""
+    on the model's device so that a sample can stay there until its shard is done. `excluded` ((B, T) bool)
+    marks the tokens that feed only the statistics' excluded norms."""
     device = next(model.parameters()).device
     if recorder.nonfinite is None:
         recorder.reset_counts(device)
     recorder.select = (torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device))
     recorder.valid = torch.as_tensor(attention_mask, device=device).bool()
+    recorder.excluded = None if excluded is None else torch.as_tensor(excluded, device=device)
     # Without padding, no mask: lets SDPA take its fused causal (flash) path.
     mask = None if attention_mask.all() else torch.as_tensor(attention_mask, device=device)
     model(input_ids=torch.as_tensor(input_ids, device=device), attention_mask=mask)

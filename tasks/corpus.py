@@ -170,6 +170,48 @@ def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
     raise UserError("cannot tell where the tokenizer puts its special tokens; this tokenizer is not supported")
 
 
+def special_ids(tokenizer) -> list[int]:
+    """The ids of the tokenizer's marker tokens, which stand for no text: every special token (BERT's [CLS],
+    [SEP], [PAD], [MASK]; GPT-2's <|endoftext|>) and whatever it wraps a sequence with, but not an unknown-token
+    id that is nothing else (BERT's [UNK] replaces text the vocabulary lacks; GPT-2's is <|endoftext|>)."""
+    prefix, suffix = special_tokens(tokenizer)
+    ids = set(tokenizer.all_special_ids) | set(prefix) | set(suffix)
+    unk = tokenizer.unk_token_id
+    roles = {getattr(tokenizer, f"{role}_token_id", None) for role in ("bos", "eos", "sep", "cls", "pad", "mask")}
+    if unk is not None and unk not in roles and unk not in prefix + suffix:
+        ids.discard(unk)
+    return sorted(int(i) for i in ids if i is not None)
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """Which tokens stay out of the sample and the main streaming statistics (`capture.exclude`): the first
+    token of every model input (`position0`) and tokens whose id is in `special_ids`. Empty: none."""
+
+    position0: bool = False
+    special_ids: tuple[int, ...] = ()
+
+    @classmethod
+    def from_config(cls, kinds: Sequence[str], tokenizer) -> Exclusion:
+        return cls("position0" in kinds, tuple(special_ids(tokenizer)) if "special" in kinds else ())
+
+    def __bool__(self) -> bool:
+        return self.position0 or bool(self.special_ids)
+
+    def mask(self, token_ids: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """True for the excluded tokens among tokens with these ids and positions in their sequence."""
+        out = np.isin(token_ids, np.asarray(self.special_ids, dtype=np.int64))
+        if self.position0:
+            out |= np.asarray(pos) == 0
+        return out
+
+    def count(self, shard: Shard) -> int:
+        """Excluded tokens in a shard."""
+        lengths = shard.lengths()
+        pos = np.arange(shard.n_tokens) - np.repeat(shard.offsets[:-1], lengths)
+        return int(self.mask(shard.ids, pos).sum())
+
+
 def make_sequences(
     docs: Sequence[Sequence[int]], tokenizer, seq_len: int, long_docs: str
 ) -> Iterator[tuple[int, int, list[int]]]:

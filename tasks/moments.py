@@ -287,10 +287,11 @@ class NormHistogram:
 class SiteStatistics:
     """All streaming statistics of one (layer, site): moments, norms and unit sums over every token; the two d x d
     statistics (covariance, unit second moment) over the tokens chosen for second-order statistics (all, or a
-    fraction where cost demands it)."""
+    fraction where cost demands it). Tokens excluded from the analysis (`capture.exclude`: position 0, special
+    tokens) feed only their own norms, `excluded_norms` (their count is its moments' n)."""
 
     PARTS = {"moments": Moments, "norms": NormHistogram, "units": UnitSums, "covariance": Covariance,
-             "unit_second": UnitSecondMoment}
+             "unit_second": UnitSecondMoment, "excluded_norms": NormHistogram}
 
     def __init__(self) -> None:
         for name, part in self.PARTS.items():
@@ -305,6 +306,10 @@ class SiteStatistics:
         y = x if second_order_rows is None else x[second_order_rows]
         self.covariance.add(y)
         self.unit_second.add(y)
+
+    def add_excluded(self, x) -> None:
+        """Add a batch (n, d) of excluded tokens: their norms only."""
+        self.excluded_norms.add(_batch(x))
 
     def merge(self, other: SiteStatistics) -> SiteStatistics:
         for name in self.PARTS:

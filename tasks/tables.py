@@ -57,6 +57,9 @@ SUMMARY_SCHEMA = pa.schema(
         ("kurtosis_median", pa.float64()),
         ("norm_mean_all", pa.float64()),
         ("norm_std_all", pa.float64()),
+        ("n_excluded", pa.int64()),  # tokens kept out by capture.exclude (finite states), and their norms
+        ("excluded_norm_mean", pa.float64()),
+        ("excluded_norm_std", pa.float64()),
     ]
 )
 

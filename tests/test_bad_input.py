@@ -20,6 +20,7 @@ CASES = [
     ("negative size", ["capture.batch_tokens=-4"], "'capture.batch_tokens' must be positive"),
     ("unknown site", ["capture.sites=[resid_pre]"], "unknown site 'resid_pre'"),
     ("layer out of range", ["capture.layers=[5]"], "capture.layers has layer 5 but the model has 2 layers"),
+    ("unknown exclusion", ["capture.exclude=[bos]"], "'capture.exclude' has unknown value 'bos'"),
     ("model not found", ["model.name=/nonexistent/model"], "cannot be found or loaded"),
     ("unsupported architecture", "t5", "architecture 't5' is not supported; supported: bert, gpt2"),
     ("remote code not opted in by name", ["model.trust_remote_code=someone/else"], "must repeat model.name"),

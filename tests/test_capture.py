@@ -147,3 +147,58 @@ def test_actor_statistics_every_token_and_second_order_fraction(tiny_gpt2):
     np.testing.assert_allclose(st.units.sum, u.sum(0), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(st.covariance.covariance, np.cov(x[chosen], rowvar=False), rtol=1e-3, atol=1e-5)
     np.testing.assert_allclose(st.unit_second.second, u[chosen].T @ u[chosen], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("exclude", [True, False], ids=["exclusion-on", "exclusion-off"])
+def test_excluded_tokens_stay_out_of_sample_and_statistics(tiny_gpt2, exclude):
+    """Position 0 and the special id (0, GPT-2's <|endoftext|>) never enter the sample or the main statistics;
+    they feed only the excluded norms. Without exclusion every token is in, as before."""
+    from transformers import AutoModel
+
+    from tasks.corpus import Exclusion
+
+    rng = np.random.default_rng(3)
+    lengths = np.array([40, 3, 17, 64, 25, 1])
+    ids = rng.integers(5, 2048, size=int(lengths.sum())).astype(np.int32)
+    ids[[5, 41, 60, 70, 148]] = 0  # <|endoftext|> inside the text (and once at a position 0)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    shard = Shard(0, ids, offsets, np.array([0, 1, 2, 2, 3, 4]), np.array([0, 0, 0, 1, 0, 0]))
+    sites = [(0, "resid_post"), (1, "mlp_out")]
+    cap = ShardCapturer(str(tiny_gpt2), "float32", sites)
+    exclusion = Exclusion(position0=True, special_ids=(0,)) if exclude else None
+    meta = cap.process(shard, k=30, threshold=np.uint64(2**64 - 1), seed=5, batch_tokens=64, stats_fraction=1.0,
+                       exclusion=exclusion)
+    state = meta["state"]
+    # brute force: every token's position, id and hash; the excluded ones named directly
+    seq = np.repeat(np.arange(len(lengths)), lengths)
+    pos = np.arange(lengths.sum()) - offsets[seq]
+    out = (pos == 0) | (ids == 0) if exclude else np.zeros(len(ids), bool)
+    assert meta["n_excluded"] == out.sum() and out.sum() == (6 + 4 if exclude else 0)  # pos 0 of 6, 4 more 0s
+    h = token_hash(5, shard.doc[seq], shard.window[seq], pos)
+    eligible = np.flatnonzero(~out)
+    best = eligible[np.argsort(h[eligible])[:30]]
+    assert np.array_equal(state["hash"], h[best]) and np.array_equal(state["pos"], pos[best])
+    if exclude:
+        assert (state["pos"] > 0).all() and (state["token_id"] != 0).all()
+    else:
+        assert best.tolist() == np.argsort(h)[:30].tolist()
+    # the streaming statistics against each sequence run alone through the model (layer 0 block output)
+    model = AutoModel.from_pretrained(tiny_gpt2).eval()
+    with torch.no_grad():
+        x = torch.cat([model(input_ids=torch.tensor(ids[offsets[s] : offsets[s + 1]][None].astype(np.int64)),
+                             output_hidden_states=True).hidden_states[1][0] for s in range(len(lengths))])
+    x = x.double().numpy()
+    kept, dropped = x[~out], x[out]
+    st = cap.stats[0]
+    assert st.moments.n == st.norms.moments.n == st.covariance.n == st.units.n == len(ids) - out.sum()
+    np.testing.assert_allclose(st.moments.mean, kept.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(st.moments.variance, kept.var(0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(st.covariance.covariance, np.cov(kept, rowvar=False), rtol=1e-4, atol=1e-6)
+    norms = np.linalg.norm(kept, axis=1)
+    np.testing.assert_allclose(st.norms.moments.mean, [norms.mean()], rtol=1e-5)
+    assert st.excluded_norms.moments.n == st.excluded_norms.counts.sum() == out.sum()
+    assert cap.stats[1].moments.n == len(ids) - out.sum() and cap.stats[1].excluded_norms.moments.n == out.sum()
+    if exclude:
+        ex_norms = np.linalg.norm(dropped, axis=1)
+        np.testing.assert_allclose(st.excluded_norms.moments.mean, [ex_norms.mean()], rtol=1e-5)
+        np.testing.assert_allclose(st.excluded_norms.moments.variance, [ex_norms.var()], rtol=1e-4)

@@ -28,6 +28,13 @@ def test_overrides_and_hash():
     moved = config_from_dict({"run": {"out": "elsewhere"}, "cluster": {"actors": 7}})
     assert moved.result_hash() == base.result_hash()
     assert Config().to_dict() == config_from_dict(Config().to_dict()).to_dict()
+    # excluding position 0 and special tokens is on by default, changes the results, and can be turned off
+    assert base.capture.exclude == ("position0", "special")
+    keep_all = config_from_dict({"run": {"out": "a"}}, ["capture.exclude=[]"])
+    assert keep_all.capture.exclude == () and keep_all.result_hash() != base.result_hash()
+    only_first = config_from_dict({"run": {"out": "a"}}, ["capture.exclude=position0"])
+    assert only_first.capture.exclude == ("position0",) and only_first.result_hash() not in (
+        base.result_hash(), keep_all.result_hash())
 
 
 BAD = [
@@ -40,6 +47,9 @@ BAD = [
     ({}, ["capture.batch_tokens=-1"], "'capture.batch_tokens' must be positive"),
     ({}, ["capture.sites=[resid_pre]"], "unknown site 'resid_pre'"),
     ({}, ["capture.layers=[-1]"], "layer indices from 0"),
+    ({}, ["capture.exclude=[bos]"], "'capture.exclude' has unknown value 'bos'; choose from position0, special"),
+    ({}, ["capture.exclude=[special, special]"], "'capture.exclude' lists a value twice"),
+    ({}, ["capture.exclude=false"], "'capture.exclude' is a list, not false: give [] to keep every token"),
     ({}, ["corpus.source=web"], "'corpus.source' must be"),
     ({}, ["corpus.source=hub"], "needs 'corpus.name'"),
     ({}, ["corpus.source=files"], "needs 'corpus.files'"),

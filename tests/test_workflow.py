@@ -89,8 +89,10 @@ def test_histogram_counts_equal_brute_force_over_saved_sample(tiny_run):
         assert row.cos_std == pytest.approx(cos.std(), abs=1e-6)
 
 
-def expected_sample(model: Path, text: Path, max_docs: int, k: int, seed: int):
-    """(doc, pos, token_id) of the k tokens with the smallest hashes in the whole corpus, by brute force."""
+def expected_sample(model: Path, text: Path, max_docs: int, k: int, seed: int, exclude: bool = True):
+    """(doc, pos, token_id) of the k tokens with the smallest hashes in the whole corpus, by brute force; with
+    `exclude` (the default config), among the tokens that are neither first in their sequence nor
+    <|endoftext|> (the tiny GPT-2's only special token)."""
     from transformers import AutoTokenizer
 
     from tasks.corpus import load_texts, make_sequences, tokenize
@@ -102,7 +104,10 @@ def expected_sample(model: Path, text: Path, max_docs: int, k: int, seed: int):
     win = np.concatenate([np.full(len(s), w) for _, w, s in seqs])
     pos = np.concatenate([np.arange(len(s)) for _, _, s in seqs])
     ids = np.concatenate([s for _, _, s in seqs])
-    best = np.argsort(token_hash(seed, doc, win, pos))[:k]
+    h = token_hash(seed, doc, win, pos)
+    if exclude:
+        h[(pos == 0) | (ids == tok.convert_tokens_to_ids("<|endoftext|>"))] = np.uint64(2**64 - 1)  # never chosen
+    best = np.argsort(h, kind="stable")[:k]
     return doc[best], pos[best], ids[best]
 
 
@@ -136,9 +141,11 @@ def test_exemplars_are_the_pairs_at_their_quantiles(tiny_run):
 
 def test_same_results_with_two_actors_and_other_shards(tiny_run, tiny_gpt2, wikitext, tmp_path):
     two = run(tiny_config(tiny_gpt2, wikitext, tmp_path / "two", "cluster.actors=2"))
-    # Same shards on more actors: bit-identical histograms.
+    # Same shards on more actors: bit-identical histograms and samples (position 0 and special tokens excluded).
     h1 = pq.read_table(tiny_run / "histograms.parquet")
     assert h1.equals(pq.read_table(two / "histograms.parquet"))
+    assert pq.read_table(tiny_run / "samples.parquet").equals(pq.read_table(two / "samples.parquet"))
+    assert (_samples(two).pos > 0).all()
     # Other shard boundaries: the same tokens are sampled; states agree to float rounding (batches differ).
     other = run(tiny_config(tiny_gpt2, wikitext, tmp_path / "other", "corpus.shard_tokens=700", "cluster.actors=2"))
     a, b = _samples(tiny_run), _samples(other)
@@ -176,8 +183,10 @@ def test_demo_config_end_to_end(ray_cluster, tmp_path):
     assert check["w1"] < 1e-3 and check["cos_std_empirical"] == pytest.approx(check["cos_std_exact"], rel=0.02)
 
 
-def all_states(model_dir: Path, text: Path, max_docs: int, layer: int) -> np.ndarray:
-    """Block output `layer` of every token of the corpus, one sequence at a time (float64)."""
+def all_states(model_dir: Path, text: Path, max_docs: int, layer: int) -> tuple[np.ndarray, np.ndarray]:
+    """Block output `layer` of every token of the corpus, one sequence at a time (float64), and which of them
+    the default config excludes: the first of each sequence and <|endoftext|> (the tiny GPT-2's only special
+    token)."""
     import torch
     from transformers import AutoModel, AutoTokenizer
 
@@ -186,15 +195,23 @@ def all_states(model_dir: Path, text: Path, max_docs: int, layer: int) -> np.nda
     model = AutoModel.from_pretrained(model_dir).eval()
     tok = AutoTokenizer.from_pretrained(model_dir)
     docs = tokenize(load_texts("files", files=[str(text)]), tok, max_docs=max_docs)
-    out = []
+    out, excluded = [], []
+    special = tok.convert_tokens_to_ids("<|endoftext|>")
     with torch.no_grad():
         for _, _, seq in make_sequences(docs, tok, 128, "window"):
             out.append(model(input_ids=torch.tensor([seq]), output_hidden_states=True).hidden_states[layer + 1][0])
-    return torch.cat(out).double().numpy()
+            excluded.append((np.arange(len(seq)) == 0) | (np.asarray(seq) == special))
+    return torch.cat(out).double().numpy(), np.concatenate(excluded)
 
 
-def test_corpus_numbers_equal_brute_force_over_every_token(tiny_run, tiny_gpt2, wikitext):
-    x = all_states(tiny_gpt2, wikitext, 300, layer=0)  # layer 0 resid_post (no ln_f in between)
+@pytest.fixture(scope="module")
+def layer0_states(tiny_gpt2, wikitext):
+    return all_states(tiny_gpt2, wikitext, 300, layer=0)  # layer 0 resid_post (no ln_f in between)
+
+
+def test_corpus_numbers_equal_brute_force_over_every_token(tiny_run, layer0_states):
+    every, excluded = layer0_states
+    x = every[~excluded]  # every token but position 0 and special tokens (the default capture.exclude)
     n = len(x)
     u = x / np.linalg.norm(x, axis=1, keepdims=True)
     total = total_sq = 0.0
@@ -205,7 +222,14 @@ def test_corpus_numbers_equal_brute_force_over_every_token(tiny_run, tiny_gpt2, 
     mean_cos, mean_cos2 = (total - n) / (n * (n - 1)), (total_sq - n) / (n * (n - 1))
     s = pq.read_table(tiny_run / "summary.parquet").to_pandas()
     raw = s[(s.layer == 0) & (s.site == "resid_post") & (s.variant == "raw")].iloc[0]
-    assert raw.n_tokens_stats == raw.n_tokens == n
+    assert raw.n_tokens_stats == n and raw.n_tokens == len(every) and raw.n_excluded == excluded.sum() > 0
+    ex_norms = np.linalg.norm(every[excluded], axis=1)
+    assert raw.excluded_norm_mean == pytest.approx(ex_norms.mean(), rel=1e-5)
+    assert raw.excluded_norm_std == pytest.approx(ex_norms.std(), rel=1e-4)
+    assert raw.norm_mean_all == pytest.approx(np.linalg.norm(x, axis=1).mean(), rel=1e-5)
+    assert raw.norm_std_all == pytest.approx(np.linalg.norm(x, axis=1).std(), rel=1e-4)
+    manifest = json.loads((tiny_run / "manifest.json").read_text())
+    assert manifest["corpus"]["tokens_excluded"] == excluded.sum() and manifest["corpus"]["tokens"] == len(every)
     assert raw.cos_mean_all == pytest.approx(mean_cos, rel=1e-5)
     assert raw.cos2_mean_all == pytest.approx(mean_cos2, rel=1e-5)
     eig = np.linalg.eigvalsh(np.cov(x, rowvar=False))
@@ -246,3 +270,22 @@ def test_corpus_numbers_equal_brute_force_over_every_token(tiny_run, tiny_gpt2, 
     assert raw.cos_mean_ci_low <= raw.cos_mean <= raw.cos_mean_ci_high
     assert raw.cos_mean_ci_low <= raw.cos_mean_all <= raw.cos_mean_ci_high
     assert cen.cos2_over_gaussian_ci_low <= cen.cos2_over_gaussian <= cen.cos2_over_gaussian_ci_high
+
+
+def test_exclusion_off_keeps_every_token(ray_cluster, tiny_gpt2, wikitext, layer0_states, tmp_path):
+    """capture.exclude=[]: the sample is the bottom-k of all tokens and the statistics cover every token."""
+    out = run(tiny_config(tiny_gpt2, wikitext, tmp_path / "all", "capture.exclude=[]", "capture.layers=[0]",
+                          "capture.sites=[resid_post]", "stats.bootstrap=0"))
+    doc, pos, token = expected_sample(tiny_gpt2, wikitext, max_docs=300, k=300, seed=1, exclude=False)
+    one = _samples(out).sort_values("index")
+    assert np.array_equal(one.doc.to_numpy(), doc) and np.array_equal(one.pos.to_numpy(), pos)
+    assert np.array_equal(one.token_id.to_numpy(), token) and (pos == 0).any()
+    x, _ = layer0_states
+    raw = pq.read_table(out / "summary.parquet").to_pandas().query("variant == 'raw'").iloc[0]
+    assert raw.n_tokens_stats == raw.n_tokens == len(x) and raw.n_excluded == 0
+    assert np.isnan(raw.excluded_norm_mean) and np.isnan(raw.excluded_norm_std)
+    assert raw.norm_mean_all == pytest.approx(np.linalg.norm(x, axis=1).mean(), rel=1e-5)
+    m = pq.read_table(out / "moments.parquet").to_pandas().sort_values("dim")
+    np.testing.assert_allclose(m["mean"], x.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(m["variance"], x.var(0), rtol=1e-5)
+    assert json.loads((out / "manifest.json").read_text())["corpus"]["tokens_excluded"] == 0

@@ -44,7 +44,7 @@ class CaptureResult:
 
 
 def run_capture(cfg: Config, store: RunStore, todo, sites, k: int, threshold: np.uint64, config_hash: str,
-                total_tokens: int, done_tokens: int, attempt: int) -> CaptureResult:
+                total_tokens: int, done_tokens: int, attempt: int, exclusion=None) -> CaptureResult:
     import ray
 
     cc = cfg.cluster
@@ -118,7 +118,7 @@ def run_capture(cfg: Config, store: RunStore, todo, sites, k: int, threshold: np
                 while pending and queued < cc.shards_in_flight:
                     shard = pending.popleft()
                     ref = actors[slot].process.remote(shard, k, threshold, cfg.run.seed, cfg.capture.batch_tokens,
-                                                      store.root, config_hash, stats_fraction)
+                                                      store.root, config_hash, stats_fraction, exclusion)
                     in_flight[ref] = (slot, generation[slot], shard)
                     queued += 1
             if not pending and not in_flight:

@@ -21,6 +21,7 @@ import yaml
 from tasks.errors import UserError
 
 SITES = ("resid_post", "attn_out", "mlp_out")
+EXCLUDE = ("position0", "special")  # tokens that can be kept out of the sample and the main statistics
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -65,11 +66,15 @@ class CorpusConfig:
 
 @dataclass(frozen=True)
 class CaptureConfig:
-    """Which layers (0-based, or `all`) and sites to record, and the padded-token budget of one forward batch."""
+    """Which layers (0-based, or `all`) and sites to record, the padded-token budget of one forward batch, and
+    which tokens to keep out of the sample and the main statistics (`exclude`): `position0`, the first token of
+    every model input (GPT-2's attention sink), and `special`, the tokenizer's marker tokens (BERT's [CLS] and
+    [SEP], GPT-2's <|endoftext|>). Their count and norms are reported apart; `[]` keeps every token."""
 
     layers: Literal["all"] | tuple[int, ...] = "all"
     sites: tuple[str, ...] = SITES
     batch_tokens: int = 4096
+    exclude: tuple[str, ...] = EXCLUDE
 
 
 @dataclass(frozen=True)
@@ -297,6 +302,14 @@ def _validate(cfg: Config) -> None:
         )
     if len(set(cfg.capture.sites)) != len(cfg.capture.sites):
         raise UserError("config key 'capture.sites' lists a site twice; list each once")
+    bad_exclude = [e for e in cfg.capture.exclude if e not in EXCLUDE]
+    if bad_exclude:
+        raise UserError(
+            f"config key 'capture.exclude' has unknown value {bad_exclude[0]!r}; choose from {', '.join(EXCLUDE)}, "
+            "or [] to keep every token"
+        )
+    if len(set(cfg.capture.exclude)) != len(cfg.capture.exclude):
+        raise UserError("config key 'capture.exclude' lists a value twice; list each once")
     if cfg.capture.layers != "all":
         if not cfg.capture.layers or any(layer < 0 for layer in cfg.capture.layers):
             raise UserError("config key 'capture.layers' must be 'all' or a list of layer indices from 0")
@@ -335,6 +348,12 @@ def config_from_dict(data: dict[str, Any], overrides: typing.Sequence[str] = ())
             if not isinstance(node, dict):
                 raise UserError(f"--set {text!r}: {part!r} is not a section")
         node[path[-1]] = value
+    capture = data.get("capture")
+    if isinstance(capture, dict) and isinstance(capture.get("exclude"), bool):  # a switch, by a natural mistake
+        raise UserError(
+            f"config key 'capture.exclude' is a list, not {str(capture['exclude']).lower()}: give [] to keep every "
+            f"token, or any of {', '.join(EXCLUDE)}"
+        )
     cfg = _build(Config, data, "")
     _validate(cfg)
     return cfg

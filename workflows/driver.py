@@ -53,7 +53,8 @@ PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MERGE_FAN_IN = 64
 CORPUS_COLUMNS = ("n_tokens_stats", "n_tokens_second_order", "cos_mean_all", "cos2_mean_all", "pr_raw",
                   "pr_corrected", "pc90", "pc95", "pc99", "predicted_cos_var", "mean_share", "kurtosis_max",
-                  "kurtosis_median", "norm_mean_all", "norm_std_all", "rogue_dims", "rogue_share")
+                  "kurtosis_median", "norm_mean_all", "norm_std_all", "n_excluded", "excluded_norm_mean",
+                  "excluded_norm_std", "rogue_dims", "rogue_share")
 RAW_ONLY = ("cos_mean_all", "cos2_mean_all", "mean_share", "rogue_dims", "rogue_share")
 DISTANCE_COLUMNS = ("ks_gaussian", "energy_gaussian", "w1_matched", "ks_matched", "energy_matched",
                     "cos_var_left_top1", "cos_var_left_top3", "cos_var_left_top5",
@@ -380,12 +381,17 @@ def _run(cfg: Config, store: RunStore, manifest: dict, model_config, layers, tim
         seq_len = corpus_mod.context_length(model_config, c.max_length)
         shards = corpus_mod.make_shards(corpus_mod.make_sequences(docs, tokenizer, seq_len, c.long_docs), c.shard_tokens)
         total = sum(s.n_tokens for s in shards)
-    if total < k:
+        exclusion = corpus_mod.Exclusion.from_config(cfg.capture.exclude, tokenizer)
+        excluded = sum(exclusion.count(s) for s in shards) if exclusion else 0
+    eligible = total - excluded  # the tokens that can be sampled: the threshold must count only these
+    if eligible < k:
+        hint = ", or set capture.exclude=[] to keep position 0 and special tokens" if excluded else ""
         raise UserError(
-            f"the corpus has {total} usable tokens, fewer than sample.size={k}; lower sample.size or add documents"
+            f"the corpus has {eligible} usable tokens, fewer than sample.size={k}; lower sample.size or add documents{hint}"
         )
-    threshold = candidate_threshold(k, total)
-    log.info("corpus: %d documents, %d sequences, %d tokens in %d shards", len(docs), sum(s.n_sequences for s in shards), total, len(shards))
+    threshold = candidate_threshold(k, eligible)
+    log.info("corpus: %d documents, %d sequences, %d tokens (%d excluded: %s) in %d shards", len(docs),
+             sum(s.n_sequences for s in shards), total, excluded, ", ".join(cfg.capture.exclude) or "none", len(shards))
 
     with timer.stage("cluster_start"):
         started = connect_ray(cfg)
@@ -401,7 +407,7 @@ def _run(cfg: Config, store: RunStore, manifest: dict, model_config, layers, tim
             with timer.stage("capture"):
                 done_tokens = sum(r["n_tokens"] for r in reused.values())
                 captured = run_capture(cfg, store, todo, sites, k, threshold, config_hash, total, done_tokens,
-                                       manifest["attempt"])
+                                       manifest["attempt"], exclusion)
         new_records, infos, retries = captured.records, captured.actors, captured.retries
         records = sorted([*reused.values(), *new_records], key=lambda r: r["shard"])
         with timer.stage("merge"):
@@ -429,7 +435,8 @@ def _run(cfg: Config, store: RunStore, manifest: dict, model_config, layers, tim
         model={"name": cfg.model.name, "model_type": model_config.model_type, "d_model": d_model(model_config),
                "n_layers": n_layers(model_config), "layers": list(layers), "sites": list(cfg.capture.sites)},
         corpus={"documents": len(docs), "sequences": sum(s.n_sequences for s in shards), "tokens": total,
-                "shards": len(shards), "sequence_length": seq_len},
+                "tokens_excluded": excluded, "excluded_kinds": list(cfg.capture.exclude),
+                "special_ids": list(exclusion.special_ids), "shards": len(shards), "sequence_length": seq_len},
         shards={"total": len(shards), "reused": len(reused), "computed": len(new_records), "retries": retries},
         sample={"size": n, "candidate_threshold": int(threshold), "candidates": sum(r["n_kept"] for r in records),
                 "vectors_saved": cfg.sample.save_vectors},
