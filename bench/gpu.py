@@ -8,7 +8,7 @@ Prints, measured in this run:
      the GPU tile histogram and quantile pairs against the CPU ones on the same sample;
   2. capture: tokens/s of a bare forward pass and of the actor with every layer and site hooked (the workflow's
      own `ShardCapturer.process`, sampling at the rate of a 2000-state sample from a 100M-token corpus and at a
-     dense 5 % rate), model FLOPs utilisation (2 x parameters x tokens / time over the card's bf16 peak), and
+     dense 5 % rate, and with the streaming statistics on, kept on the GPU), model FLOPs utilisation (2 x parameters x tokens / time over the card's bf16 peak), and
      peak GPU memory;
   3. tiles: pairs/s of the tiled histogram at N = 20,000, d = width, against the card's fp32 GEMM rate.
 """
@@ -31,6 +31,7 @@ from tasks.corpus import Shard  # noqa: E402
 from tasks.models import site_table  # noqa: E402
 from tasks.sampling import candidate_threshold  # noqa: E402
 from tasks.similarity import cosine_histogram, quantile_pairs, unit_rows  # noqa: E402
+from workflows.config import StatsConfig  # noqa: E402
 
 BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "A10G": 125.0, "L4": 121.0}
 SITES = ("resid_post", "attn_out", "mlp_out")
@@ -120,12 +121,20 @@ def bench_capture(layers: int, width: int, heads: int, batch_tokens: int, n_batc
     sites = [(layer, s) for layer in range(layers) for s in SITES]
     cap = ShardCapturer.from_model(model, "gpt2", sites)
     results = {}
-    for label, threshold in [("sparse (2000 of 100M tokens)", candidate_threshold(2000, 100_000_000)),
-                             ("dense (5% of tokens)", np.uint64(int(0.05 * 2.0**64)))]:
-        cap.process(shard, 2000, threshold, 0, batch_tokens)  # warm-up
+    sparse = candidate_threshold(2000, 100_000_000)
+    fraction = StatsConfig().second_order_fraction
+    for label, threshold, stats in [("sparse (2000 of 100M tokens)", sparse, None),
+                                    ("dense (5% of tokens)", np.uint64(int(0.05 * 2.0**64)), None),
+                                    (f"sparse + statistics (d x d on {fraction:.0%})", sparse, fraction),
+                                    ("sparse + statistics (d x d on 100%)", sparse, 1.0)]:
+        def once():
+            cap.stats = None  # a fresh accumulation, as after a flush
+            return cap.process(shard, 2000, threshold, 0, batch_tokens, stats_fraction=stats)
+
+        once()  # warm-up
         torch.cuda.reset_peak_memory_stats()
-        t = min(sync_time(lambda: cap.process(shard, 2000, threshold, 0, batch_tokens)) for _ in range(2))
-        meta = cap.process(shard, 2000, threshold, 0, batch_tokens)
+        t = min(sync_time(once) for _ in range(2))
+        meta = once()
         results[label] = (t, torch.cuda.max_memory_allocated() / 2**30, meta)
 
     def line(name, t, mem):
