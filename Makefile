@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench bench-scaling clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/similarity_tiles.py
+
+bench-scaling: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/python bench/scaling.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -51,6 +51,8 @@ def test_outputs_and_schema(tiny_run):
     manifest = json.loads((tiny_run / "manifest.json").read_text())
     assert manifest["status"] == "complete" and len(manifest["config_hash"]) == 16
     assert set(manifest["timings"]) >= {"corpus", "capture", "merge", "similarity", "report", "total"}
+    timings = manifest["timings"]  # the driver's own share of the capture stage (bench/scaling.py reads it)
+    assert 0 < timings["capture_driver_cpu"] and 0 < timings["capture_startup"] < timings["capture"]
     summary = pq.read_table(tiny_run / "summary.parquet").to_pandas()
     assert len(summary) == 12  # 2 layers x 3 sites x (raw, centered)
     assert set(summary.variant) == {"raw", "centered"}

@@ -41,12 +41,15 @@ class CaptureResult:
     partials: list[dict] = field(default_factory=list)  # statistics flushes written
     actors: list[dict] = field(default_factory=list)  # ready() of every actor that came up
     retries: int = 0
+    startup_s: float = 0.0  # wall seconds until the first actors were all ready (model loads)
+    driver_cpu_s: float = 0.0  # CPU seconds of the driver process during the stage (scheduling overhead)
 
 
 def run_capture(cfg: Config, store: RunStore, todo, sites, k: int, threshold: np.uint64, config_hash: str,
                 total_tokens: int, done_tokens: int, attempt: int, exclusion=None) -> CaptureResult:
     import ray
 
+    t0, cpu0 = time.perf_counter(), time.process_time()
     cc = cfg.cluster
     stats_fraction = cfg.stats.second_order_fraction if cfg.stats.enabled else None
     env = {name: os.environ[name] for name in FAULT_ENV if name in os.environ}
@@ -70,6 +73,7 @@ def run_capture(cfg: Config, store: RunStore, todo, sites, k: int, threshold: np
     live: set[int] = set()
     pending = deque(todo)
     in_flight: dict = {}  # process ref -> (slot, generation, shard)
+    queued: Counter = Counter()  # (slot, generation) -> its shards in flight: O(1) per slot, not a scan of in_flight
     flushing: dict = {}  # flush ref -> (slot, generation)
     unflushed: dict[int, list[int]] = {slot: [] for slot in actors}  # shards whose statistics the actor holds
     done: dict[int, dict] = {}  # shard index -> record, for shards whose statistics are not yet flushed
@@ -114,13 +118,13 @@ def run_capture(cfg: Config, store: RunStore, todo, sites, k: int, threshold: np
     try:
         while True:
             for slot in sorted(live):
-                queued = sum(1 for s, g, _ in in_flight.values() if s == slot and g == generation[slot])
-                while pending and queued < cc.shards_in_flight:
+                key = (slot, generation[slot])
+                while pending and queued[key] < cc.shards_in_flight:
                     shard = pending.popleft()
                     ref = actors[slot].process.remote(shard, k, threshold, cfg.run.seed, cfg.capture.batch_tokens,
                                                       store.root, config_hash, stats_fraction, exclusion)
                     in_flight[ref] = (slot, generation[slot], shard)
-                    queued += 1
+                    queued[key] += 1
             if not pending and not in_flight:
                 busy = {s for s, _ in flushing.values()}
                 for slot in sorted(live - busy):
@@ -148,6 +152,8 @@ def run_capture(cfg: Config, store: RunStore, todo, sites, k: int, threshold: np
                 if gen == generation[slot]:
                     live.add(slot)
                     result.actors.append(info)
+                    if not result.startup_s and len(live) == n_actors:
+                        result.startup_s = time.perf_counter() - t0
                 continue
             if ref in flushing:
                 slot, gen = flushing.pop(ref)
@@ -168,6 +174,7 @@ def run_capture(cfg: Config, store: RunStore, todo, sites, k: int, threshold: np
                         flushed_early.add(i)  # its own result is still on its way to the driver
                 continue
             slot, gen, shard = in_flight.pop(ref)
+            queued[(slot, gen)] -= 1
             try:
                 rec = ray.get(ref)
             except Exception as exc:
@@ -195,4 +202,5 @@ def run_capture(cfg: Config, store: RunStore, todo, sites, k: int, threshold: np
         for actor in actors.values():
             ray.kill(actor, no_restart=True)  # free CPUs/GPUs for merge and similarity; stop work on failure
     result.retries = sum(v for key, v in failures.items() if isinstance(key, int))
+    result.driver_cpu_s = time.process_time() - cpu0
     return result
