@@ -48,9 +48,6 @@ def samples_part(layer: int, site: str) -> str:
     return f"samples.parquet/part-L{layer:03d}-{site}.parquet"
 
 
-VARIANTS = ("raw", "centered", "standardized")
-
-
 def standardize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """Each coordinate z-scored with the corpus-wide mean and standard deviation, (x - mean) / std, in float64
     then float32; coordinates with std 0 (constant over the corpus) map to 0 rather than to NaN."""

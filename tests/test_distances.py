@@ -19,7 +19,12 @@ from tasks.distances import (
     wasserstein1,
     weighted_document_bootstrap,
 )
-from tasks.similarity import bin_edges, cosine_histogram, grouped_cosine_counts, unit_rows
+from tasks.similarity import (
+    bin_edges,
+    cosine_histogram,
+    grouped_cosine_counts,
+    unit_rows,
+)
 
 
 def centres(bins: int) -> np.ndarray:
