@@ -8,18 +8,39 @@ only small results (counts, numbers, pair indices), so the driver never handles 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict
 
 import numpy as np
 import torch
 
-from tasks.baselines import fit_dimension, law_probabilities, matched_gaussian, wasserstein1
-from tasks.dimension import dimension_report, mean_cosine, mean_squared_cosine
-from tasks.distances import energy_distance, ks_statistic, weighted_document_bootstrap
-from tasks.similarity import CosineHistogram, cosine_histogram, quantile_pairs, unit_rows
+from tasks.baselines import (
+    fit_dimension,
+    law_probabilities,
+    matched_gaussian,
+    wasserstein1,
+)
+from tasks.dimension import (
+    covariance_spectrum,
+    dimension_report,
+    gaussian_cosine_variance,
+    inverse_mean_cos2_dimension,
+    mean_cosine,
+    mean_squared_cosine,
+    standardized_covariance,
+)
+from tasks.distances import (
+    DISTANCES,
+    energy_distance,
+    histogram_distance_bootstrap,
+    ks_statistic,
+    weighted_document_bootstrap,
+)
 from tasks.moments import SiteStatistics
+from tasks.similarity import cosine_histogram, quantile_pairs, unit_rows
 from tasks.storage import RunStore
 from tasks.tables import samples_table
+from tasks.tails import excess_kurtosis, kurtosis_summary, principal_components_kurtosis
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +48,14 @@ log = logging.getLogger(__name__)
 def samples_part(layer: int, site: str) -> str:
     """This site's file inside the `samples.parquet` dataset folder."""
     return f"samples.parquet/part-L{layer:03d}-{site}.parquet"
+
+
+def standardize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Each coordinate z-scored with the corpus-wide mean and standard deviation, (x - mean) / std, in float64
+    then float32; coordinates with std 0 (constant over the corpus) map to 0 rather than to NaN."""
+    std = np.asarray(std, dtype=np.float64)
+    scale = np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 0.0)
+    return ((np.asarray(x, dtype=np.float64) - np.asarray(mean, dtype=np.float64)) * scale).astype(np.float32)
 
 
 def analyze_site(
@@ -45,23 +74,53 @@ def analyze_site(
     n_boot: int = 0,
 ) -> dict:
     """Histogram, exemplar pairs and fitted dimension for one site's sample (n x d); with the site's merged
-    streaming statistics (`stats`, a `SiteStatistics` state), the corpus-wide numbers too, and the statistics
-    saved as `statistics/L{layer}-{site}.npz`."""
+    streaming statistics (`stats`, a `SiteStatistics` state), the corpus-wide numbers too, the `centered` and
+    `standardized` variants with their matched Gaussians, and the statistics saved as
+    `statistics/L{layer}-{site}.npz`. `timings` holds the seconds spent per step (write, corpus, histogram,
+    bootstrap, baselines), which the driver sums over sites."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    seconds = dict.fromkeys(("write", "corpus", "histogram", "bootstrap", "baselines"), 0.0)
+    clock = time.perf_counter()
+
+    def lap(step: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[step] += now - clock
+        clock = now
+
     vectors = np.asarray(vectors, dtype=np.float32)
     n, d = vectors.shape
     store = RunStore(store_root)
     if save_samples:
         store.write_parquet(samples_part(layer, site), samples_table(layer, site, keys, vectors))
-    corpus = {}
-    variants = {"raw": vectors}
     if stats is not None:
         store.write_arrays(f"statistics/L{layer:03d}-{site}.npz", stats)
+    lap("write")
+    corpus = {}
+    variants = {"raw": vectors}
+    matched: dict[str, np.ndarray] = {}
+    if stats is not None:
         corpus = corpus_numbers(SiteStatistics.load(stats))
-        mean = corpus.pop("corpus_mean")
+        mean, covariance = corpus.pop("corpus_mean"), corpus.pop("corpus_covariance")
+        z_mean, z_std = corpus.pop("moments_mean"), corpus.pop("moments_std")
         variants["centered"] = vectors - mean.astype(np.float32)
+        variants["standardized"] = standardize(vectors, z_mean, z_std)
+        pc = kurtosis_summary(principal_components_kurtosis(vectors, mean, covariance))
+        corpus.update(pc_kurtosis_max=pc["max"], pc_kurtosis_median=pc["median"], pc_kurtosis_share=pc["share"],
+                      kurtosis_share_sample=kurtosis_summary(excess_kurtosis(vectors))["share"])
+        lap("corpus")
+        # The matched Gaussian: N(mean, covariance) draws through the same histogram code, per variant (the
+        # standardized one z-scored with the same corpus mean and standard deviation as the data).
+        draws = matched_gaussian(mean, covariance, n, seed=matched_seed)
+        states = {"raw": draws, "centered": draws - mean.astype(np.float32),
+                  "standardized": standardize(draws, z_mean, z_std)}
+        matched = {name: cosine_histogram(unit_rows(x, device), bins, tile).counts for name, x in states.items()}
+        lap("baselines")
     docs = keys.get("doc")
-    out = {name: sample_numbers(v, bins, tile, quantiles, device, docs, n_boot, matched_seed) for name, v in variants.items()}
+    out = {name: sample_numbers(v, bins, tile, quantiles, device, docs, n_boot, matched_seed,
+                                matched_counts=matched.get(name), seconds=seconds)
+           for name, v in variants.items()}
+    clock = time.perf_counter()
     if "rogue_order" in corpus:  # how much of the raw cosine variance is left without the top 1, 3, 5 of them
         order = corpus.pop("rogue_order")
         for m in (1, 3, 5):
@@ -69,40 +128,45 @@ def analyze_site(
             trimmed[:, order[:m]] = 0.0
             h = cosine_histogram(unit_rows(trimmed, device), bins, tile)
             out["raw"][f"cos_var_left_top{m}"] = h.std**2 / out["raw"]["cos_std"] ** 2
-    if "centered" in out:
-        # E[cos^2] of the centred states against what a Gaussian with their covariance gives, exactly.
-        c = out["centered"]
-        c["cos2_over_gaussian"] = (c["cos_std"] ** 2 + c["cos_mean"] ** 2) / corpus["predicted_cos_var"]
+    predicted = {"centered": corpus.get("predicted_cos_var"),
+                 "standardized": corpus.pop("predicted_cos_var_standardized", None)}
+    for name, prediction in predicted.items():
+        if name not in out:
+            continue
+        # E[cos^2] of the centred (standardised) states against what a Gaussian with their covariance
+        # (correlation matrix) gives, exactly; 1 / E[cos^2] as an effective dimension.
+        c = out[name]
+        cos2 = c["cos_std"] ** 2 + c["cos_mean"] ** 2
+        c["predicted_cos_var"] = prediction
+        c["cos2_over_gaussian"] = cos2 / prediction
+        c["dim_inv_cos2"] = inverse_mean_cos2_dimension(cos2)
         if "cos2_ci" in c:  # the prediction comes from every token: its own error is negligible next to these
-            c["cos2_over_gaussian_ci_low"], c["cos2_over_gaussian_ci_high"] = (
-                x / corpus["predicted_cos_var"] for x in c["cos2_ci"])
-        # The matched Gaussian: N(mean, covariance) draws through the same histogram code, per variant.
-        draws = matched_gaussian(mean, corpus.pop("corpus_covariance"), n, seed=matched_seed)
-        for name, states in (("raw", draws), ("centered", draws - mean.astype(np.float32))):
-            h = cosine_histogram(unit_rows(states, device), bins, tile)
-            v = out[name]
-            v["matched_counts"] = h.counts
-            data = CosineHistogram.load(v["hist"]).counts
-            v["w1_matched"] = wasserstein1(data / data.sum(), h.counts / h.counts.sum())
-            v["ks_matched"] = ks_statistic(data, h.counts)
-            v["energy_matched"] = energy_distance(data, h.counts)
-    return {**corpus, "layer": layer, "site": site, "d_model": d, "n_sample": n, "variants": out}
+            low, high = c["cos2_ci"]
+            c["cos2_over_gaussian_ci_low"], c["cos2_over_gaussian_ci_high"] = low / prediction, high / prediction
+            c["dim_inv_cos2_ci_low"], c["dim_inv_cos2_ci_high"] = 1.0 / high, 1.0 / low
+    lap("histogram")
+    timings = {k: round(v, 4) for k, v in seconds.items()}
+    return {**corpus, "layer": layer, "site": site, "d_model": d, "n_sample": n, "variants": out, "timings": timings}
 
 
 def sample_numbers(vectors: np.ndarray, bins: int, tile: int, quantiles: tuple[float, ...], device,
-                   docs: np.ndarray | None = None, n_boot: int = 0, seed: int = 0) -> dict:
-    """The sampled states' pairwise cosine histogram, its exemplar pairs, fitted dimension and distances; with
-    the tokens' documents, bootstrap intervals (over documents) of the mean cosine and mean squared cosine."""
+                   docs: np.ndarray | None = None, n_boot: int = 0, seed: int = 0,
+                   matched_counts: np.ndarray | None = None, seconds: dict[str, float] | None = None) -> dict:
+    """The sampled states' pairwise cosine histogram, its exemplar pairs, fitted dimension and distances to the
+    exact isotropic law (`*_gaussian`) and, given its counts, to the matched Gaussian (`*_matched`); with the
+    tokens' documents, bootstrap intervals (over documents, the same draws for all) of the mean cosine, the mean
+    squared cosine and the six distances (`histogram_distance_bootstrap`: baselines held fixed). `seconds`, if
+    given, accumulates the time spent in "histogram" and "bootstrap"."""
+    t0 = time.perf_counter()
     d = vectors.shape[1]
     units = unit_rows(vectors, device)
-    boot = pair_moments_bootstrap(units.double().cpu().numpy(), docs, n_boot, seed) if docs is not None and n_boot else None
     hist = cosine_histogram(units, bins, tile)
     pairs = quantile_pairs(units, hist, quantiles, tile)
     prob = hist.counts / max(hist.n_pairs, 1)
     d_fit = fit_dimension(hist.counts, d_max=64.0 * d)
     exact = law_probabilities(d, len(prob))
     norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
-    return {
+    out = {
         "hist": hist.state(),
         "cos_mean": hist.mean,
         "cos_std": hist.std,
@@ -114,11 +178,28 @@ def sample_numbers(vectors: np.ndarray, bins: int, tile: int, quantiles: tuple[f
         "norm_mean": float(norms.mean()),
         "norm_std": float(norms.std()),
         "pairs": [asdict(p) for p in pairs],
-        **({} if boot is None else {
-            "cos_mean_ci_low": float(boot.low[0]), "cos_mean_ci_high": float(boot.high[0]),
-            "cos2_ci": (float(boot.low[1]), float(boot.high[1])),
-        }),
     }
+    baselines = {"gaussian": exact}
+    if matched_counts is not None:
+        out["matched_counts"] = matched_counts
+        out["w1_matched"] = wasserstein1(prob, matched_counts / matched_counts.sum())
+        out["ks_matched"] = ks_statistic(hist.counts, matched_counts)
+        out["energy_matched"] = energy_distance(hist.counts, matched_counts)
+        baselines["matched"] = matched_counts
+    t1 = time.perf_counter()
+    if docs is not None and n_boot:
+        boot = pair_moments_bootstrap(units.double().cpu().numpy(), docs, n_boot, seed)
+        out.update(cos_mean_ci_low=float(boot.low[0]), cos_mean_ci_high=float(boot.high[0]),
+                   cos2_ci=(float(boot.low[1]), float(boot.high[1])))
+        dist = histogram_distance_bootstrap(units, docs, list(baselines.values()), bins, tile, n_boot, seed)
+        for b, name in enumerate(baselines):
+            for k, measure in enumerate(DISTANCES):
+                out[f"{measure}_{name}_ci_low"] = float(dist.low[b, k])
+                out[f"{measure}_{name}_ci_high"] = float(dist.high[b, k])
+    if seconds is not None:
+        seconds["histogram"] = seconds.get("histogram", 0.0) + t1 - t0
+        seconds["bootstrap"] = seconds.get("bootstrap", 0.0) + time.perf_counter() - t1
+    return out
 
 
 def pair_moments_bootstrap(units: np.ndarray, docs: np.ndarray, n_boot: int, seed: int):
@@ -165,8 +246,10 @@ def pair_moments_bootstrap(units: np.ndarray, docs: np.ndarray, n_boot: int, see
 def corpus_numbers(stats: SiteStatistics) -> dict:
     """The corpus-wide numbers of one site from its streaming statistics (every token, no sampling): exact
     all-pairs mean cosine and mean squared cosine, effective dimensions of the covariance (`tasks.dimension`),
-    the cosine variance that a Gaussian with this covariance would give, norms, the count and norms of the tokens
-    kept out (`capture.exclude`), and the per-coordinate moments (returned as arrays for `moments.parquet`)."""
+    the cosine variance that a Gaussian with this covariance (and with the correlation matrix, for the
+    standardized variant) would give, norms, the count and norms of the tokens kept out (`capture.exclude`),
+    per-coordinate kurtosis, and the per-coordinate moments (returned as arrays for `moments.parquet`). The mean and
+    standard deviation that z-score the standardized variant are the per-coordinate `Moments` over every token."""
     m, u, cov = stats.moments, stats.units, stats.covariance
     ex = stats.excluded_norms.moments
     mean_cos = mean_cosine(u.n, u.sum, u.sq) if u.n > 1 else float("nan")  # every token
@@ -175,6 +258,7 @@ def corpus_numbers(stats: SiteStatistics) -> dict:
     # Each coordinate's share of the all-pairs mean cosine: mean over pairs of u_ik u_jk (sums to cos_mean_all).
     contribution = (u.sum**2 - u.sq) / (u.n * (u.n - 1)) if u.n > 1 else np.full(len(u.sum), np.nan)
     rogue = np.argsort(-contribution)[:5]
+    std = np.sqrt(m.variance)
     return {
         "n_tokens_stats": m.n,
         "n_tokens_second_order": cov.n,
@@ -189,6 +273,7 @@ def corpus_numbers(stats: SiteStatistics) -> dict:
         "mean_share": rep.mean_share,
         "kurtosis_max": float(np.nanmax(kurt)),
         "kurtosis_median": float(np.nanmedian(kurt)),
+        "kurtosis_share": kurtosis_summary(kurt)["share"],
         "norm_mean_all": float(stats.norms.moments.mean[0]),
         "norm_std_all": float(np.sqrt(stats.norms.moments.variance[0])),
         "n_excluded": ex.n,
@@ -196,6 +281,10 @@ def corpus_numbers(stats: SiteStatistics) -> dict:
         "excluded_norm_std": float(np.sqrt(ex.variance[0])) if ex.n else None,
         "corpus_mean": cov.mean,
         "corpus_covariance": cov.covariance,
+        "moments_mean": m.mean,
+        "moments_std": std,
+        "predicted_cos_var_standardized": gaussian_cosine_variance(
+            covariance_spectrum(standardized_covariance(cov.covariance, std))),
         "rogue_dims": ",".join(str(int(k)) for k in rogue),
         "rogue_share": float(contribution[rogue[0]] / rep.mean_cos) if rep.mean_cos else float("nan"),
         "rogue_order": rogue,

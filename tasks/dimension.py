@@ -201,6 +201,18 @@ def gaussian_cosine_variance(eigenvalues: np.ndarray) -> float:
     return float(np.sum(w * w))
 
 
+def standardized_covariance(covariance: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Covariance of the states after each coordinate is divided by `std`: D^-1/2 S D^-1/2 with D = diag(std^2),
+    the correlation matrix when std is the square root of S's diagonal (up to a constant factor when std uses
+    another divisor, which no cosine sees). Coordinates with std 0 are mapped to 0 by the standardisation, so
+    their rows and columns are 0 here. Its eigenvalues in `gaussian_cosine_variance` give the exact E[cos^2] of
+    the standardised states if they were Gaussian."""
+    cov = np.asarray(covariance, dtype=np.float64)
+    std = np.asarray(std, dtype=np.float64)
+    inv = np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 0.0)
+    return cov * inv[:, None] * inv[None, :]
+
+
 @dataclass(frozen=True)
 class DimensionReport:
     """Dimension estimates of one (layer, site) from its streaming sums. All numbers are dimensionless.

@@ -190,3 +190,24 @@ def quantile_pairs(
             k = order[within]
             out[qi] = QuantilePair(quantiles[qi], ranks[qi], int(ii[k]), int(jj[k]), float(vals[k]))
     return out
+
+
+def grouped_cosine_counts(units: torch.Tensor, groups: np.ndarray, n_groups: int, bins: int, tile: int) -> np.ndarray:
+    """Pair counts split by the groups of the two tokens: C[a, b, k] = number of pairs i < j with group(i) = a,
+    group(j) = b and cos(i, j) in bin k (int64, shape (n_groups, n_groups, bins)).
+
+    The same tile pass and the same arithmetic bins (`bin_index`) as `cosine_histogram`, so C.sum((0, 1)) equals
+    its counts exactly; each tile is counted with one `bincount` of the combined key (a * n_groups + b) * bins + k.
+    Memory: the count array (n_groups^2 * bins int64) plus one tile of keys. Used by the document bootstrap of the
+    histogram distances (`tasks.distances.replicate_histograms`): a resample of groups reweights whole cells of C.
+    """
+    g = torch.as_tensor(np.asarray(groups, dtype=np.int64), device=units.device)
+    if g.shape != (units.shape[0],) or (len(g) and (int(g.min()) < 0 or int(g.max()) >= n_groups)):
+        raise ValueError(f"groups must hold one code in [0, {n_groups}) per row")
+    size = n_groups * n_groups * bins
+    counts = torch.zeros(size, dtype=torch.int64, device=units.device)
+    for i0, j0, block, mask in iter_tiles(units, tile):
+        cell = g[i0 : i0 + block.shape[0], None] * n_groups + g[None, j0 : j0 + block.shape[1]]
+        key = cell * bins + bin_index(block, bins)
+        counts += torch.bincount(key[mask] if mask is not None else key.reshape(-1), minlength=size)
+    return counts.cpu().numpy().reshape(n_groups, n_groups, bins)

@@ -48,6 +48,12 @@ SUMMARY_SCHEMA = pa.schema(
         ("cos_mean_ci_high", pa.float64()),
         ("cos2_over_gaussian_ci_low", pa.float64()),
         ("cos2_over_gaussian_ci_high", pa.float64()),
+        # 95 % document-bootstrap intervals of the six distances (baselines held fixed)
+        *[(f"{m}_{b}_ci_{end}", pa.float64()) for b in ("gaussian", "matched") for m in ("w1", "ks", "energy")
+          for end in ("low", "high")],
+        ("dim_inv_cos2", pa.float64()),
+        ("dim_inv_cos2_ci_low", pa.float64()),
+        ("dim_inv_cos2_ci_high", pa.float64()),
         ("rogue_dims", pa.string()),
         ("rogue_share", pa.float64()),
         ("cos_var_left_top1", pa.float64()),
@@ -55,6 +61,11 @@ SUMMARY_SCHEMA = pa.schema(
         ("cos_var_left_top5", pa.float64()),
         ("kurtosis_max", pa.float64()),
         ("kurtosis_median", pa.float64()),
+        ("kurtosis_share", pa.float64()),
+        ("kurtosis_share_sample", pa.float64()),
+        ("pc_kurtosis_max", pa.float64()),
+        ("pc_kurtosis_median", pa.float64()),
+        ("pc_kurtosis_share", pa.float64()),
         ("norm_mean_all", pa.float64()),
         ("norm_std_all", pa.float64()),
         ("n_excluded", pa.int64()),  # tokens kept out by capture.exclude (finite states), and their norms

@@ -14,6 +14,7 @@ from tasks.dimension import (
     inverse_mean_cos2_dimension,
     participation_ratio,
     participation_ratio_corrected,
+    standardized_covariance,
     unbiased_trace_moments,
 )
 
@@ -192,3 +193,18 @@ def test_dimension_report_on_a_rotated_spiked_gaussian():
     assert rep.cos_var == pytest.approx(cos.var(), rel=1e-8)
     assert rep.inverse_mean_cos2 == pytest.approx(1 / rep.mean_cos2)
     assert rep.mean_share == pytest.approx(mu @ mu / (mu @ mu + lam.sum()), rel=0.1)
+
+
+def test_standardized_covariance_is_the_correlation_matrix():
+    """D^-1/2 S D^-1/2 with D the variances equals numpy's corrcoef; a constant coordinate gets zeros; the exact
+    E[cos^2] of its Gaussian is 1 / d when the coordinates are independent, whatever their scales."""
+    rng = np.random.default_rng(10)
+    a = rng.standard_normal((6, 6)) * [0.01, 1, 30, 2, 5, 1]
+    x = np.c_[rng.standard_normal((2000, 6)) @ a.T, np.full(2000, 4.0)]
+    cov = np.cov(x, rowvar=False)
+    got = standardized_covariance(cov, x.std(0, ddof=1))
+    np.testing.assert_allclose(got[:6, :6], np.corrcoef(x[:, :6], rowvar=False), rtol=1e-10, atol=1e-12)
+    assert np.all(got[6] == 0) and np.all(got[:, 6] == 0)
+    scales = np.geomspace(1e-3, 1e3, 40) ** 2
+    spectrum = covariance_spectrum(standardized_covariance(np.diag(scales), np.sqrt(scales)))
+    assert gaussian_cosine_variance(spectrum) == pytest.approx(1 / 40, rel=1e-12)

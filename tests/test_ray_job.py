@@ -64,7 +64,7 @@ def test_ray_job_submit_on_loopback(tiny_gpt2, wikitext, tmp_path):
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["status"] == "complete" and len(manifest["actors"]) == 2
         summary = pq.read_table(out / "summary.parquet")
-        assert summary.num_rows == 12 and set(summary.column("n_sample").to_pylist()) == {200}  # 6 sites x 2 variants
+        assert summary.num_rows == 18 and set(summary.column("n_sample").to_pylist()) == {200}  # 6 sites x 3 variants
     finally:
         os.killpg(head.pid, signal.SIGTERM)  # the head we started, and only it
         try:

@@ -82,3 +82,66 @@ def test_bootstrap_intervals_cover_the_truth(tmp_path):
     boot = pair_moments_bootstrap(unit_rows(x[:n].astype(np.float32)).double().numpy(), np.arange(n), 10, 0)
     assert boot.estimate[0] == pytest.approx(raw["cos_mean"], abs=1e-6)
     assert boot.estimate[1] == pytest.approx(raw["cos_std"] ** 2 + raw["cos_mean"] ** 2, rel=1e-5)
+
+
+def test_standardize_is_the_z_score_with_zero_for_constant_coordinates():
+    from tasks.analysis import standardize
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(500, 5)) * [0.01, 1, 100, 3, 0] + [5, -2, 0, 1e3, 7]
+    mean, std = x.mean(0), x.std(0)
+    z = standardize(x, mean, std)
+    expect = np.zeros_like(x)
+    expect[:, :4] = (x[:, :4] - x[:, :4].mean(0)) / x[:, :4].std(0)
+    np.testing.assert_allclose(z, expect, rtol=1e-5, atol=1e-5)
+    assert z.dtype == np.float32
+
+
+def test_standardized_variant_of_unequal_scales_is_isotropic(tmp_path):
+    """Independent Gaussian coordinates with scales from 0.05 to 20 around an offset: raw (and centred) states
+    follow a few large coordinates, so their cosines are far from the isotropic law at d = 64; z-scored with the
+    corpus mean and standard deviation they are isotropic, so their law is the exact one (small W1, d_fit ~ 64),
+    the correlation matrix predicts E[cos^2] = 1 / 64, and 1 / E[cos^2] ~ 64. The standardized row's cosines
+    equal a brute-force computation on (x - mean) / std of the sample."""
+    rng = np.random.default_rng(8)
+    d = 64
+    x = rng.normal(size=(20_000, d)) * np.geomspace(0.05, 20, d) + 2.0
+    stats = SiteStatistics()
+    stats.add(torch.from_numpy(x))
+    r = analyze_site(0, "attn_out", x[:1500].astype(np.float32), {}, bins=100, tile=512, quantiles=(0.5,),
+                     store_root=str(tmp_path), save_samples=False, stats=stats.state(), matched_seed=3)
+    raw, cen, std_row = (r["variants"][name] for name in ("raw", "centered", "standardized"))
+    assert raw["w1_gaussian"] > 0.05 and cen["d_fit"] < d / 3
+    assert std_row["w1_gaussian"] < 0.01 and std_row["d_fit"] == pytest.approx(d, rel=0.1)
+    assert std_row["ks_matched"] < 0.05 and std_row["cos2_over_gaussian"] == pytest.approx(1.0, abs=0.1)
+    assert std_row["predicted_cos_var"] == pytest.approx(1 / d, rel=0.02)
+    assert std_row["dim_inv_cos2"] == pytest.approx(d, rel=0.1)
+    z = (x[:1500].astype(np.float32).astype(np.float64) - x.mean(0)) / x.std(0)
+    u = z / np.linalg.norm(z, axis=1, keepdims=True)
+    i, j = np.triu_indices(len(u), k=1)
+    cos = (u @ u.T)[i, j]
+    assert std_row["cos_mean"] == pytest.approx(cos.mean(), abs=1e-6)
+    assert std_row["cos_std"] == pytest.approx(cos.std(), rel=1e-5)
+
+
+def test_inverse_mean_cos2_of_isotropic_gaussian_is_d(tmp_path):
+    """E[cos^2] = 1 / d exactly for isotropic Gaussian pairs, so 1 / E[cos^2] of the sample's centred and
+    standardized states is about d (1500 states: ~1 % error); null on the raw row, where the common direction
+    would dominate it; its bootstrap interval (each token its own document) contains d."""
+    d = 48
+    x = np.random.default_rng(9).normal(size=(20_000, d))
+    stats = SiteStatistics()
+    stats.add(torch.from_numpy(x))
+    n = 1500
+    r = analyze_site(0, "mlp_out", x[:n].astype(np.float32), {"doc": np.arange(n)}, bins=100, tile=512,
+                     quantiles=(0.5,), store_root=str(tmp_path), save_samples=False, stats=stats.state(),
+                     matched_seed=3, n_boot=100)
+    for name in ("centered", "standardized"):
+        v = r["variants"][name]
+        assert v["dim_inv_cos2"] == pytest.approx(d, rel=0.05)
+        assert v["dim_inv_cos2_ci_low"] < d < v["dim_inv_cos2_ci_high"]
+        for measure in ("w1", "ks", "energy"):  # every distance has an interval, to both baselines
+            for base in ("gaussian", "matched"):
+                assert v[f"{measure}_{base}_ci_low"] <= v[f"{measure}_{base}_ci_high"]
+    assert "dim_inv_cos2" not in r["variants"]["raw"]
+    assert set(r["timings"]) == {"write", "corpus", "histogram", "bootstrap", "baselines"}

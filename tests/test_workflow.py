@@ -53,9 +53,16 @@ def test_outputs_and_schema(tiny_run):
     assert set(manifest["timings"]) >= {"corpus", "capture", "merge", "similarity", "report", "total"}
     timings = manifest["timings"]  # the driver's own share of the capture stage (bench/scaling.py reads it)
     assert 0 < timings["capture_driver_cpu"] and 0 < timings["capture_startup"] < timings["capture"]
+    parts = {f"similarity_parts.{step}" for step in ("write", "corpus", "histogram", "bootstrap", "baselines")}
+    assert set(manifest["timings"]) >= parts and all(manifest["timings"][k] >= 0 for k in parts)
     summary = pq.read_table(tiny_run / "summary.parquet").to_pandas()
-    assert len(summary) == 12  # 2 layers x 3 sites x (raw, centered)
-    assert set(summary.variant) == {"raw", "centered"}
+    assert len(summary) == 18  # 2 layers x 3 sites x (raw, centered, standardized)
+    assert set(summary.variant) == {"raw", "centered", "standardized"}
+    for base in ("gaussian", "matched"):  # every row has document-bootstrap intervals of its distances
+        for m in ("w1", "ks", "energy"):
+            assert (summary[f"{m}_{base}_ci_low"] <= summary[f"{m}_{base}_ci_high"]).all()
+    assert summary.dim_inv_cos2.isna().eq(summary.variant == "raw").all()  # null on raw rows only
+    assert summary[["kurtosis_share", "pc_kurtosis_max", "pc_kurtosis_share"]].notna().all().all()
     summary = summary[summary.variant == "raw"]
     assert set(summary.columns) >= {"layer", "site", "variant", "d_model", "n_tokens", "n_sample", "n_pairs",
                                     "cos_mean", "cos_std", "d_fit"}
@@ -64,7 +71,7 @@ def test_outputs_and_schema(tiny_run):
     assert set(hist.source) == {"data", "gaussian_exact", "gaussian_fit", "gaussian_empirical", "gaussian_matched"}
     for _, group in hist.groupby(["layer", "site", "variant", "source"]):
         assert len(group) == 60 and group.probability.sum() == pytest.approx(1.0, abs=1e-9)
-    assert len(list((tiny_run / "plots").glob("L*_*.png"))) == 12
+    assert len(list((tiny_run / "plots").glob("L*_*.png"))) == 18
     full = pq.read_table(tiny_run / "summary.parquet").to_pandas()
     assert set(full.verdict) <= {"near-gaussian", "gaussian-shaped-low-dim", "non-gaussian"} and full.verdict.notna().all()
     assert (tiny_run / "plots" / "verdicts.png").exists()
@@ -125,7 +132,7 @@ def test_sample_is_the_bottom_k_of_corpus_token_hashes(tiny_run, tiny_gpt2, wiki
 def test_exemplars_are_the_pairs_at_their_quantiles(tiny_run):
     samples = _samples(tiny_run)
     ex = pq.read_table(tiny_run / "exemplars.parquet").to_pandas()
-    assert len(ex) == 6 * 7 * 2
+    assert len(ex) == 6 * 7 * 3
     ex = ex[ex.variant == "raw"]
     for (layer, site), group in ex.groupby(["layer", "site"]):
         s = samples[(samples.layer == layer) & (samples.site == site)].sort_values("index")
@@ -161,7 +168,7 @@ def test_report_redraws_plots_from_parquet(tiny_run):
         png.unlink()
     assert cli_main(["report", str(tiny_run)]) == 0
     assert (tiny_run / "plots" / "overview.png").stat().st_size > 10_000
-    assert len(list((tiny_run / "plots").glob("L*_*.png"))) == 12
+    assert len(list((tiny_run / "plots").glob("L*_*.png"))) == 18
 
 
 def test_run_dir_safety_and_small_corpus(tiny_run, tiny_gpt2, wikitext, tmp_path):
@@ -179,7 +186,7 @@ def test_demo_config_end_to_end(ray_cluster, tmp_path):
     for name in OUTPUTS:
         assert (out / name).exists(), name
     summary = pq.read_table(out / "summary.parquet").to_pandas()
-    assert len(summary) == 36 and (summary.d_model == 384).all() and (summary.n_sample == 2000).all()
+    assert len(summary) == 54 and (summary.d_model == 384).all() and (summary.n_sample == 2000).all()
     manifest = json.loads((out / "manifest.json").read_text())
     check = manifest["checks"]["gaussian_empirical_vs_exact"]
     assert check["w1"] < 1e-3 and check["cos_std_empirical"] == pytest.approx(check["cos_std_exact"], rel=0.02)
@@ -255,6 +262,18 @@ def test_corpus_numbers_equal_brute_force_over_every_token(tiny_run, layer0_stat
     cos = (cu @ cu.T)[i, j]
     assert cen.cos_mean == pytest.approx(cos.mean(), abs=1e-5) and cen.cos_std == pytest.approx(cos.std(), abs=1e-5)
     assert cen.cos2_over_gaussian == pytest.approx((cos**2).mean() / cen.predicted_cos_var, rel=1e-4)
+    # the standardized variant: z-scored with every token's mean and standard deviation, its own prediction
+    std = s[(s.layer == 0) & (s.site == "resid_post") & (s.variant == "standardized")].iloc[0]
+    z = (v.astype(np.float64) - x.mean(0)) / x.std(0)
+    zu = z / np.linalg.norm(z, axis=1, keepdims=True)
+    zcos = (zu @ zu.T)[i, j]
+    assert std.cos_mean == pytest.approx(zcos.mean(), abs=1e-5) and std.cos_std == pytest.approx(zcos.std(), abs=1e-5)
+    corr = np.corrcoef(x, rowvar=False)
+    from tasks.dimension import gaussian_cosine_variance
+
+    assert std.predicted_cos_var == pytest.approx(gaussian_cosine_variance(np.clip(np.linalg.eigvalsh(corr), 0, None)), rel=1e-4)
+    assert std.dim_inv_cos2 == pytest.approx(1 / (zcos**2).mean(), rel=1e-4) and std.verdict == raw.verdict
+    assert raw.kurtosis_share == pytest.approx(np.mean(stats.kurtosis(x, axis=0) > 1.0))
     # rogue dimensions: each coordinate's share of the all-pairs mean cosine, the top ones, and what is left
     share = (u.sum(0) ** 2 - (u**2).sum(0)) / (n * (n - 1))
     np.testing.assert_allclose(m["cos_share"], share, rtol=1e-5, atol=1e-9)

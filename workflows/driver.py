@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from tasks import corpus as corpus_mod
 from tasks.analysis import analyze_site
 from tasks.baselines import empirical_gaussian, law_probabilities, wasserstein1
+from tasks.distances import DISTANCES
 from tasks.errors import RunError, UserError, first_line
 from tasks.exemplars import exemplar_rows
 from tasks.merge import (
@@ -51,14 +52,21 @@ log = logging.getLogger(__name__)
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MERGE_FAN_IN = 64
+# Site-level columns (the same on every variant's row, except where a variant sets its own value, as the
+# standardized row does for predicted_cos_var: the prediction from its correlation matrix).
 CORPUS_COLUMNS = ("n_tokens_stats", "n_tokens_second_order", "cos_mean_all", "cos2_mean_all", "pr_raw",
                   "pr_corrected", "pc90", "pc95", "pc99", "predicted_cos_var", "mean_share", "kurtosis_max",
-                  "kurtosis_median", "norm_mean_all", "norm_std_all", "n_excluded", "excluded_norm_mean",
-                  "excluded_norm_std", "rogue_dims", "rogue_share")
+                  "kurtosis_median", "kurtosis_share", "kurtosis_share_sample", "pc_kurtosis_max",
+                  "pc_kurtosis_median", "pc_kurtosis_share", "norm_mean_all", "norm_std_all", "n_excluded",
+                  "excluded_norm_mean", "excluded_norm_std", "rogue_dims",
+                  "rogue_share")
 RAW_ONLY = ("cos_mean_all", "cos2_mean_all", "mean_share", "rogue_dims", "rogue_share")
+DISTANCE_INTERVALS = tuple(f"{m}_{b}_ci_{end}" for b in ("gaussian", "matched") for m in DISTANCES
+                           for end in ("low", "high"))
 DISTANCE_COLUMNS = ("ks_gaussian", "energy_gaussian", "w1_matched", "ks_matched", "energy_matched",
                     "cos_var_left_top1", "cos_var_left_top3", "cos_var_left_top5",
-                    "cos_mean_ci_low", "cos_mean_ci_high", "cos2_over_gaussian_ci_low", "cos2_over_gaussian_ci_high")
+                    "cos_mean_ci_low", "cos_mean_ci_high", "cos2_over_gaussian_ci_low", "cos2_over_gaussian_ci_high",
+                    *DISTANCE_INTERVALS, "dim_inv_cos2", "dim_inv_cos2_ci_low", "dim_inv_cos2_ci_high")
 OUTPUTS = ("manifest.json", "config.yaml", "summary.parquet", "histograms.parquet", "exemplars.parquet",
            "samples.parquet", "moments.parquet", "statistics", "stats", "sanity.parquet", "plots", "shards",
            "report.html")
@@ -283,6 +291,16 @@ def analyze(cfg: Config, store: RunStore, sites, keys_ref, vector_refs, stats_re
     return ray.get(refs), ray.get(empirical_ref)
 
 
+def similarity_parts(results: list[dict]) -> dict[str, float]:
+    """Seconds per step of the site tasks (`analyze_site`'s `timings`), summed over sites: task time, so with
+    tasks running in parallel the sum can exceed the similarity stage's wall time."""
+    total: dict[str, float] = {}
+    for r in results:
+        for step, s in r.get("timings", {}).items():
+            total[step] = total.get(step, 0.0) + s
+    return {step: round(s, 3) for step, s in total.items()}
+
+
 def write_results(cfg: Config, store: RunStore, results: list[dict], empirical: CosineHistogram, keys: dict,
                   tokenizer, n_tokens: int, nonfinite: np.ndarray) -> dict:
     """summary.parquet, histograms.parquet, exemplars.parquet; returns the consistency checks for the manifest."""
@@ -300,6 +318,7 @@ def write_results(cfg: Config, store: RunStore, results: list[dict], empirical: 
             if variant != "raw":  # these describe the raw states' directions, not the centred ones
                 for name in RAW_ONLY:
                     site_level[name] = None
+            site_level.update({name: v[name] for name in CORPUS_COLUMNS if name in v})  # a variant's own value
             summary.append(
                 {
                     "layer": layer, "site": site, "variant": variant, "d_model": d, "n_tokens": n_tokens,
@@ -422,6 +441,8 @@ def _run(cfg: Config, store: RunStore, manifest: dict, model_config, layers, tim
             raise RunError(f"only {n} finite candidate tokens for sample.size={k}; lower sample.size or use another run.seed")
         with timer.stage("similarity"):
             results, empirical = analyze(cfg, store, sites, keys_ref, vector_refs, stats_refs, n, d_model(model_config))
+        # Flat keys (timings stay one number each, as the report page shows them).
+        timer.seconds.update({f"similarity_parts.{step}": s for step, s in similarity_parts(results).items()})
     finally:
         if started:
             ray.shutdown()
