@@ -59,12 +59,15 @@ def main() -> None:
         if key in t:
             print(f"{'  ' + label:62s} {t[key]:8.1f} {t[key] / wall:6.0%}")
         if key == "capture" and key in t:
+            print(f"{'    actors starting (until all ready)':62s} {t.get('capture_startup', float('nan')):8.1f}")
             print(f"{'    model load (slowest actor, in parallel)':62s} {load:8.1f}")
+            print(f"{'    driver CPU (dispatch, bookkeeping)':62s} {t.get('capture_driver_cpu', float('nan')):8.1f}")
             print(f"{f'    shard work, summed over {n_actors} actors':62s} {shard_s:8.1f}  "
                   f"({tokens / max(shard_s, 1e-9) * n_actors:,.0f} tokens/s across actors)")
         if key == "similarity":
-            for part, sec in sorted(t.get("similarity_parts", {}).items(), key=lambda kv: -kv[1]):
-                print(f"{f'    {part} (summed over site tasks)':62s} {sec:8.1f}")
+            parts = {k.split(".", 1)[1]: v for k, v in t.items() if k.startswith("similarity_parts.")}
+            for part, sec in sorted(parts.items(), key=lambda kv: -kv[1]):
+                print(f"{f'    {part} (task seconds summed over sites)':62s} {sec:8.1f}")
     print(f"tokens/s overall: {tokens / wall:,.0f} (command wall time); capture stage alone: {tokens / t['capture']:,.0f}")
 
 

@@ -55,6 +55,8 @@ class ShardCapturer:
 
     def _attach(self, model: torch.nn.Module, model_type: str, sites, load_seconds: float) -> None:
         self.model = model
+        if getattr(model.config, "use_cache", None):
+            model.config.use_cache = False  # capture never generates: no key/value cache to allocate and return
         self.device = next(model.parameters()).device
         self.recorder = SiteRecorder(model, site_table(model_type), sites)
         self.pad_id = 0
