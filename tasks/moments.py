@@ -99,16 +99,26 @@ class Moments(_Stat):
         x = _batch(x)
         if x.shape[0] == 0:
             return
-        mean = x.mean(0, dtype=F64)
-        sums = torch.zeros(3, x.shape[1], dtype=F64, device=x.device)
+        # One pass of power sums S_p of deviations from a provisional centre c (the first rows' mean), then the
+        # central sums by the binomial shift to the batch mean (delta = S_1 / n small against the spread, so no
+        # cancellation to speak of): M2 = S2 - n delta^2, M3 = S3 - 3 delta S2 + 2 n delta^3,
+        # M4 = S4 - 4 delta S3 + 6 delta^2 S2 - 3 n delta^4.
+        n = x.shape[0]
+        centre = x[: min(n, CPU_BLOCK)].mean(0, dtype=F64)
+        s = torch.zeros(4, x.shape[1], dtype=F64, device=x.device)
         for block in _blocks(x):
-            dev = block.to(F64) - mean
+            dev = block.to(F64) - centre  # not in place: a float64 block is the caller's own tensor
+            s[0] += dev.sum(0)
             dev2 = dev * dev
-            sums[0] += dev2.sum(0)
-            sums[1] += (dev2 * dev).sum(0)
-            sums[2] += dev2.square_().sum(0)
+            s[1] += dev2.sum(0)
+            s[2] += (dev2 * dev).sum(0)
+            s[3] += dev2.square_().sum(0)
+        delta = s[0] / n
+        d2 = delta * delta
         other = Moments()
-        other.n, other.t = x.shape[0], {"mean": mean, "m2": sums[0], "m3": sums[1], "m4": sums[2]}
+        other.n = n
+        other.t = {"mean": centre + delta, "m2": s[1] - n * d2, "m3": s[2] - 3.0 * delta * s[1] + 2.0 * n * d2 * delta,
+                   "m4": s[3] - 4.0 * delta * s[2] + 6.0 * d2 * s[1] - 3.0 * n * d2 * d2}
         self.merge(other)
 
     def merge(self, other: Moments) -> Moments:
@@ -171,7 +181,7 @@ class Covariance(_Stat):
         na, nb = float(self.n), float(other.n)
         n = na + nb
         d = b["mean"] - self.t["mean"]
-        self.t["comoment"] = self.t["comoment"] + b["comoment"] + torch.outer(d, d) * (na * nb / n)
+        self.t["comoment"].add_(b["comoment"]).addr_(d, d, alpha=na * nb / n)  # in place: no d x d temporaries
         self.t["mean"] = self.t["mean"] + d * (nb / n)
         self.n = int(n)
         return self
@@ -181,10 +191,16 @@ class Covariance(_Stat):
         return self.comoment / max(self.n - 1, 1)
 
 
-def _units(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Rows scaled to unit norm (zero rows stay zero), in `dtype`, norms taken in float64."""
-    norms = torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=F64)
-    return (x.to(F64) / torch.where(norms > 0, norms, 1.0)).to(dtype)
+def row_norms(x: torch.Tensor) -> torch.Tensor:
+    """Euclidean norm of every row, in float64 (computed once per batch by `SiteStatistics`, shared by the parts)."""
+    return torch.linalg.vector_norm(x, dim=1, dtype=F64)
+
+
+def _units(x: torch.Tensor, dtype: torch.dtype, norms: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows scaled to unit norm (zero rows stay zero), in `dtype`; `norms` (float64) as from `row_norms`."""
+    norms = (row_norms(x) if norms is None else norms)[:, None]
+    scale = 1.0 / torch.where(norms > 0, norms, 1.0)
+    return x.to(dtype) * scale.to(dtype) if dtype != F64 else x.to(F64) * scale
 
 
 class UnitSums(_Stat):
@@ -193,13 +209,15 @@ class UnitSums(_Stat):
 
     FIELDS = ("sum", "sq")
 
-    def add(self, x) -> None:
+    def add(self, x, norms: torch.Tensor | None = None) -> None:
+        """Add a batch (n, d); `norms`: its rows' norms if already known (`row_norms`)."""
         x = _batch(x)
         if x.shape[0] == 0:
             return
+        norms = row_norms(x) if norms is None else norms
         sums = torch.zeros(2, x.shape[1], dtype=F64, device=x.device)
-        for block in _blocks(x):
-            u = _units(block, F64)
+        for block, block_norms in zip(_blocks(x), _blocks(norms)):
+            u = _units(block, F64, block_norms)
             sums[0] += u.sum(0)
             sums[1] += u.square_().sum(0)
         other = UnitSums()
@@ -210,7 +228,8 @@ class UnitSums(_Stat):
         if not self._take(other):
             b = self._fields_of(other)
             self.n += other.n
-            self.t = {k: self.t[k] + b[k] for k in self.FIELDS}
+            for k in self.FIELDS:
+                self.t[k].add_(b[k])
         return self
 
 
@@ -220,11 +239,12 @@ class UnitSecondMoment(_Stat):
 
     FIELDS = ("second",)
 
-    def add(self, x) -> None:
+    def add(self, x, norms: torch.Tensor | None = None) -> None:
+        """Add a batch (n, d); `norms`: its rows' norms if already known (`row_norms`)."""
         x = _batch(x)
         if x.shape[0] == 0:
             return
-        u = _units(x, _product_dtype(x))
+        u = _units(x, _product_dtype(x), norms)
         other = UnitSecondMoment()
         other.n, other.t = x.shape[0], {"second": (u.T @ u).to(F64)}
         self.merge(other)
@@ -232,7 +252,7 @@ class UnitSecondMoment(_Stat):
     def merge(self, other: UnitSecondMoment) -> UnitSecondMoment:
         if not self._take(other):
             self.n += other.n
-            self.t = {"second": self.t["second"] + self._fields_of(other)["second"]}
+            self.t["second"].add_(self._fields_of(other)["second"])
         return self
 
 
@@ -254,11 +274,12 @@ class NormHistogram:
     def edges(cls) -> np.ndarray:
         return np.geomspace(cls.LO, cls.HI, cls.BINS + 1)
 
-    def add(self, x) -> None:
+    def add(self, x, norms: torch.Tensor | None = None) -> None:
+        """Add a batch (n, d); `norms`: its rows' norms if already known (`row_norms`)."""
         x = _batch(x)
         if x.shape[0] == 0:
             return
-        norms = torch.linalg.vector_norm(x, dim=1, dtype=F64)
+        norms = row_norms(x) if norms is None else norms
         scaled = (torch.log(norms.clamp(self.LO, self.HI)) - np.log(self.LO)) * (self.BINS / np.log(self.HI / self.LO))
         idx = scaled.long().clamp_(0, self.BINS - 1)
         self._add_counts(torch.bincount(idx, minlength=self.BINS))
@@ -300,12 +321,14 @@ class SiteStatistics:
     def add(self, x, second_order_rows=None) -> None:
         """Add a batch (n, d); `second_order_rows` (indices or None for all) feed the d x d statistics."""
         x = _batch(x)
+        norms = row_norms(x)
         self.moments.add(x)
-        self.norms.add(x)
-        self.units.add(x)
-        y = x if second_order_rows is None else x[second_order_rows]
-        self.covariance.add(y)
-        self.unit_second.add(y)
+        self.norms.add(x, norms)
+        self.units.add(x, norms)
+        if second_order_rows is not None:
+            x, norms = x[second_order_rows], norms[second_order_rows]
+        self.covariance.add(x)
+        self.unit_second.add(x, norms)
 
     def add_excluded(self, x) -> None:
         """Add a batch (n, d) of excluded tokens: their norms only."""
