@@ -102,7 +102,7 @@ class StatsConfig:
     shards and writes a partial every `flush_every` shards (what a resumed run can reuse)."""
 
     enabled: bool = True
-    second_order_fraction: float = 0.1  # keeps the statistics' cost near 5 % of a forward pass (BENCHMARKS.md)
+    second_order_fraction: float = 0.05  # keeps the statistics under 10 % of a forward pass (BENCHMARKS.md)
     flush_every: int = 64
     bootstrap: int = 200  # document-bootstrap replicates for the sampled numbers' intervals (0: none)
 
