@@ -29,6 +29,7 @@ SUMMARY_SCHEMA = pa.schema(
         ("ks_matched", pa.float64()),
         ("energy_matched", pa.float64()),
         ("verdict", pa.string()),
+        ("verdict_confident", pa.bool_()),
         ("norm_mean", pa.float64()),
         ("norm_std", pa.float64()),
         # corpus-wide, from the streaming statistics over every token (null when stats.enabled is false)

@@ -44,3 +44,26 @@ def verdict(raw: dict, centered: dict | None) -> str | None:
     if math.isfinite(ratio) and RATIO_LOW <= ratio <= RATIO_HIGH and ks is not None and ks <= KS_MATCHED:
         return "gaussian-shaped-low-dim"
     return "non-gaussian"
+
+
+def verdict_confident(raw: dict, centered: dict | None) -> bool | None:
+    """Whether the verdict holds across the 95 % intervals of the sampled numbers it reads: the same label at every
+    combination of the interval ends of `w1_gaussian` (raw), `cos2_over_gaussian` and `ks_matched` (centred).
+    False marks a site whose numbers sit within sampling error of a threshold, where another seed may give the
+    other label (`kurtosis_max` comes from every token and has no sampling error). None without the intervals."""
+    label = verdict(raw, centered)
+    names = [("raw", "w1_gaussian"), ("centered", "cos2_over_gaussian"), ("centered", "ks_matched")]
+    rows = {"raw": raw, "centered": centered}
+    ends = []
+    for row, name in names:
+        low, high = rows[row].get(f"{name}_ci_low"), rows[row].get(f"{name}_ci_high")
+        if label is None or low is None or high is None:
+            return None
+        ends.append((row, name, (low, high)))
+    for corner in range(2 ** len(ends)):
+        shifted = {"raw": dict(raw), "centered": dict(centered)}
+        for bit, (row, name, bounds) in enumerate(ends):
+            shifted[row][name] = bounds[(corner >> bit) & 1]
+        if verdict(shifted["raw"], shifted["centered"]) != label:
+            return False
+    return True

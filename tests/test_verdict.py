@@ -145,3 +145,20 @@ def test_inverse_mean_cos2_of_isotropic_gaussian_is_d(tmp_path):
                 assert v[f"{measure}_{base}_ci_low"] <= v[f"{measure}_{base}_ci_high"]
     assert "dim_inv_cos2" not in r["variants"]["raw"]
     assert set(r["timings"]) == {"write", "corpus", "histogram", "bootstrap", "baselines"}
+
+
+def test_verdict_confident_reads_the_intervals():
+    """Confident when every interval lies on one side of each threshold; not when one straddles it."""
+    from tasks.verdict import RATIO_HIGH, verdict_confident
+
+    raw = {"kurtosis_max": 1.0, "w1_gaussian": 0.1, "w1_gaussian_ci_low": 0.09, "w1_gaussian_ci_high": 0.11}
+    inside = {"cos2_over_gaussian": 1.0, "cos2_over_gaussian_ci_low": 0.95, "cos2_over_gaussian_ci_high": 1.05,
+              "ks_matched": 0.05, "ks_matched_ci_low": 0.04, "ks_matched_ci_high": 0.06}
+    assert verdict(raw, inside) == "gaussian-shaped-low-dim" and verdict_confident(raw, inside) is True
+    straddle = {**inside, "cos2_over_gaussian": RATIO_HIGH - 0.01, "cos2_over_gaussian_ci_high": RATIO_HIGH + 0.05}
+    assert verdict(raw, straddle) == "gaussian-shaped-low-dim" and verdict_confident(raw, straddle) is False
+    far = {**inside, "cos2_over_gaussian": 2.0, "cos2_over_gaussian_ci_low": 1.8, "cos2_over_gaussian_ci_high": 2.2}
+    assert verdict(raw, far) == "non-gaussian" and verdict_confident(raw, far) is True
+    near_w1 = {**raw, "w1_gaussian_ci_low": 0.01}  # the near-gaussian threshold (0.02) inside the W1 interval
+    assert verdict_confident(near_w1, inside) is False
+    assert verdict_confident({"kurtosis_max": 1.0, "w1_gaussian": 0.1}, inside) is None  # no intervals

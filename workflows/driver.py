@@ -45,7 +45,7 @@ from tasks.similarity import CosineHistogram, bin_edges
 from tasks.storage import RunStore, is_uri, shard_file
 from tasks.tables import EXEMPLAR_SCHEMA, SUMMARY_SCHEMA, histogram_rows, moments_table, rows_to_table
 from workflows.capture_pool import CaptureResult, run_capture
-from tasks.verdict import verdict
+from tasks.verdict import verdict, verdict_confident
 from workflows.config import Config
 
 log = logging.getLogger(__name__)
@@ -343,7 +343,8 @@ def write_results(cfg: Config, store: RunStore, results: list[dict], empirical: 
             exemplars += exemplar_rows(layer, site, variant, v["pairs"], keys, tokenizer)
     rows = {(r["layer"], r["site"], r["variant"]): r for r in summary}
     for r in summary:
-        r["verdict"] = verdict(rows[(r["layer"], r["site"], "raw")], rows.get((r["layer"], r["site"], "centered")))
+        site_rows = rows[(r["layer"], r["site"], "raw")], rows.get((r["layer"], r["site"], "centered"))
+        r["verdict"], r["verdict_confident"] = verdict(*site_rows), verdict_confident(*site_rows)
     store.write_parquet("summary.parquet", rows_to_table(summary, SUMMARY_SCHEMA))
     store.write_parquet("histograms.parquet", pa.concat_tables(hist_tables))
     store.write_parquet("exemplars.parquet", rows_to_table(exemplars, EXEMPLAR_SCHEMA))
