@@ -261,7 +261,10 @@ def merge_statistics(store: RunStore, partials: list[dict], n_sites: int) -> lis
     """Tree-reduce the statistics partials (fan-in MERGE_FAN_IN) and split them per site (object refs)."""
     import ray
 
-    files = sorted((f"stats/{p['name']}.npz", p["sha256"]) for p in partials)
+    # In the order of the shards they cover, not of their names (which name the actor that wrote them): the
+    # same partials merge in the same order, hence to the same bits, whichever actors ran them and however often.
+    ordered = sorted(partials, key=lambda p: (sorted(p["shards"]), p["name"]))
+    files = [(f"stats/{p['name']}.npz", p["sha256"]) for p in ordered]
     first = ray.remote(merge_statistics_files)
     refs = [first.remote(store.root, n_sites, files[i : i + MERGE_FAN_IN]) for i in range(0, len(files), MERGE_FAN_IN)]
     while len(refs) > 1:
