@@ -50,6 +50,37 @@ def _row_slices(x: torch.Tensor) -> list[slice]:
     return [slice(s, s + step) for s in range(0, n, step)]
 
 
+def _centre(x: torch.Tensor) -> torch.Tensor:
+    """A provisional centre for the power sums: the mean of the batch's first rows (float64)."""
+    return x[: min(len(x), 256)].mean(0, dtype=F64)
+
+
+def _block_sums(x: torch.Tensor, centre: torch.Tensor | None = None, norms: torch.Tensor | None = None):
+    """The O(n d) sums of a batch in one pass over cache-sized row blocks, in float64: with `centre`, the power
+    sums sum (x - c)^p for p = 1..4 (4, d) (`Moments`: one pass, then the binomial shift to the batch mean, with
+    delta = S_1 / n small against the spread, so no cancellation to speak of: M2 = S2 - n delta^2,
+    M3 = S3 - 3 delta S2 + 2 n delta^3, M4 = S4 - 4 delta S3 + 6 delta^2 S2 - 3 n delta^4); with the rows' `norms`,
+    the sum of unit vectors and of their squares (2, d) (`UnitSums`). None for what was not asked."""
+    d = x.shape[1]
+    powers = torch.zeros(4, d, dtype=F64, device=x.device) if centre is not None else None
+    units = torch.zeros(2, d, dtype=F64, device=x.device) if norms is not None else None
+    for rows in _row_slices(x):
+        block = x[rows].to(F64)  # not modified in place: for float64 input it is the caller's own tensor
+        if powers is not None:
+            dev = block - centre
+            powers[0] += dev.sum(0)
+            dev2 = dev * dev
+            powers[1] += dev2.sum(0)
+            powers[2] += (dev2 * dev).sum(0)
+            powers[3] += dev2.square_().sum(0)
+        if units is not None:
+            nb = norms[rows][:, None]
+            u = block * (1.0 / torch.where(nb > 0, nb, 1.0))
+            units[0] += u.sum(0)
+            units[1] += u.square_().sum(0)
+    return powers, units
+
+
 class _Stat:
     """Plumbing shared by the statistics: `n` plus named float64 tensors (`FIELDS`), read back as NumPy arrays,
     saved as `{"n": n, field: array}`, loaded onto the CPU, and moved to `self`'s device when merged."""
@@ -106,23 +137,19 @@ class Moments(_Stat):
         # central sums by the binomial shift to the batch mean (delta = S_1 / n small against the spread, so no
         # cancellation to speak of): M2 = S2 - n delta^2, M3 = S3 - 3 delta S2 + 2 n delta^3,
         # M4 = S4 - 4 delta S3 + 6 delta^2 S2 - 3 n delta^4.
-        n = x.shape[0]
-        centre = x[: min(n, 256)].mean(0, dtype=F64)
-        s = torch.zeros(4, x.shape[1], dtype=F64, device=x.device)
-        for rows in _row_slices(x):
-            dev = x[rows].to(F64) - centre  # not in place: a float64 block is the caller's own tensor
-            s[0] += dev.sum(0)
-            dev2 = dev * dev
-            s[1] += dev2.sum(0)
-            s[2] += (dev2 * dev).sum(0)
-            s[3] += dev2.square_().sum(0)
+        centre = _centre(x)
+        self.merge(Moments._partial(len(x), centre, _block_sums(x, centre=centre)[0]))
+
+    @classmethod
+    def _partial(cls, n: int, centre: torch.Tensor, s: torch.Tensor) -> Moments:
+        """The statistic of one batch from its power sums s[p - 1] = sum (x - centre)^p, p = 1..4."""
         delta = s[0] / n
         d2 = delta * delta
-        other = Moments()
+        other = cls()
         other.n = n
         other.t = {"mean": centre + delta, "m2": s[1] - n * d2, "m3": s[2] - 3.0 * delta * s[1] + 2.0 * n * d2 * delta,
                    "m4": s[3] - 4.0 * delta * s[2] + 6.0 * d2 * s[1] - 3.0 * n * d2 * d2}
-        self.merge(other)
+        return other
 
     def merge(self, other: Moments) -> Moments:
         if self._take(other):
@@ -217,15 +244,13 @@ class UnitSums(_Stat):
         x = _batch(x)
         if x.shape[0] == 0:
             return
-        norms = row_norms(x) if norms is None else norms
-        sums = torch.zeros(2, x.shape[1], dtype=F64, device=x.device)
-        for rows in _row_slices(x):
-            u = _units(x[rows], F64, norms[rows])
-            sums[0] += u.sum(0)
-            sums[1] += u.square_().sum(0)
-        other = UnitSums()
-        other.n, other.t = x.shape[0], {"sum": sums[0], "sq": sums[1]}
-        self.merge(other)
+        self.merge(UnitSums._partial(len(x), _block_sums(x, norms=row_norms(x) if norms is None else norms)[1]))
+
+    @classmethod
+    def _partial(cls, n: int, sums: torch.Tensor) -> UnitSums:
+        other = cls()
+        other.n, other.t = n, {"sum": sums[0], "sq": sums[1]}
+        return other
 
     def merge(self, other: UnitSums) -> UnitSums:
         if not self._take(other):
@@ -324,10 +349,13 @@ class SiteStatistics:
     def add(self, x, second_order_rows=None) -> None:
         """Add a batch (n, d); `second_order_rows` (indices or None for all) feed the d x d statistics."""
         x = _batch(x)
-        norms = row_norms(x)
-        self.moments.add(x)
+        if len(x) == 0:
+            return
+        norms, centre = row_norms(x), _centre(x)
+        powers, units = _block_sums(x, centre, norms)  # Moments and UnitSums in one pass over the batch
+        self.moments.merge(Moments._partial(len(x), centre, powers))
+        self.units.merge(UnitSums._partial(len(x), units))
         self.norms.add(x, norms)
-        self.units.add(x, norms)
         if second_order_rows is not None:
             x, norms = x[second_order_rows], norms[second_order_rows]
         self.covariance.add(x)
