@@ -69,6 +69,14 @@ def main() -> None:
             print(f"{est:28s} {inside:5d} / {total:<5d} {worst:26.2f}")
     agree = sum(int((o["verdict"].reindex(ref.index) == ref["verdict"]).sum()) for o in others)
     print(f"verdict: {agree} of {len(ref) * len(others)} rows the same as the reference")
+    if "verdict_confident" in ref.columns:
+        confident = ref["verdict_confident"].fillna(False).astype(bool)
+        flips = [o["verdict"].reindex(ref.index) != ref["verdict"] for o in others]
+        flagged = sum(int((f & ~confident).sum()) for f in flips)
+        kept = sum(int((~f & confident).sum()) for f in flips)
+        print(f"  flipped rows flagged borderline (verdict_confident false) in the reference: {flagged} of "
+              f"{sum(int(f.sum()) for f in flips)}; rows marked confident that kept their verdict: {kept} of "
+              f"{int(confident.sum()) * len(others)}")
     raw = [t.xs("raw", level="variant") for t in tables]
     for col in CORPUS_WIDE:
         if col in raw[0].columns:
