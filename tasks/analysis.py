@@ -98,7 +98,7 @@ def analyze_site(
     lap("write")
     corpus = {}
     variants = {"raw": vectors}
-    matched: dict[str, np.ndarray] = {}
+    matched: dict[str, torch.Tensor] = {}  # unit rows of the matched Gaussian draws, per variant
     if stats is not None:
         corpus = corpus_numbers(SiteStatistics.load(stats))
         mean, covariance = corpus.pop("corpus_mean"), corpus.pop("corpus_covariance")
@@ -114,11 +114,11 @@ def analyze_site(
         draws = matched_gaussian(mean, covariance, n, seed=matched_seed)
         states = {"raw": draws, "centered": draws - mean.astype(np.float32),
                   "standardized": standardize(draws, z_mean, z_std)}
-        matched = {name: cosine_histogram(unit_rows(x, device), bins, tile).counts for name, x in states.items()}
+        matched = {name: unit_rows(x, device) for name, x in states.items()}
         lap("baselines")
     docs = keys.get("doc")
     out = {name: sample_numbers(v, bins, tile, quantiles, device, docs, n_boot, matched_seed,
-                                matched_counts=matched.get(name), seconds=seconds)
+                                matched_units=matched.get(name), seconds=seconds)
            for name, v in variants.items()}
     clock = time.perf_counter()
     if "rogue_order" in corpus:  # how much of the raw cosine variance is left without the top 1, 3, 5 of them
@@ -151,11 +151,12 @@ def analyze_site(
 
 def sample_numbers(vectors: np.ndarray, bins: int, tile: int, quantiles: tuple[float, ...], device,
                    docs: np.ndarray | None = None, n_boot: int = 0, seed: int = 0,
-                   matched_counts: np.ndarray | None = None, seconds: dict[str, float] | None = None) -> dict:
+                   matched_units: torch.Tensor | None = None, seconds: dict[str, float] | None = None) -> dict:
     """The sampled states' pairwise cosine histogram, its exemplar pairs, fitted dimension and distances to the
-    exact isotropic law (`*_gaussian`) and, given its counts, to the matched Gaussian (`*_matched`); with the
+    exact isotropic law (`*_gaussian`) and, given its draws' unit rows, to the matched Gaussian (`*_matched`); with the
     tokens' documents, bootstrap intervals (over documents, the same draws for all) of the mean cosine, the mean
-    squared cosine and the six distances (`histogram_distance_bootstrap`: baselines held fixed). `seconds`, if
+    squared cosine and the six distances (`histogram_distance_bootstrap`: the exact law held fixed, the matched
+    Gaussian's draws resampled too). `seconds`, if
     given, accumulates the time spent in "histogram" and "bootstrap"."""
     t0 = time.perf_counter()
     d = vectors.shape[1]
@@ -180,12 +181,13 @@ def sample_numbers(vectors: np.ndarray, bins: int, tile: int, quantiles: tuple[f
         "pairs": [asdict(p) for p in pairs],
     }
     baselines = {"gaussian": exact}
-    if matched_counts is not None:
+    if matched_units is not None:
+        matched_counts = cosine_histogram(matched_units, bins, tile).counts
         out["matched_counts"] = matched_counts
         out["w1_matched"] = wasserstein1(prob, matched_counts / matched_counts.sum())
         out["ks_matched"] = ks_statistic(hist.counts, matched_counts)
         out["energy_matched"] = energy_distance(hist.counts, matched_counts)
-        baselines["matched"] = matched_counts
+        baselines["matched"] = matched_units
     t1 = time.perf_counter()
     if docs is not None and n_boot:
         boot = pair_moments_bootstrap(units.double().cpu().numpy(), docs, n_boot, seed)

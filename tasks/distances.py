@@ -71,15 +71,15 @@ def energy_distance(p: np.ndarray, q: np.ndarray) -> float:
 
 
 def histogram_distances(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """W1, KS and energy distance (in that order, `DISTANCES`) from each histogram in p (..., bins) to q (bins,),
-    vectorised over the leading axes; the same formulas as `wasserstein1`, `ks_statistic`, `energy_distance`.
-    p and q are counts or probabilities; each row of p and q is normalised to sum 1."""
+    """W1, KS and energy distance (in that order, `DISTANCES`) from each histogram in p (..., bins) to q (bins,) or
+    to the matching row of q (..., bins), vectorised over the leading axes; the same formulas as `wasserstein1`,
+    `ks_statistic`, `energy_distance`. p and q are counts or probabilities; each row is normalised to sum 1."""
     p = np.asarray(p, dtype=np.float64)
     q = np.asarray(q, dtype=np.float64)
-    if p.shape[-1:] != q.shape or q.ndim != 1:
+    if p.shape[-1] != q.shape[-1]:
         raise ValueError(f"histograms must be on the same bins, got shapes {p.shape} and {q.shape}")
-    gap = np.cumsum(p / p.sum(-1, keepdims=True), axis=-1) - np.cumsum(q / q.sum())
-    width = 2.0 / len(q)
+    gap = np.cumsum(p / p.sum(-1, keepdims=True), axis=-1) - np.cumsum(q / q.sum(-1, keepdims=True), axis=-1)
+    width = 2.0 / q.shape[-1]
     return np.stack(
         [np.abs(gap).sum(-1) * width, np.abs(gap).max(-1), np.sqrt(2.0 * width * (gap * gap).sum(-1))], axis=-1
     )
@@ -221,10 +221,13 @@ def replicate_histograms(counts: np.ndarray, multiplicity: np.ndarray, max_entri
     return np.concatenate(out) if out else np.zeros((0, bins))
 
 
+BASELINE_GROUPS = 128  # resampling units of a baseline sample (iid tokens, so any grouping is valid)
+
+
 def histogram_distance_bootstrap(
     units: torch.Tensor,
     doc_ids: np.ndarray,
-    baselines: list[np.ndarray],
+    baselines: list[np.ndarray | torch.Tensor],
     bins: int,
     tile: int,
     n_boot: int,
@@ -242,19 +245,42 @@ def histogram_distance_bootstrap(
     The replicates come from `weighted_document_bootstrap` with the groups as documents: with at most
     `max_groups` documents they are the same draws (same seed) as the mean-cosine interval's.
 
-    The baselines are held fixed: the interval is for the sampling of the data (which documents, hence which
-    tokens), not for the baselines' own noise (the exact law has none; the matched Gaussian's is that of an
-    independent sample of the same size). A percentile interval of a distance is biased upward where the
-    distance is near 0 (resampling noise adds distance), so there it may lie above the estimate.
+    A baseline given as a histogram (an array: the exact law) is held fixed. A baseline given as the unit rows of a
+    sample (a tensor: the matched Gaussian's draws, independent tokens) is resampled too, by the same scheme with
+    `BASELINE_GROUPS` groups of its tokens and an independent stream of draws, so that the interval covers its noise
+    as well: a new seed draws a new baseline sample, and an interval that held it fixed would be about sqrt(2) too
+    narrow for the seed-to-seed spread. A percentile interval of a distance is biased upward where the distance is
+    near 0 (resampling noise adds distance), so there it may lie above the estimate.
     """
     groups = document_groups(doc_ids, max_groups)
     n_groups = int(groups.max()) + 1
     counts = grouped_cosine_counts(units, groups, n_groups, bins, tile)
     first = np.unique(groups, return_index=True)[1]  # one token of each group: its weight is the group's m
-    refs = [np.asarray(b, dtype=np.float64) for b in baselines]
+    refs = [_baseline_replicates(b, bins, tile, n_boot, seed, i) for i, b in enumerate(baselines)]
+    done = 0  # replicates handed out so far: `weighted_document_bootstrap` asks for them in order, then the estimate
 
     def statistic(weights: np.ndarray) -> np.ndarray:
+        nonlocal done
         hist = replicate_histograms(counts, weights[:, first])
-        return np.stack([histogram_distances(hist, q) for q in refs], axis=1)
+        rows = slice(done, done + len(weights)) if done < n_boot else None  # None: the estimate
+        done += len(weights)
+        return np.stack([histogram_distances(hist, ref(rows)) for ref in refs], axis=1)
 
     return weighted_document_bootstrap(statistic, groups, n_boot=n_boot, seed=seed, level=level)
+
+
+def _baseline_replicates(baseline: np.ndarray | torch.Tensor, bins: int, tile: int, n_boot: int, seed: int, index: int):
+    """A function of a slice of replicates (None: the estimate) giving the baseline histogram(s) to compare with:
+    the fixed histogram itself, or for a baseline sample, its resampled histograms (`replicate_histograms` over
+    `BASELINE_GROUPS` groups of its iid tokens, drawn from their own seeded stream)."""
+    if not isinstance(baseline, torch.Tensor):
+        fixed = np.asarray(baseline, dtype=np.float64)
+        return lambda rows: fixed
+    n = len(baseline)
+    g = min(BASELINE_GROUPS, n)
+    counts = grouped_cosine_counts(baseline, np.arange(n) % g, g, bins, tile)
+    draws = np.random.default_rng([seed, 1 + index]).integers(0, g, size=(n_boot, g))
+    m = np.zeros((n_boot, g))
+    np.add.at(m, (np.repeat(np.arange(n_boot), g), draws.reshape(-1)), 1.0)
+    full = counts.sum((0, 1)).astype(np.float64)
+    return lambda rows: full if rows is None else replicate_histograms(counts, m[rows])
