@@ -23,12 +23,11 @@ def _module(model: torch.nn.Module, path: str) -> torch.nn.Module:
         raise RuntimeError(f"module {path!r} not found in {type(model).__name__}; the site table is wrong") from None
 
 
-def _finite_rows(hidden: torch.Tensor) -> torch.Tensor:
-    """(..., d) -> (...) bool: the rows without a NaN or Inf, read off each row's sum (one reduction instead of an
-    elementwise test; a NaN or Inf anywhere makes the sum non-finite; float32 sums of finite bf16/fp16/fp32 states
-    cannot overflow at any width a model has, unless a state is already near 1e38)."""
-    dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
-    return torch.isfinite(hidden.sum(dim=-1, dtype=dtype))
+def _row_norms(hidden: torch.Tensor) -> torch.Tensor:
+    """(..., d) -> (...) float64 Euclidean norms. They also tell the finite rows: a NaN or Inf anywhere makes the
+    norm non-finite, and squares of finite bf16/fp16/fp32 values cannot overflow a float64 sum. Computed once per
+    site and batch, and handed to the statistics (`SiteStatistics.add(..., norms=)`)."""
+    return torch.linalg.vector_norm(hidden, dim=-1, dtype=torch.float64)
 
 
 class SiteRecorder:
@@ -55,15 +54,17 @@ class SiteRecorder:
             hidden = output[0] if isinstance(output, tuple) else output
             b, t = self.select
             self._out[slot] = hidden[b, t]
-            finite = _finite_rows(hidden)
+            norms = _row_norms(hidden)
+            finite = torch.isfinite(norms)
             self.nonfinite[slot] += ((~finite) & self.valid).sum()
             if self.stats is not None:
                 used = self.valid & finite  # every real token with a finite state, in (b, t) order
                 if self.excluded is not None:
-                    self.stats[slot].add_excluded(hidden[used & self.excluded])
+                    out = used & self.excluded
+                    self.stats[slot].add_excluded(hidden[out], norms[out])
                     used = used & ~self.excluded
                 second = self.second_order(used[self.valid]) if self.second_order is not None else None
-                self.stats[slot].add(hidden[used], second)
+                self.stats[slot].add(hidden[used], second, norms=norms[used])
 
         return hook
 

@@ -346,12 +346,13 @@ class SiteStatistics:
         for name, part in self.PARTS.items():
             setattr(self, name, part())
 
-    def add(self, x, second_order_rows=None) -> None:
-        """Add a batch (n, d); `second_order_rows` (indices or None for all) feed the d x d statistics."""
+    def add(self, x, second_order_rows=None, norms: torch.Tensor | None = None) -> None:
+        """Add a batch (n, d); `second_order_rows` (indices or None for all) feed the d x d statistics; `norms`: the
+        rows' norms if already known (`row_norms`)."""
         x = _batch(x)
         if len(x) == 0:
             return
-        norms, centre = row_norms(x), _centre(x)
+        norms, centre = row_norms(x) if norms is None else norms, _centre(x)
         powers, units = _block_sums(x, centre, norms)  # Moments and UnitSums in one pass over the batch
         self.moments.merge(Moments._partial(len(x), centre, powers))
         self.units.merge(UnitSums._partial(len(x), units))
@@ -361,9 +362,9 @@ class SiteStatistics:
         self.covariance.add(x)
         self.unit_second.add(x, norms)
 
-    def add_excluded(self, x) -> None:
+    def add_excluded(self, x, norms: torch.Tensor | None = None) -> None:
         """Add a batch (n, d) of excluded tokens: their norms only."""
-        self.excluded_norms.add(_batch(x))
+        self.excluded_norms.add(_batch(x), norms)
 
     def merge(self, other: SiteStatistics) -> SiteStatistics:
         for name in self.PARTS:
