@@ -62,19 +62,26 @@ def test_heavy_tails_and_clusters_are_non_gaussian(kind, tmp_path):
     assert label == "non-gaussian", (cen["cos2_over_gaussian"], cen["ks_matched"], raw["w1_gaussian"], raw["kurtosis_max"])
 
 
+def isotropic_site(tmp_path, seed: int, d: int, n: int, n_boot: int) -> tuple[np.ndarray, dict]:
+    """20,000 isotropic Gaussian states in d dimensions as a site's corpus, its first n as the sample, each token
+    its own document; returns the states and `analyze_site`'s result."""
+    x = np.random.default_rng(seed).normal(size=(20_000, d))
+    stats = SiteStatistics()
+    stats.add(torch.from_numpy(x))
+    r = analyze_site(0, "mlp_out", x[:n].astype(np.float32), {"doc": np.arange(n)}, bins=100, tile=512,
+                     quantiles=(0.5,), store_root=str(tmp_path), save_samples=False, stats=stats.state(),
+                     matched_seed=3, n_boot=n_boot)
+    return x, r
+
+
 def test_bootstrap_intervals_cover_the_truth(tmp_path):
     """Isotropic Gaussian tokens, each its own document: the mean cosine is 0 and the centred E[cos^2] equals the
     Gaussian prediction, so the 95 % intervals should contain 0 and 1; the point estimate is the histogram's."""
     from tasks.analysis import pair_moments_bootstrap
     from tasks.similarity import unit_rows
 
-    x = np.random.default_rng(5).normal(size=(20_000, 32))
-    stats = SiteStatistics()
-    stats.add(torch.from_numpy(x))
     n = 1000
-    r = analyze_site(0, "mlp_out", x[:n].astype(np.float32), {"doc": np.arange(n)}, bins=100, tile=512,
-                     quantiles=(0.5,), store_root=str(tmp_path), save_samples=False, stats=stats.state(),
-                     matched_seed=3, n_boot=200)
+    x, r = isotropic_site(tmp_path, seed=5, d=32, n=n, n_boot=200)
     raw, cen = r["variants"]["raw"], r["variants"]["centered"]
     assert raw["cos_mean_ci_low"] < 0 < raw["cos_mean_ci_high"]
     assert raw["cos_mean_ci_high"] - raw["cos_mean_ci_low"] < 0.02
@@ -129,13 +136,7 @@ def test_inverse_mean_cos2_of_isotropic_gaussian_is_d(tmp_path):
     standardized states is about d (1500 states: ~1 % error); null on the raw row, where the common direction
     would dominate it; its bootstrap interval (each token its own document) contains d."""
     d = 48
-    x = np.random.default_rng(9).normal(size=(20_000, d))
-    stats = SiteStatistics()
-    stats.add(torch.from_numpy(x))
-    n = 1500
-    r = analyze_site(0, "mlp_out", x[:n].astype(np.float32), {"doc": np.arange(n)}, bins=100, tile=512,
-                     quantiles=(0.5,), store_root=str(tmp_path), save_samples=False, stats=stats.state(),
-                     matched_seed=3, n_boot=100)
+    x, r = isotropic_site(tmp_path, seed=9, d=d, n=1500, n_boot=100)
     for name in ("centered", "standardized"):
         v = r["variants"][name]
         assert v["dim_inv_cos2"] == pytest.approx(d, rel=0.05)

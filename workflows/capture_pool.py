@@ -88,6 +88,18 @@ def run_capture(cfg: Config, store: RunStore, todo, sites, k: int, threshold: np
             done.pop(i, None)
             pending.appendleft(by_index[i])
 
+    def reply(table: dict, ref, key: str, what: str):
+        """(slot, generation, value) of an actor's start or flush reply; on failure the value is None, the failure
+        is counted (`key`, `what`: formats of the slot) and the actor replaced if it is still the one that failed."""
+        slot, gen = table.pop(ref)
+        try:
+            return slot, gen, ray.get(ref)
+        except Exception as exc:
+            fail(key.format(slot=slot), what.format(slot=slot), exc)
+            if gen == generation[slot]:
+                replace(slot)
+            return slot, gen, None
+
     def replace(slot: int) -> None:
         """Kill the actor in this slot (if still there) and start another; its unflushed shards run again."""
         live.discard(slot)
@@ -141,13 +153,8 @@ def run_capture(cfg: Config, store: RunStore, todo, sites, k: int, threshold: np
             ref = ready[0]
             last_progress = time.monotonic()
             if ref in starting:
-                slot, gen = starting.pop(ref)
-                try:
-                    info = ray.get(ref)
-                except Exception as exc:
-                    fail(f"actor {slot}", f"capture actor {slot} start", exc)
-                    if gen == generation[slot]:
-                        replace(slot)
+                slot, gen, info = reply(starting, ref, "actor {slot}", "capture actor {slot} start")
+                if info is None:
                     continue
                 if gen == generation[slot]:
                     live.add(slot)
@@ -156,13 +163,9 @@ def run_capture(cfg: Config, store: RunStore, todo, sites, k: int, threshold: np
                         result.startup_s = time.perf_counter() - t0
                 continue
             if ref in flushing:
-                slot, gen = flushing.pop(ref)
-                try:
-                    partial = ray.get(ref)
-                except Exception as exc:
-                    fail(f"flush {slot}", f"statistics flush of actor {slot}", exc)
-                    if gen == generation[slot]:
-                        replace(slot)  # its statistics are in an unknown state: run its shards again
+                # on failure the actor's statistics are in an unknown state: it is replaced, its shards run again
+                slot, gen, partial = reply(flushing, ref, "flush {slot}", "statistics flush of actor {slot}")
+                if partial is None:
                     continue
                 result.partials.append(partial)
                 covered = set(partial["shards"])
