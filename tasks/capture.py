@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from tasks.models import SiteTable
+from tasks.moments import row_norms
 
 
 def _module(model: torch.nn.Module, path: str) -> torch.nn.Module:
@@ -21,13 +22,6 @@ def _module(model: torch.nn.Module, path: str) -> torch.nn.Module:
         return model.get_submodule(path)
     except AttributeError:
         raise RuntimeError(f"module {path!r} not found in {type(model).__name__}; the site table is wrong") from None
-
-
-def _row_norms(hidden: torch.Tensor) -> torch.Tensor:
-    """(..., d) -> (...) float64 Euclidean norms. They also tell the finite rows: a NaN or Inf anywhere makes the
-    norm non-finite, and squares of finite bf16/fp16/fp32 values cannot overflow a float64 sum. Computed once per
-    site and batch, and handed to the statistics (`SiteStatistics.add(..., norms=)`)."""
-    return torch.linalg.vector_norm(hidden, dim=-1, dtype=torch.float64)
 
 
 class SiteRecorder:
@@ -54,7 +48,9 @@ class SiteRecorder:
             hidden = output[0] if isinstance(output, tuple) else output
             b, t = self.select
             self._out[slot] = hidden[b, t]
-            norms = _row_norms(hidden)
+            # One float64 norm per row: it tells the finite rows (a NaN or Inf anywhere makes it non-finite; squares
+            # of finite bf16/fp16/fp32 values cannot overflow a float64 sum) and feeds the statistics.
+            norms = row_norms(hidden)
             finite = torch.isfinite(norms)
             self.nonfinite[slot] += ((~finite) & self.valid).sum()
             if self.stats is not None:

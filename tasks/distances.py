@@ -116,6 +116,14 @@ def _document_draws(doc_ids: np.ndarray, n_boot: int, seed: int) -> tuple[np.nda
     return codes.reshape(-1), draws
 
 
+def _multiplicities(draws: np.ndarray) -> np.ndarray:
+    """(n_boot, D) draws of units 0 .. D - 1 -> how often each unit was drawn in each replicate (float64), by one
+    bincount over (replicate, unit) cells."""
+    n_boot, n_units = draws.shape
+    flat = (draws + n_units * np.arange(n_boot)[:, None]).reshape(-1)
+    return np.bincount(flat, minlength=n_boot * n_units).reshape(n_boot, n_units).astype(np.float64)
+
+
 def _interval(estimate, replicates: np.ndarray, level: float, n_docs: int) -> BootstrapInterval:
     lo, hi = np.percentile(replicates, [50.0 * (1.0 - level), 50.0 * (1.0 + level)], axis=0)
     se = replicates.std(axis=0, ddof=1)
@@ -176,9 +184,7 @@ def weighted_document_bootstrap(
     """
     codes, draws = _document_draws(doc_ids, n_boot, seed)
     n_docs = draws.shape[1]
-    # Multiplicity of every document in every replicate: one bincount over (replicate, document) cells.
-    flat = (draws + n_docs * np.arange(n_boot)[:, None]).reshape(-1)
-    counts = np.bincount(flat, minlength=n_boot * n_docs).reshape(n_boot, n_docs).astype(np.float64)
+    counts = _multiplicities(draws)
     rows = max(1, max_entries // len(codes))
     replicates = np.concatenate(
         [np.asarray(statistic(counts[k : k + rows][:, codes]), dtype=np.float64) for k in range(0, n_boot, rows)]
@@ -279,8 +285,6 @@ def _baseline_replicates(baseline: np.ndarray | torch.Tensor, bins: int, tile: i
     n = len(baseline)
     g = min(BASELINE_GROUPS, n)
     counts = grouped_cosine_counts(baseline, np.arange(n) % g, g, bins, tile)
-    draws = np.random.default_rng([seed, 1 + index]).integers(0, g, size=(n_boot, g))
-    m = np.zeros((n_boot, g))
-    np.add.at(m, (np.repeat(np.arange(n_boot), g), draws.reshape(-1)), 1.0)
+    m = _multiplicities(np.random.default_rng([seed, 1 + index]).integers(0, g, size=(n_boot, g)))
     full = counts.sum((0, 1)).astype(np.float64)
     return lambda rows: full if rows is None else replicate_histograms(counts, m[rows])

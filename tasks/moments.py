@@ -74,8 +74,7 @@ def _block_sums(x: torch.Tensor, centre: torch.Tensor | None = None, norms: torc
             powers[2] += (dev2 * dev).sum(0)
             powers[3] += dev2.square_().sum(0)
         if units is not None:
-            nb = norms[rows][:, None]
-            u = block * (1.0 / torch.where(nb > 0, nb, 1.0))
+            u = _units(block, F64, norms[rows])
             units[0] += u.sum(0)
             units[1] += u.square_().sum(0)
     return powers, units
@@ -222,15 +221,16 @@ class Covariance(_Stat):
 
 
 def row_norms(x: torch.Tensor) -> torch.Tensor:
-    """Euclidean norm of every row, in float64 (computed once per batch by `SiteStatistics`, shared by the parts)."""
-    return torch.linalg.vector_norm(x, dim=1, dtype=F64)
+    """(..., d) -> (...): the Euclidean norm of every row, in float64. Computed once per site and batch (in the
+    capture hook, where it also tells the finite rows) and shared by the statistics' parts."""
+    return torch.linalg.vector_norm(x, dim=-1, dtype=F64)
 
 
 def _units(x: torch.Tensor, dtype: torch.dtype, norms: torch.Tensor | None = None) -> torch.Tensor:
     """Rows scaled to unit norm (zero rows stay zero), in `dtype`; `norms` (float64) as from `row_norms`."""
     norms = (row_norms(x) if norms is None else norms)[:, None]
     scale = 1.0 / torch.where(norms > 0, norms, 1.0)
-    return x.to(dtype) * scale.to(dtype) if dtype != F64 else x.to(F64) * scale
+    return x.to(dtype) * scale.to(dtype)
 
 
 class UnitSums(_Stat):
