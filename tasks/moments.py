@@ -20,16 +20,18 @@ formulas, so a merge of partial statistics equals one pass over all the data up 
 Cost: the two d x d statistics are one matrix product per batch each (2 n d^2 flops, float32 for model
 activations, accumulated in float64); `SiteStatistics` feeds them a deterministic fraction of the tokens where
 that cost matters (`stats.second_order_fraction`). The rest is O(n d); on a CPU it runs over row blocks that stay
-in cache, in float64 throughout.
+in cache, in the input's precision (float32 for model activations) within a block and float64 across blocks.
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 
 F64 = torch.float64
-CPU_BLOCK = 1 << 18  # elements per block for the O(n d) float64 reductions on a CPU (2 MiB); a GPU takes the batch
+CPU_BLOCK = 1 << 18  # elements per block for the O(n d) reductions on a CPU (1 MiB of float32); a GPU takes the batch
 
 
 def _batch(x: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -42,7 +44,7 @@ def _product_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def _row_slices(x: torch.Tensor) -> list[slice]:
-    """Row ranges for the elementwise float64 reductions: blocks of about `CPU_BLOCK` elements on a CPU (they stay
+    """Row ranges for the elementwise reductions: blocks of about `CPU_BLOCK` elements on a CPU (they stay
     in cache across the several passes), the whole batch on a GPU."""
     n = len(x)
     width = x[0].numel() if n and x.ndim > 1 else 1
@@ -55,28 +57,57 @@ def _centre(x: torch.Tensor) -> torch.Tensor:
     return x[: min(len(x), 256)].mean(0, dtype=F64)
 
 
+@contextmanager
+def _one_thread(device: torch.device):
+    """On a CPU, run the block reductions on one intra-op thread. Each block is a dozen small elementwise ops,
+    and waking the thread pool for each costs more than it saves once a forward pass has let the pool go idle:
+    in the capture hook, 3.4 against 4.5 to 5.6 ms per site for 4096 GPT-2-small tokens (interleaved runs on the
+    2-core development machine). The d x d products keep every thread."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _block_sums(x: torch.Tensor, centre: torch.Tensor | None = None, norms: torch.Tensor | None = None):
-    """The O(n d) sums of a batch in one pass over cache-sized row blocks, in float64: with `centre`, the power
-    sums sum (x - c)^p for p = 1..4 (4, d) (`Moments`: one pass, then the binomial shift to the batch mean, with
+    """The O(n d) sums of a batch in one pass over cache-sized row blocks: with `centre`, the power sums
+    sum (x - c)^p for p = 1..4 (4, d) (`Moments`: one pass, then the binomial shift to the batch mean, with
     delta = S_1 / n small against the spread, so no cancellation to speak of: M2 = S2 - n delta^2,
     M3 = S3 - 3 delta S2 + 2 n delta^3, M4 = S4 - 4 delta S3 + 6 delta^2 S2 - 3 n delta^4); with the rows' `norms`,
-    the sum of unit vectors and of their squares (2, d) (`UnitSums`). None for what was not asked."""
+    the sum of unit vectors and of their squares (2, d) (`UnitSums`). None for what was not asked.
+
+    Precision follows the input, as for the d x d products: float64 input is summed in float64 throughout; model
+    activations (float32, bf16, fp16) are summed in float32 within a block (a few hundred rows on a CPU, the batch
+    on a GPU: relative error about 1e-6, against a sampling error of 1e-4 or more at any corpus size up to 1e8
+    tokens) and the blocks' sums in float64 across blocks, batches and merges. Half the memory traffic and twice
+    the SIMD width of float64: 1.9 against 4.1 ms per site for 4096 GPT-2-small tokens on the development CPU."""
     d = x.shape[1]
+    dtype = _product_dtype(x)
     powers = torch.zeros(4, d, dtype=F64, device=x.device) if centre is not None else None
     units = torch.zeros(2, d, dtype=F64, device=x.device) if norms is not None else None
-    for rows in _row_slices(x):
-        block = x[rows].to(F64)  # not modified in place: for float64 input it is the caller's own tensor
-        if powers is not None:
-            dev = block - centre
-            powers[0] += dev.sum(0)
-            dev2 = dev * dev
-            powers[1] += dev2.sum(0)
-            powers[2] += (dev2 * dev).sum(0)
-            powers[3] += dev2.square_().sum(0)
-        if units is not None:
-            u = _units(block, F64, norms[rows])
-            units[0] += u.sum(0)
-            units[1] += u.square_().sum(0)
+    c = None if centre is None else centre.to(dtype)
+    part = torch.empty(4, d, dtype=dtype, device=x.device)
+    with _one_thread(x.device):
+        for rows in _row_slices(x):
+            block = x[rows].to(dtype)  # never modified in place: it may be the caller's own tensor
+            if powers is not None:
+                dev = block - c
+                torch.sum(dev, 0, out=part[0])
+                dev2 = dev * dev
+                torch.sum(dev2, 0, out=part[1])
+                torch.sum(dev2.mul_(dev), 0, out=part[2])  # dev2 now holds dev^3 ...
+                torch.sum(dev2.mul_(dev), 0, out=part[3])  # ... and now dev^4
+                powers += part
+            if units is not None:
+                u = _units(block, dtype, norms[rows])
+                torch.sum(u, 0, out=part[0])
+                torch.sum(u.square_(), 0, out=part[1])
+                units += part[:2]
     return powers, units
 
 

@@ -72,14 +72,17 @@ def test_unit_sums_and_norms():
     np.testing.assert_allclose(h.moments.mean, [norms.mean()], rtol=1e-12)
 
 
-def test_float32_gpu_style_batches_still_merge_exactly():
-    """Inputs may arrive as float32 (or bf16) tensors; accumulation is float64 either way."""
+def test_float32_gpu_style_batches_merge_to_float32_precision():
+    """Inputs may arrive as float32 (or bf16) tensors: summed in float32 within a block, in float64 across blocks,
+    batches and merges, so the result matches a float64 pass over the same values to float32 precision (the
+    float64 tests above hold these statistics to 1e-10)."""
     x, parts = data(seed=8)
     m = Moments()
     for p in parts:
         m.add(torch.from_numpy(p.astype(np.float32)))
     x32 = np.concatenate(parts).astype(np.float32).astype(np.float64)
-    np.testing.assert_allclose(m.variance, x32.var(0), rtol=1e-10)
+    np.testing.assert_allclose(m.variance, x32.var(0), rtol=1e-6)
+    np.testing.assert_allclose(m.excess_kurtosis, stats.kurtosis(x32, axis=0), rtol=1e-5, atol=1e-6)
 
 
 def test_empty_state_round_trips():
@@ -95,7 +98,8 @@ def test_empty_state_round_trips():
 
 def test_site_statistics_second_order_rows_and_cpu_blocks():
     """A batch longer than the CPU block size, float32 like model activations: first-order parts see every row,
-    the d x d parts only the chosen rows; each equals a direct float64 computation on those rows."""
+    the d x d parts only the chosen rows; each equals a direct float64 computation on those rows to float32
+    precision (float32 arithmetic within a block)."""
     rng = np.random.default_rng(10)
     x = (rng.standard_t(df=4, size=(1500, 6)) * [1, 2, 3, 4, 5, 6] + 20).astype(np.float32)
     rows = np.flatnonzero(rng.random(len(x)) < 0.3)
@@ -106,8 +110,10 @@ def test_site_statistics_second_order_rows_and_cpu_blocks():
     xd = x.astype(np.float64)
     unit = xd / np.linalg.norm(xd, axis=1, keepdims=True)
     assert s.moments.n == s.units.n == len(x) and s.covariance.n == s.unit_second.n == len(rows)
-    np.testing.assert_allclose(s.moments.excess_kurtosis, stats.kurtosis(xd, axis=0), rtol=1e-9)
-    np.testing.assert_allclose(s.units.sum, unit.sum(0), rtol=1e-10)
+    np.testing.assert_allclose(s.moments.mean, xd.mean(0), rtol=1e-7)
+    np.testing.assert_allclose(s.moments.excess_kurtosis, stats.kurtosis(xd, axis=0), rtol=2e-6)
+    np.testing.assert_allclose(s.units.sum, unit.sum(0), rtol=1e-6)
+    np.testing.assert_allclose(s.units.sq, (unit * unit).sum(0), rtol=1e-6)
     np.testing.assert_allclose(s.covariance.covariance, np.cov(xd[rows], rowvar=False), rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(s.unit_second.second, unit[rows].T @ unit[rows], rtol=1e-5)
 
