@@ -48,6 +48,7 @@ def main() -> None:
     tokens = manifest["corpus"]["tokens"]
     load = max((a.get("load_seconds", 0.0) for a in manifest.get("actors", [])), default=0.0)
     shard_s = sum(r["seconds"] for r in records)
+    write_s = sum(r.get("write_seconds", 0.0) for r in records)
     n_actors = len(manifest.get("actors", [])) or 1
     print(f"# end_to_end.py {time.strftime('%Y-%m-%d')}: {' '.join(Path(c).name if i == 0 else c for i, c in enumerate(cmd))}")
     print(f"model {manifest['model'].get('name', '?')}, {tokens:,} tokens, {len(records)} shards, {n_actors} actor(s), "
@@ -64,6 +65,7 @@ def main() -> None:
             print(f"{'    driver CPU (dispatch, bookkeeping)':62s} {t.get('capture_driver_cpu', float('nan')):8.1f}")
             print(f"{f'    shard work, summed over {n_actors} actors':62s} {shard_s:8.1f}  "
                   f"({tokens / max(shard_s, 1e-9) * n_actors:,.0f} tokens/s across actors)")
+            print(f"{'    shard sample writes, summed over actors':62s} {write_s:8.1f}")
         if key == "similarity":
             parts = {k.split(".", 1)[1]: v for k, v in t.items() if k.startswith("similarity_parts.")}
             for part, sec in sorted(parts.items(), key=lambda kv: -kv[1]):

@@ -17,8 +17,8 @@ import torch
 
 from tasks.capture import SiteRecorder, forward_and_gather, pad_batch
 from tasks.corpus import Exclusion, Shard, batches
-from tasks.models import load_model, load_model_config, site_table
 from tasks.faults import maybe_fail
+from tasks.models import load_model, load_model_config, site_table
 from tasks.moments import SiteStatistics, stack_states
 from tasks.sampling import BottomKSample, context_ids, token_hash
 from tasks.storage import RunStore, shard_file
@@ -157,8 +157,10 @@ class ShardCapturer:
         if store_root is None:
             return {**record, "state": state}
         store = RunStore(store_root)
+        t_write = time.perf_counter()
         if state is not None:
             record["sha256"] = store.write_arrays(shard_file(shard.index, "npz"), state)
+        record["write_seconds"] = round(time.perf_counter() - t_write, 4)  # `seconds` above ends before the write
         store.write_json(shard_file(shard.index, "json"), record)  # written last: its presence means done
         return record
 
@@ -169,7 +171,7 @@ class ShardCapturer:
         record = {"name": name, "config_hash": config_hash, "shards": sorted(shards)}
         if self.stats is not None and shards:
             store = RunStore(store_root)
-            record["sha256"] = store.write_arrays(f"stats/{name}.npz", stack_states(self.stats))
+            record["sha256"] = store.write_arrays(f"stats/{name}.npz", stack_states(self.stats, copy=False))
             store.write_json(f"stats/{name}.json", record)
         self.stats = None
         return record

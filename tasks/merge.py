@@ -44,29 +44,30 @@ def merge_shard_files(k: int, store_root: str, shards: list[tuple[int, str]]) ->
 def corrupt_files(store_root: str, files: list[tuple[str, str]]) -> list[str]:
     """The paths among (path, sha256) pairs whose file is missing or does not match its checksum."""
     store = RunStore(store_root)
-    bad = []
-    for path, sha in files:
-        try:
-            store.read_arrays(path, sha)
-        except (OSError, ValueError):
-            bad.append(path)
-    return bad
+    return [path for path, sha in files if not store.matches(path, sha)]
 
 
 def merge_statistics_files(store_root: str, n_sites: int, files: list[tuple[str, str]], *states: dict) -> dict:
     """Merge statistics partials read from the run directory ((path, sha256) pairs, checksums checked) and
-    already-merged states, all sites at once; returns the stacked state."""
+    already-merged states, all sites at once; returns the stacked state. Folds one part at a time, reading each
+    as views of its file's bytes (`RunStore.read_arrays`), so that the task holds the running sum and one part:
+    a GPT-2-XL partial is gigabytes."""
     store = RunStore(store_root)
-    parts = [store.read_arrays(path, sha) for path, sha in files] + list(states)
-    merged = unstack_states(parts[0], n_sites)
+    parts = [lambda f=f: store.read_arrays(*f) for f in files] + [lambda s=s: s for s in states]
+    merged = unstack_states(parts[0](), n_sites)  # copied: the running sum is updated in place
     for part in parts[1:]:
-        for mine, other in zip(merged, unstack_states(part, n_sites)):
-            mine.merge(other)
-    return stack_states(merged)
+        _fold(merged, part(), n_sites)
+    return stack_states(merged, copy=False)
+
+
+def _fold(merged: list, state: dict, n_sites: int) -> None:
+    """Merge one stacked state into `merged`, in place; the state's views are released on return."""
+    for mine, other in zip(merged, unstack_states(state, n_sites, copy=False)):
+        mine.merge(other)
 
 
 def split_statistics(state: dict, n_sites: int):
     """One state dict per site, so that each site's task fetches only its own d x d matrices."""
-    per_site = unstack_states(state, n_sites)
-    states = tuple(s.state() for s in per_site)
+    per_site = unstack_states(state, n_sites, copy=False)  # views: the states are only read, then sent on
+    states = tuple(s.state(copy=False) for s in per_site)
     return states if n_sites > 1 else states[0]

@@ -25,6 +25,7 @@ in cache, in the input's precision (float32 for model activations) within a bloc
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 
 import numpy as np
@@ -111,6 +112,22 @@ def _block_sums(x: torch.Tensor, centre: torch.Tensor | None = None, norms: torc
     return powers, units
 
 
+def _array(t: torch.Tensor, copy: bool) -> np.ndarray:
+    """A tensor's values as a NumPy array: a copy, or (`copy=False`) a view where the tensor is on the CPU."""
+    a = t.cpu().numpy()
+    return a.copy() if copy and t.device.type == "cpu" else a
+
+
+def _tensor(array, copy: bool) -> torch.Tensor:
+    """A float64 CPU tensor of `array`: a copy, or (`copy=False`) a view of it where its dtype allows."""
+    a = np.array(array, dtype=np.float64, copy=copy or None)
+    if not a.flags.writeable:  # torch cannot flag a tensor read-only; the caller promised not to write to it
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(a)
+    return torch.from_numpy(a)
+
+
 class _Stat:
     """Plumbing shared by the statistics: `n` plus named float64 tensors (`FIELDS`), read back as NumPy arrays,
     saved as `{"n": n, field: array}`, loaded onto the CPU, and moved to `self`'s device when merged."""
@@ -140,17 +157,21 @@ class _Stat:
             return True
         return False
 
-    def state(self) -> dict[str, np.ndarray]:
+    def state(self, copy: bool = True) -> dict[str, np.ndarray]:
+        """`n` and the fields as NumPy arrays; with `copy=False`, views of the accumulators where they are on the
+        CPU, for a statistic about to be dropped (a flush, the end of a merge): no second copy of gigabytes."""
         if not self.n:
             return {"n": np.int64(0)}
-        return {"n": np.int64(self.n), **{k: self.t[k].cpu().numpy().copy() for k in self.FIELDS}}
+        return {"n": np.int64(self.n), **{k: _array(self.t[k], copy) for k in self.FIELDS}}
 
     @classmethod
-    def load(cls, state: dict):
+    def load(cls, state: dict, copy: bool = True):
+        """From `state()`'s arrays; with `copy=False` the tensors share their memory (read-only arrays, such as
+        a file's bytes, included): for a statistic that is only merged into another, never added to."""
         s = cls()
         s.n = int(state["n"])
         if s.n:
-            s.t = {k: torch.from_numpy(np.array(state[k], dtype=np.float64)) for k in cls.FIELDS}
+            s.t = {k: _tensor(state[k], copy) for k in cls.FIELDS}
         return s
 
 
@@ -353,14 +374,14 @@ class NormHistogram:
         self.moments.merge(other.moments)
         return self
 
-    def state(self) -> dict[str, np.ndarray]:
-        return {"counts": self.counts.copy(), **{f"m_{k}": v for k, v in self.moments.state().items()}}
+    def state(self, copy: bool = True) -> dict[str, np.ndarray]:
+        return {"counts": self.counts.copy(), **{f"m_{k}": v for k, v in self.moments.state(copy).items()}}
 
     @classmethod
-    def load(cls, state: dict) -> NormHistogram:
+    def load(cls, state: dict, copy: bool = True) -> NormHistogram:
         h = cls()
         h._counts = torch.from_numpy(np.array(state["counts"], dtype=np.int64))
-        h.moments = Moments.load({k[2:]: v for k, v in state.items() if k.startswith("m_")})
+        h.moments = Moments.load({k[2:]: v for k, v in state.items() if k.startswith("m_")}, copy)
         return h
 
 
@@ -402,23 +423,23 @@ class SiteStatistics:
             getattr(self, name).merge(getattr(other, name))
         return self
 
-    def state(self) -> dict[str, np.ndarray]:
-        return {f"{name}.{k}": v for name in self.PARTS for k, v in getattr(self, name).state().items()}
+    def state(self, copy: bool = True) -> dict[str, np.ndarray]:
+        return {f"{name}.{k}": v for name in self.PARTS for k, v in getattr(self, name).state(copy).items()}
 
     @classmethod
-    def load(cls, state: dict) -> SiteStatistics:
+    def load(cls, state: dict, copy: bool = True) -> SiteStatistics:
         s = cls()
         for name, part in cls.PARTS.items():
             prefix = f"{name}."
-            setattr(s, name, part.load({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}))
+            setattr(s, name, part.load({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, copy))
         return s
 
 
-def stack_states(per_site: list[SiteStatistics]) -> dict[str, np.ndarray]:
+def stack_states(per_site: list[SiteStatistics], copy: bool = True) -> dict[str, np.ndarray]:
     """The states of several sites in one flat dict (`s{index}.{key}`), ready for one `.npz`."""
-    return {f"s{i}.{k}": v for i, s in enumerate(per_site) for k, v in s.state().items()}
+    return {f"s{i}.{k}": v for i, s in enumerate(per_site) for k, v in s.state(copy).items()}
 
 
-def unstack_states(arrays: dict[str, np.ndarray], n_sites: int) -> list[SiteStatistics]:
-    return [SiteStatistics.load({k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(f"s{i}.")})
+def unstack_states(arrays: dict[str, np.ndarray], n_sites: int, copy: bool = True) -> list[SiteStatistics]:
+    return [SiteStatistics.load({k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(f"s{i}.")}, copy)
             for i in range(n_sites)]

@@ -67,8 +67,16 @@ def _concat(chunks: list[Vectors]) -> Vectors:
 
 
 def _to_numpy(vectors: Vectors) -> np.ndarray:
+    """float32 host array. From a GPU, the tensor crosses in its own dtype (bf16/fp16: half the bytes of float32)
+    into page-locked memory (a DMA copy at full link speed, where pageable memory goes through a staging buffer;
+    torch's host allocator caches the pinned block for the next shard), then widens on the host."""
     if isinstance(vectors, torch.Tensor):
-        return vectors.float().cpu().numpy()
+        if vectors.is_cuda:
+            host = torch.empty(vectors.shape, dtype=vectors.dtype, pin_memory=True)
+            host.copy_(vectors, non_blocking=True)
+            torch.cuda.current_stream(vectors.device).synchronize()
+            vectors = host
+        return vectors.float().numpy()
     return np.asarray(vectors, dtype=np.float32)
 
 

@@ -14,8 +14,11 @@ import json
 import os
 import posixpath
 import uuid
+import zipfile
+from contextlib import contextmanager
 
 import numpy as np
+import numpy.lib.format as npformat
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -26,6 +29,57 @@ from tasks.errors import UserError
 def shard_file(index: int, suffix: str) -> str:
     """Where a shard's sample (`npz`) and its record (`json`) live in the run directory."""
     return f"shards/shard-{index:06d}.{suffix}"
+
+
+class _HashingWriter(io.RawIOBase):
+    """A write-only, unseekable stream that hashes what passes through it: `zipfile` (under `np.savez`) then
+    writes every member once, in order, with a data descriptor, so the hash is that of the file's bytes."""
+
+    def __init__(self, f):
+        self.f, self.sha256, self.position = f, hashlib.sha256(), 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        self.sha256.update(view)
+        self.f.write(view)
+        self.position += len(view)
+        return len(view)
+
+    def tell(self) -> int:
+        return self.position
+
+    def seekable(self) -> bool:
+        return False
+
+    def seek(self, *args):
+        raise io.UnsupportedOperation("seek")
+
+
+def _npz_views(data) -> dict[str, np.ndarray] | None:
+    """The arrays of an uncompressed `.npz` (as `np.savez` writes it) as read-only views into `data`, or None
+    when a member is compressed or holds objects (then `np.load` reads it). Uses the zip directory for each
+    member's offset, its local header for where the data start (PKWARE APPNOTE 4.3.7: 30 bytes plus the
+    name and extra field) and `numpy.lib.format` for the `.npy` header."""
+    buf = memoryview(data).cast("B")
+    out = {}
+    with zipfile.ZipFile(pa.BufferReader(data)) as z:
+        for info in z.infolist():
+            if info.compress_type != zipfile.ZIP_STORED or not info.filename.endswith(".npy"):
+                return None
+            head = info.header_offset
+            start = head + 30 + int.from_bytes(buf[head + 26 : head + 28], "little") + int.from_bytes(buf[head + 28 : head + 30], "little")
+            fp = io.BytesIO(buf[start : start + min(info.file_size, 1 << 16)])
+            version = npformat.read_magic(fp)
+            shape, fortran, dtype = (npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0)(fp)
+            if dtype.hasobject:
+                return None
+            count = int(np.prod(shape, dtype=np.int64))
+            array = np.frombuffer(buf, dtype=dtype, count=count, offset=start + fp.tell())
+            out[info.filename[:-4]] = array.reshape(shape, order="F" if fortran else "C")
+    return out
 
 
 def is_uri(root: str) -> bool:
@@ -44,7 +98,8 @@ class RunStore:
                 raise UserError(f"run.out {self.root!r} is not a usable storage URI ({exc}); use a path, s3:// or gs://") from None
             self.local = False
         else:
-            self.fs, self.base, self.local = pafs.LocalFileSystem(), os.path.abspath(self.root), True
+            # Memory-mapped reads: a file's bytes are read from the page cache without a copy into fresh memory.
+            self.fs, self.base, self.local = pafs.LocalFileSystem(use_mmap=True), os.path.abspath(self.root), True
 
     def __reduce__(self):  # ship by root: each process builds its own filesystem client
         return (RunStore, (self.root,))
@@ -64,23 +119,30 @@ class RunStore:
 
     # -- writing --------------------------------------------------------------------------------------------
 
-    def write_bytes(self, rel: str, data: bytes) -> None:
+    @contextmanager
+    def _atomic(self, rel: str):
+        """A binary file object that becomes `rel` only when the block ends without error: on a local file system
+        a temporary file renamed into place, on an object store one upload completed at the end."""
         path = self.path(rel)
         parent = posixpath.dirname(path)
         self.fs.create_dir(parent, recursive=True)
-        if self.local:
-            tmp = posixpath.join(parent, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
-            try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, path)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
-        else:
-            with self.fs.open_output_stream(path) as f:  # one PUT of the whole object
-                f.write(data)
+        if not self.local:
+            with self.fs.open_output_stream(path) as f:
+                yield f
+            return
+        tmp = posixpath.join(parent, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                yield f
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        with self._atomic(rel) as f:
+            f.write(data)
 
     def write_text(self, rel: str, text: str) -> None:
         self.write_bytes(rel, text.encode())
@@ -94,12 +156,12 @@ class RunStore:
         self.write_bytes(rel, sink.getvalue().to_pybytes())
 
     def write_arrays(self, rel: str, arrays: dict[str, np.ndarray]) -> str:
-        """Write arrays as `.npz`; returns the SHA-256 of the bytes written."""
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        data = buf.getvalue()
-        self.write_bytes(rel, data)
-        return hashlib.sha256(data).hexdigest()
+        """Write arrays as `.npz` (uncompressed); returns the SHA-256 of the bytes written. Streamed to the file
+        through the hash, with no copy of the whole in memory: a statistics partial can be gigabytes."""
+        with self._atomic(rel) as f:
+            sink = _HashingWriter(f)
+            np.savez(sink, **arrays)
+        return sink.sha256.hexdigest()
 
     # -- reading --------------------------------------------------------------------------------------------
 
@@ -110,6 +172,22 @@ class RunStore:
         with self.fs.open_input_stream(self.path(rel)) as f:
             return f.read()
 
+    def _read_buffer(self, rel: str, sha256: str | None) -> pa.Buffer:
+        """The file's bytes as one Arrow buffer (no copy into Python bytes), checked against `sha256` if given."""
+        with self.fs.open_input_file(self.path(rel)) as f:  # memory-mapped where local: no copy
+            data = f.read_buffer()
+        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+            raise ValueError(f"{rel} does not match its checksum")
+        return data
+
+    def matches(self, rel: str, sha256: str) -> bool:
+        """Whether the file exists and its bytes have this SHA-256 (without parsing them)."""
+        try:
+            self._read_buffer(rel, sha256)
+        except (OSError, ValueError):
+            return False
+        return True
+
     def read_json(self, rel: str):
         return json.loads(self.read_bytes(rel))
 
@@ -117,10 +195,14 @@ class RunStore:
         return pq.read_table(self.path(rel), filesystem=self.fs)
 
     def read_arrays(self, rel: str, sha256: str | None = None) -> dict[str, np.ndarray]:
-        """Read an `.npz` written by `write_arrays`, never unpickling; check its SHA-256 when given."""
-        data = self.read_bytes(rel)
-        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-            raise ValueError(f"{rel} does not match its checksum")
+        """Read an `.npz` written by `write_arrays`, never unpickling. With its SHA-256, the file is checked
+        against it and the arrays are read-only views of the bytes read (no copy: a statistics partial can be
+        gigabytes); without, `np.load` reads (copies) them, checking each member's CRC."""
+        data = self._read_buffer(rel, sha256)
+        if sha256 is not None:
+            views = _npz_views(data)
+            if views is not None:
+                return views
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             return {name: z[name] for name in z.files}
 

@@ -12,6 +12,7 @@ Parquet. A rerun of the same config into the same run directory reuses every fin
 from __future__ import annotations
 
 import logging
+import math
 import os
 import platform
 import sys
@@ -38,14 +39,27 @@ from tasks.merge import (
     split_sites,
     split_statistics,
 )
-from tasks.models import d_model, load_model_config, load_tokenizer, n_layers, resolve_layers, site_table
+from tasks.models import (
+    d_model,
+    load_model_config,
+    load_tokenizer,
+    n_layers,
+    resolve_layers,
+    site_table,
+)
 from tasks.plots import draw_plots
 from tasks.sampling import candidate_threshold
 from tasks.similarity import CosineHistogram, bin_edges
 from tasks.storage import RunStore, is_uri, shard_file
-from tasks.tables import EXEMPLAR_SCHEMA, SUMMARY_SCHEMA, histogram_rows, moments_table, rows_to_table
-from workflows.capture_pool import CaptureResult, run_capture
+from tasks.tables import (
+    EXEMPLAR_SCHEMA,
+    SUMMARY_SCHEMA,
+    histogram_rows,
+    moments_table,
+    rows_to_table,
+)
 from tasks.verdict import verdict, verdict_confident
+from workflows.capture_pool import CaptureResult, run_capture
 from workflows.config import Config
 
 log = logging.getLogger(__name__)
@@ -257,18 +271,27 @@ def merge(store: RunStore, k: int, records: list[dict], n_sites: int):
     return keys_ref, vector_refs
 
 
+def stats_fan_in(n_partials: int) -> int:
+    """Fan-in of the statistics merge tree: about sqrt(partials), so two levels of equal depth. A partial is
+    sites x 2 x d^2 float64 (5.9 GB for GPT-2-XL) and a merge task folds its inputs one after another (at about
+    the speed of its SHA-256 checks, `bench/stats_partials.py`): sqrt(P) tasks in parallel, then one, take
+    2 sqrt(P) folds instead of P in one task (16 instead of 64 for 64 actors), holding one running sum each."""
+    return min(max(math.isqrt(max(n_partials - 1, 0)) + 1, 2), MERGE_FAN_IN)
+
+
 def merge_statistics(store: RunStore, partials: list[dict], n_sites: int) -> list:
-    """Tree-reduce the statistics partials (fan-in MERGE_FAN_IN) and split them per site (object refs)."""
+    """Tree-reduce the statistics partials (fan-in `stats_fan_in`) and split them per site (object refs)."""
     import ray
 
     # In the order of the shards they cover, not of their names (which name the actor that wrote them): the
     # same partials merge in the same order, hence to the same bits, whichever actors ran them and however often.
     ordered = sorted(partials, key=lambda p: (sorted(p["shards"]), p["name"]))
     files = [(f"stats/{p['name']}.npz", p["sha256"]) for p in ordered]
+    fan_in = stats_fan_in(len(files))
     first = ray.remote(merge_statistics_files)
-    refs = [first.remote(store.root, n_sites, files[i : i + MERGE_FAN_IN]) for i in range(0, len(files), MERGE_FAN_IN)]
+    refs = [first.remote(store.root, n_sites, files[i : i + fan_in]) for i in range(0, len(files), fan_in)]
     while len(refs) > 1:
-        refs = [first.remote(store.root, n_sites, [], *refs[i : i + MERGE_FAN_IN]) for i in range(0, len(refs), MERGE_FAN_IN)]
+        refs = [first.remote(store.root, n_sites, [], *refs[i : i + fan_in]) for i in range(0, len(refs), fan_in)]
     split = ray.remote(split_statistics).options(num_returns=n_sites).remote(refs[0], n_sites)
     return [split] if n_sites == 1 else list(split)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+
 from tasks import sanity
 from tasks.report_page import write_report
 from tasks.storage import RunStore
