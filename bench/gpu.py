@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from tasks.actor import ShardCapturer  # noqa: E402
 from tasks.capture import SiteRecorder, forward_and_gather, pad_batch  # noqa: E402
 from tasks.corpus import Shard  # noqa: E402
 from tasks.models import site_table  # noqa: E402
+from tasks.moments import stack_states  # noqa: E402
 from tasks.sampling import candidate_threshold  # noqa: E402
 from tasks.similarity import cosine_histogram, quantile_pairs, unit_rows  # noqa: E402
 from workflows.config import StatsConfig  # noqa: E402
@@ -144,6 +146,27 @@ def bench_capture(layers: int, width: int, heads: int, batch_tokens: int, n_batc
     print(line("bare forward", t_bare, mem_bare))
     for label, (t, mem, meta) in results.items():
         print(line(f"capture {len(sites)} sites, {label}", t, mem) + f", {meta['forward_batches']} forwards")
+    # What a flush moves to the host: the statistics' accumulators (float64, on the GPU until `state()`).
+    t0 = time.perf_counter()
+    state = stack_states(cap.stats, copy=False)
+    t_state = time.perf_counter() - t0
+    nbytes = sum(a.nbytes for a in state.values())
+    print(f"  statistics flush: state() moves {nbytes / 2**30:.2f} GiB to the host in {t_state:.2f} s "
+          f"({nbytes / 2**30 / t_state:.1f} GiB/s)")
+    del state
+    # Host synchronisations per forward pass with statistics on (each one drains the GPU's queue): counted by
+    # torch's sync debug mode, which warns at every synchronising call.
+    cap.stats = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            meta = cap.process(shard, 2000, sparse, 0, batch_tokens, stats_fraction=fraction)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = sum("synchroniz" in str(w.message) for w in caught)
+    print(f"  host synchronisations with statistics on: {syncs} in {meta['forward_batches']} forwards "
+          f"({syncs / max(meta['forward_batches'], 1):.0f} per forward, {len(sites)} sites)")
 
 
 def bench_tiles(n: int, d: int) -> None:
