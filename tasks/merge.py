@@ -8,6 +8,8 @@ tree of `merge_states` calls of bounded fan-in) and get the same result as a sin
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from tasks.moments import stack_states, unstack_states
@@ -53,17 +55,14 @@ def merge_statistics_files(store_root: str, n_sites: int, files: list[tuple[str,
     as views of its file's bytes (`RunStore.read_arrays`), so that the task holds the running sum and one part:
     a GPT-2-XL partial is gigabytes."""
     store = RunStore(store_root)
-    parts = [lambda f=f: store.read_arrays(*f) for f in files] + [lambda s=s: s for s in states]
-    merged = unstack_states(parts[0](), n_sites)  # copied: the running sum is updated in place
-    for part in parts[1:]:
-        _fold(merged, part(), n_sites)
+    parts = (store.read_arrays(path, sha) for path, sha in files)  # read lazily, one at a time
+    parts = itertools.chain(parts, states)
+    merged = unstack_states(next(parts), n_sites)  # copied: the running sum is updated in place
+    for state in parts:
+        for mine, other in zip(merged, unstack_states(state, n_sites, copy=False)):
+            mine.merge(other)
+        del state, other  # release this part's views before the next one is read
     return stack_states(merged, copy=False)
-
-
-def _fold(merged: list, state: dict, n_sites: int) -> None:
-    """Merge one stacked state into `merged`, in place; the state's views are released on return."""
-    for mine, other in zip(merged, unstack_states(state, n_sites, copy=False)):
-        mine.merge(other)
 
 
 def split_statistics(state: dict, n_sites: int):

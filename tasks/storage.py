@@ -70,10 +70,12 @@ def _npz_views(data) -> dict[str, np.ndarray] | None:
             if info.compress_type != zipfile.ZIP_STORED or not info.filename.endswith(".npy"):
                 return None
             head = info.header_offset
-            start = head + 30 + int.from_bytes(buf[head + 26 : head + 28], "little") + int.from_bytes(buf[head + 28 : head + 30], "little")
+            name_len, extra_len = (int.from_bytes(buf[head + i : head + i + 2], "little") for i in (26, 28))
+            start = head + 30 + name_len + extra_len
             fp = io.BytesIO(buf[start : start + min(info.file_size, 1 << 16)])
             version = npformat.read_magic(fp)
-            shape, fortran, dtype = (npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0)(fp)
+            read_header = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
+            shape, fortran, dtype = read_header(fp)
             if dtype.hasobject:
                 return None
             count = int(np.prod(shape, dtype=np.int64))
