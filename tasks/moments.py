@@ -60,12 +60,13 @@ def _centre(x: torch.Tensor) -> torch.Tensor:
 
 @contextmanager
 def _one_thread(device: torch.device):
-    """On a CPU, run the block reductions on one intra-op thread. Each block is a dozen small elementwise ops,
-    and waking the thread pool for each costs more than it saves once a forward pass has let the pool go idle:
-    in the capture hook, 3.4 against 4.5 to 5.6 ms per site for 4096 GPT-2-small tokens (interleaved runs on the
-    2-core development machine). The d x d products keep every thread."""
+    """On a CPU with at most two intra-op threads, run the block reductions on one. Each block is a dozen small
+    elementwise ops, and waking the pool for each costs more than a second thread saves once a forward pass has
+    let the pool go idle: in the capture hook, 3.4 against 4.5 to 5.6 ms per site for 4096 GPT-2-small tokens
+    (interleaved runs on the 2-core development machine). With more threads the parallel gain grows and this is
+    unmeasured, so they are left alone. The d x d products keep every thread."""
     threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1:
+    if device.type != "cpu" or threads == 1 or threads > 2:
         yield
         return
     torch.set_num_threads(1)
