@@ -171,7 +171,7 @@ class ShardCapturer:
         record = {"name": name, "config_hash": config_hash, "shards": sorted(shards)}
         if self.stats is not None and shards:
             store = RunStore(store_root)
-            record["sha256"] = store.write_arrays(f"stats/{name}.npz", stack_states(self.stats, copy=False))
+            record["sha256"] = store.write_arrays(f"stats/{name}.npz", stack_states(self.stats, copy=False, packed=True))
             store.write_json(f"stats/{name}.json", record)
         self.stats = None
         return record

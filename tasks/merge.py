@@ -62,7 +62,7 @@ def merge_statistics_files(store_root: str, n_sites: int, files: list[tuple[str,
         for mine, other in zip(merged, unstack_states(state, n_sites, copy=False)):
             mine.merge(other)
         del state, other  # release this part's views before the next one is read
-    return stack_states(merged, copy=False)
+    return stack_states(merged, copy=False, packed=True)  # half the bytes to the next level
 
 
 def split_statistics(state: dict, n_sites: int):

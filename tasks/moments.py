@@ -25,6 +25,8 @@ in cache, in the input's precision (float32 for model activations) within a bloc
 
 from __future__ import annotations
 
+import functools
+import math
 import warnings
 from contextlib import contextmanager
 
@@ -119,6 +121,35 @@ def _array(t: torch.Tensor, copy: bool) -> np.ndarray:
     return a.copy() if copy and t.device.type == "cpu" else a
 
 
+@functools.lru_cache(maxsize=4)
+def _upper(d: int) -> np.ndarray:
+    return np.triu(np.ones((d, d), dtype=bool))
+
+
+@functools.lru_cache(maxsize=4)
+def _upper_flat(d: int, device: torch.device) -> torch.Tensor:
+    """Flat (row-major) indices of a d x d matrix's upper triangle, in `pack_symmetric`'s order."""
+    i, j = torch.triu_indices(d, d, device=device)
+    return i * d + j
+
+
+def pack_symmetric(a: np.ndarray) -> np.ndarray:
+    """The upper triangle of a symmetric d x d matrix, row by row, as a vector of d (d + 1) / 2 entries (only
+    the upper triangle is read)."""
+    return a[_upper(len(a))]
+
+
+def unpack_symmetric(packed: np.ndarray) -> np.ndarray:
+    """The symmetric d x d matrix whose upper triangle `pack_symmetric` gave (exactly symmetric)."""
+    d = (math.isqrt(8 * len(packed) + 1) - 1) // 2
+    if d * (d + 1) // 2 != len(packed):
+        raise ValueError(f"{len(packed)} entries are not the upper triangle of a square matrix")
+    mask, full = _upper(d), np.empty((d, d), dtype=packed.dtype)
+    full[mask] = packed
+    full.T[mask] = packed  # the transpose's upper triangle is the lower one
+    return full
+
+
 def _tensor(array, copy: bool) -> torch.Tensor:
     """A float64 CPU tensor of `array`: a copy, or (`copy=False`) a view of it where its dtype allows."""
     a = np.array(array, dtype=np.float64, copy=copy or None)
@@ -131,9 +162,14 @@ def _tensor(array, copy: bool) -> torch.Tensor:
 
 class _Stat:
     """Plumbing shared by the statistics: `n` plus named float64 tensors (`FIELDS`), read back as NumPy arrays,
-    saved as `{"n": n, field: array}`, loaded onto the CPU, and moved to `self`'s device when merged."""
+    saved as `{"n": n, field: array}`, loaded onto the CPU, and moved to `self`'s device when merged.
+
+    The symmetric d x d fields (`SYMMETRIC`) are d x d tensors whose upper triangle is authoritative (sums of
+    float32 products need not be exactly symmetric; reads mirror the upper triangle), or, in a statistic loaded
+    from a packed state without a copy, the packed upper triangle itself, which merges add in place."""
 
     FIELDS: tuple[str, ...] = ()
+    SYMMETRIC: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.n = 0
@@ -141,38 +177,65 @@ class _Stat:
 
     def __getattr__(self, name: str):
         if name in type(self).FIELDS:
-            t = self.__dict__.get("t", {}).get(name)
-            return None if t is None else t.cpu().numpy()
+            return self._field(name).cpu().numpy() if name in self.__dict__.get("t", {}) else None
         raise AttributeError(name)
+
+    def _field(self, name: str) -> torch.Tensor:
+        """A field whole: symmetric ones mirrored from their upper triangle (or unpacked)."""
+        t = self.t[name]
+        if name not in self.SYMMETRIC:
+            return t
+        if t.ndim == 1:
+            return torch.from_numpy(unpack_symmetric(t.cpu().numpy()))
+        return t.triu() + t.triu(1).T
 
     def _fields_of(self, other: _Stat) -> dict[str, torch.Tensor]:
         device = next(iter(self.t.values())).device
         return {k: v.to(device) for k, v in other.t.items()}
+
+    def _add(self, name: str, other: torch.Tensor) -> torch.Tensor:
+        """Add another statistic's field into ours, in place; a packed symmetric one into our upper triangle."""
+        mine = self.t[name]
+        if other.ndim == mine.ndim:
+            return mine.add_(other)
+        return mine.view(-1).index_add_(0, _upper_flat(len(mine), mine.device), other).view(mine.shape)
 
     def _take(self, other: _Stat) -> bool:
         """Merge preamble: True when nothing is left to do (other empty, or self empty and now a copy of it)."""
         if other.n == 0:
             return True
         if self.n == 0:
-            self.n, self.t = other.n, {k: v.clone() for k, v in other.t.items()}
+            self.n, self.t = other.n, {k: other._field(k).clone() for k in other.t}
             return True
         return False
 
-    def state(self, copy: bool = True) -> dict[str, np.ndarray]:
+    def state(self, copy: bool = True, packed: bool = False) -> dict[str, np.ndarray]:
         """`n` and the fields as NumPy arrays; with `copy=False`, views of the accumulators where they are on the
-        CPU, for a statistic about to be dropped (a flush, the end of a merge): no second copy of gigabytes."""
+        CPU, for a statistic about to be dropped (a flush, the end of a merge): no second copy of gigabytes. With
+        `packed`, the symmetric fields as their upper triangles (`pack_symmetric`): half the bytes, for the
+        partials that are written, read and moved between merge tasks."""
         if not self.n:
             return {"n": np.int64(0)}
-        return {"n": np.int64(self.n), **{k: _array(self.t[k], copy) for k in self.FIELDS}}
+        fields = {}
+        for k in self.FIELDS:
+            t = self.t[k]
+            if k in self.SYMMETRIC and packed:
+                fields[k] = _array(t, copy) if t.ndim == 1 else pack_symmetric(t.cpu().numpy())
+            else:
+                fields[k] = _array(self._field(k), copy and k not in self.SYMMETRIC)  # mirrored: already new
+        return {"n": np.int64(self.n), **fields}
 
     @classmethod
     def load(cls, state: dict, copy: bool = True):
-        """From `state()`'s arrays; with `copy=False` the tensors share their memory (read-only arrays, such as
-        a file's bytes, included): for a statistic that is only merged into another, never added to."""
+        """From `state()`'s arrays, packed or not; with `copy=False` the tensors share their memory (read-only
+        arrays, such as a file's bytes, included) and packed fields stay packed: for a statistic that is only
+        merged into another, never added to."""
         s = cls()
         s.n = int(state["n"])
         if s.n:
             s.t = {k: _tensor(state[k], copy) for k in cls.FIELDS}
+            if copy:  # an owner: symmetric fields as d x d tensors
+                s.t.update({k: s._field(k) for k in cls.SYMMETRIC if s.t[k].ndim == 1})
         return s
 
 
@@ -242,6 +305,7 @@ class Covariance(_Stat):
     """Count, mean and co-moment matrix C; the covariance is C / (n - 1)."""
 
     FIELDS = ("mean", "comoment")
+    SYMMETRIC = ("comoment",)
 
     def add(self, x) -> None:
         x = _batch(x)
@@ -263,7 +327,7 @@ class Covariance(_Stat):
         na, nb = float(self.n), float(other.n)
         n = na + nb
         d = b["mean"] - self.t["mean"]
-        self.t["comoment"].add_(b["comoment"]).addr_(d, d, alpha=na * nb / n)  # in place: no d x d temporaries
+        self._add("comoment", b["comoment"]).addr_(d, d, alpha=na * nb / n)  # in place: no d x d temporaries
         self.t["mean"] = self.t["mean"] + d * (nb / n)
         self.n = int(n)
         return self
@@ -319,6 +383,7 @@ class UnitSecondMoment(_Stat):
     cosine (||Q||_F^2 - n) / (n (n - 1))."""
 
     FIELDS = ("second",)
+    SYMMETRIC = ("second",)
 
     def add(self, x, norms: torch.Tensor | None = None) -> None:
         """Add a batch (n, d); `norms`: its rows' norms if already known (`row_norms`)."""
@@ -333,7 +398,7 @@ class UnitSecondMoment(_Stat):
     def merge(self, other: UnitSecondMoment) -> UnitSecondMoment:
         if not self._take(other):
             self.n += other.n
-            self.t["second"].add_(self._fields_of(other)["second"])
+            self._add("second", self._fields_of(other)["second"])
         return self
 
 
@@ -375,7 +440,7 @@ class NormHistogram:
         self.moments.merge(other.moments)
         return self
 
-    def state(self, copy: bool = True) -> dict[str, np.ndarray]:
+    def state(self, copy: bool = True, packed: bool = False) -> dict[str, np.ndarray]:
         return {"counts": self.counts.copy(), **{f"m_{k}": v for k, v in self.moments.state(copy).items()}}
 
     @classmethod
@@ -424,8 +489,8 @@ class SiteStatistics:
             getattr(self, name).merge(getattr(other, name))
         return self
 
-    def state(self, copy: bool = True) -> dict[str, np.ndarray]:
-        return {f"{name}.{k}": v for name in self.PARTS for k, v in getattr(self, name).state(copy).items()}
+    def state(self, copy: bool = True, packed: bool = False) -> dict[str, np.ndarray]:
+        return {f"{name}.{k}": v for name in self.PARTS for k, v in getattr(self, name).state(copy, packed).items()}
 
     @classmethod
     def load(cls, state: dict, copy: bool = True) -> SiteStatistics:
@@ -436,9 +501,9 @@ class SiteStatistics:
         return s
 
 
-def stack_states(per_site: list[SiteStatistics], copy: bool = True) -> dict[str, np.ndarray]:
+def stack_states(per_site: list[SiteStatistics], copy: bool = True, packed: bool = False) -> dict[str, np.ndarray]:
     """The states of several sites in one flat dict (`s{index}.{key}`), ready for one `.npz`."""
-    return {f"s{i}.{k}": v for i, s in enumerate(per_site) for k, v in s.state(copy).items()}
+    return {f"s{i}.{k}": v for i, s in enumerate(per_site) for k, v in s.state(copy, packed).items()}
 
 
 def unstack_states(arrays: dict[str, np.ndarray], n_sites: int, copy: bool = True) -> list[SiteStatistics]:

@@ -1,10 +1,20 @@
 """Streaming statistics: any grouping and order of merges equals one float64 pass over all the data."""
 
 import numpy as np
+import pytest
 import torch
 from scipy import stats
 
-from tasks.moments import Covariance, Moments, NormHistogram, SiteStatistics, UnitSecondMoment, UnitSums
+from tasks.moments import (
+    Covariance,
+    Moments,
+    NormHistogram,
+    SiteStatistics,
+    UnitSecondMoment,
+    UnitSums,
+    pack_symmetric,
+    unpack_symmetric,
+)
 
 
 def data(seed=0, n=3000, d=7):
@@ -139,3 +149,26 @@ def test_site_statistics_keep_excluded_tokens_apart():
     np.testing.assert_allclose(ex.moments.mean, [np.linalg.norm(dropped, axis=1).mean()], rtol=1e-12)
     np.testing.assert_allclose(ex.moments.variance, [np.linalg.norm(dropped, axis=1).var()], rtol=1e-10)
     assert SiteStatistics.load(SiteStatistics().state()).excluded_norms.moments.n == 0
+
+
+def test_packed_states_hold_the_same_statistics():
+    """A packed state (upper triangles of the d x d fields) is half the bytes and loads to the same statistics:
+    the triangle round-trips exactly and the covariance still equals numpy's."""
+    x, parts = data(seed=11)
+    s = SiteStatistics()
+    for p in parts:
+        s.add(torch.from_numpy(p))
+    full, packed = s.state(), s.state(packed=True)
+    d = x.shape[1]
+    assert packed["covariance.comoment"].shape == packed["unit_second.second"].shape == (d * (d + 1) // 2,)
+    loaded = SiteStatistics.load(packed)
+    np.testing.assert_allclose(loaded.covariance.covariance, np.cov(x, rowvar=False), rtol=1e-10, atol=1e-9)
+    for key in ("covariance.comoment", "unit_second.second"):
+        np.testing.assert_array_equal(np.triu(loaded.state()[key]), np.triu(full[key]))
+        assert np.array_equal(loaded.state()[key], loaded.state()[key].T)
+    a = np.arange(16.0).reshape(4, 4)
+    a = a + a.T
+    np.testing.assert_array_equal(pack_symmetric(a), a[np.triu_indices(4)])  # numpy's own row-major triangle
+    np.testing.assert_array_equal(unpack_symmetric(pack_symmetric(a)), a)
+    with pytest.raises(ValueError, match="upper triangle"):
+        unpack_symmetric(np.zeros(7))

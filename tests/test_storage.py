@@ -53,8 +53,9 @@ def test_corrupt_file_is_refused(tmp_path):
 
 
 def test_statistics_partials_merge_like_one_pass(tmp_path):
-    """Partials written as actors flush them, merged from their files and from merged states (the two tree
-    levels), equal one pass over all the data; the files are left as they were."""
+    """Partials written as actors flush them (d x d matrices packed as upper triangles), merged from their files
+    and from merged states (the two tree levels), equal one pass over all the data; the files are left as they
+    were."""
     rng = np.random.default_rng(1)
     chunks = [[rng.standard_t(df=5, size=(int(rng.integers(20, 200)), 6)) * rng.uniform(0.5, 3) + rng.normal(0, 9, 6)
                for _ in range(2)] for _ in range(5)]  # 5 partials x 2 sites
@@ -64,7 +65,8 @@ def test_statistics_partials_merge_like_one_pass(tmp_path):
         per_site = [SiteStatistics() for _ in range(2)]
         for stat, x in zip(per_site, chunk):
             stat.add(torch.from_numpy(x))
-        files.append((f"stats/p{p}.npz", store.write_arrays(f"stats/p{p}.npz", stack_states(per_site, copy=False))))
+        files.append((f"stats/p{p}.npz", store.write_arrays(f"stats/p{p}.npz", stack_states(per_site, copy=False, packed=True))))
+    assert RunStore(str(tmp_path)).read_arrays(*files[0])["s1.covariance.comoment"].shape == (6 * 7 // 2,)
     level1 = [merge_statistics_files(str(tmp_path), 2, files[:3]), merge_statistics_files(str(tmp_path), 2, files[3:])]
     merged = unstack_states(merge_statistics_files(str(tmp_path), 2, [], *level1), 2)
     for site in range(2):
