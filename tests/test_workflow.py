@@ -243,6 +243,10 @@ def test_corpus_numbers_equal_brute_force_over_every_token(tiny_run, layer0_stat
     assert raw.cos2_mean_all == pytest.approx(mean_cos2, rel=1e-5)
     eig = np.linalg.eigvalsh(np.cov(x, rowvar=False))
     assert raw.pr_raw == pytest.approx(eig.sum() ** 2 / (eig**2).sum(), rel=1e-5)
+    # the per-site statistics file holds the merged sums as full matrices (partials store packed triangles)
+    with np.load(tiny_run / "statistics" / "L000-resid_post.npz") as z:
+        cov = z["covariance.comoment"] / (z["covariance.n"] - 1)
+    np.testing.assert_allclose(cov, np.cov(x, rowvar=False), rtol=1e-4, atol=1e-6 * np.abs(cov).max())
     # the sampled histogram's mean agrees with the exact all-pairs mean within sampling error
     assert abs(raw.cos_mean - raw.cos_mean_all) < 5 * raw.cos_std * np.sqrt(2 / raw.n_sample)
     m = pq.read_table(tiny_run / "moments.parquet").to_pandas()
