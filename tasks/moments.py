@@ -5,7 +5,9 @@ found from the first batch), `merge(other)`, `state()` to a dict of plain float6
 pickled) and `load(state)`. Accumulators are float64 tensors that stay on the device of the batches that fed them
 (a GPU actor moves nothing to the host until `state()`), and batches are folded in with the pairwise update
 formulas, so a merge of partial statistics equals one pass over all the data up to rounding. Array attributes
-(`mean`, `m2`, ...) read back as NumPy arrays.
+(`mean`, `m2`, ...) read back as NumPy arrays. For gigabyte-sized partials, `state(copy=False)` and
+`load(state, copy=False)` share memory instead of copying, and `state(packed=True)` stores the symmetric d x d
+sums as upper triangles (half the bytes; `load` takes either form).
 
 * `Moments`: count, mean and the central moment sums M2, M3, M4 of every coordinate (Pébay 2008, "Formulas for
   robust, one-pass parallel computation of covariances and arbitrary-order statistical moments", eqs. 2.1-2.3,
