@@ -148,7 +148,7 @@ def bench_capture(layers: int, width: int, heads: int, batch_tokens: int, n_batc
         print(line(f"capture {len(sites)} sites, {label}", t, mem) + f", {meta['forward_batches']} forwards")
     # What a flush moves to the host: the statistics' accumulators (float64, on the GPU until `state()`).
     t0 = time.perf_counter()
-    state = stack_states(cap.stats, copy=False)
+    state = stack_states(cap.stats, copy=False, packed=True)  # as `ShardCapturer.flush` does
     t_state = time.perf_counter() - t0
     nbytes = sum(a.nbytes for a in state.values())
     print(f"  statistics flush: state() moves {nbytes / 2**30:.2f} GiB to the host in {t_state:.2f} s "

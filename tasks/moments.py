@@ -135,9 +135,12 @@ def _upper_flat(d: int, device: torch.device) -> torch.Tensor:
     return i * d + j
 
 
-def pack_symmetric(a: np.ndarray) -> np.ndarray:
+def pack_symmetric(a: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     """The upper triangle of a symmetric d x d matrix, row by row, as a vector of d (d + 1) / 2 entries (only
-    the upper triangle is read)."""
+    the upper triangle is read). A tensor is packed where it lives (a GPU's accumulator crosses to the host at
+    half the bytes)."""
+    if isinstance(a, torch.Tensor):
+        return a.reshape(-1)[_upper_flat(len(a), a.device)]
     return a[_upper(len(a))]
 
 
@@ -222,7 +225,7 @@ class _Stat:
         for k in self.FIELDS:
             t = self.t[k]
             if k in self.SYMMETRIC and packed:
-                fields[k] = _array(t, copy) if t.ndim == 1 else pack_symmetric(t.cpu().numpy())
+                fields[k] = _array(t, copy) if t.ndim == 1 else _array(pack_symmetric(t), copy=False)
             else:
                 fields[k] = _array(self._field(k), copy and k not in self.SYMMETRIC)  # mirrored: already new
         return {"n": np.int64(self.n), **fields}

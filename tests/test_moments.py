@@ -169,6 +169,7 @@ def test_packed_states_hold_the_same_statistics():
     a = np.arange(16.0).reshape(4, 4)
     a = a + a.T
     np.testing.assert_array_equal(pack_symmetric(a), a[np.triu_indices(4)])  # numpy's own row-major triangle
+    np.testing.assert_array_equal(pack_symmetric(torch.from_numpy(a)).numpy(), a[np.triu_indices(4)])
     np.testing.assert_array_equal(unpack_symmetric(pack_symmetric(a)), a)
     with pytest.raises(ValueError, match="upper triangle"):
         unpack_symmetric(np.zeros(7))
