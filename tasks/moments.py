@@ -155,6 +155,11 @@ def unpack_symmetric(packed: np.ndarray) -> np.ndarray:
     return full
 
 
+def _owned(value: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
+    """`value` (a field read through `_field`) as a tensor of its own: cloned only if it is the field itself."""
+    return value.clone() if value is field else value
+
+
 def _tensor(array, copy: bool) -> torch.Tensor:
     """A float64 CPU tensor of `array`: a copy, or (`copy=False`) a view of it where its dtype allows."""
     a = np.array(array, dtype=np.float64, copy=copy or None)
@@ -210,7 +215,7 @@ class _Stat:
         if other.n == 0:
             return True
         if self.n == 0:
-            self.n, self.t = other.n, {k: other._field(k).clone() for k in other.t}
+            self.n, self.t = other.n, {k: _owned(other._field(k), other.t[k]) for k in other.t}
             return True
         return False
 
@@ -238,9 +243,11 @@ class _Stat:
         s = cls()
         s.n = int(state["n"])
         if s.n:
-            s.t = {k: _tensor(state[k], copy) for k in cls.FIELDS}
-            if copy:  # an owner: symmetric fields as d x d tensors
-                s.t.update({k: s._field(k) for k in cls.SYMMETRIC if s.t[k].ndim == 1})
+            # an owner (copy) holds symmetric fields as d x d tensors: packed ones are unpacked into fresh arrays,
+            # so they need no copy before that
+            packed = {k for k in cls.SYMMETRIC if np.ndim(state[k]) == 1} if copy else set()
+            s.t = {k: _tensor(state[k], copy and k not in packed) for k in cls.FIELDS}
+            s.t.update({k: s._field(k) for k in packed})
         return s
 
 

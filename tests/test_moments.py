@@ -162,6 +162,12 @@ def test_packed_states_hold_the_same_statistics():
     d = x.shape[1]
     assert packed["covariance.comoment"].shape == packed["unit_second.second"].shape == (d * (d + 1) // 2,)
     loaded = SiteStatistics.load(packed)
+    frozen = {k: v.copy() for k, v in packed.items()}
+    for v in frozen.values():
+        v.setflags(write=False)  # as views of a file's bytes are
+    owner = SiteStatistics.load(frozen).merge(SiteStatistics.load(frozen, copy=False))  # sums into its own arrays
+    np.testing.assert_allclose(owner.covariance.mean, x.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(owner.unit_second.second, 2 * loaded.unit_second.second, rtol=1e-12)
     np.testing.assert_allclose(loaded.covariance.covariance, np.cov(x, rowvar=False), rtol=1e-10, atol=1e-9)
     for key in ("covariance.comoment", "unit_second.second"):
         np.testing.assert_array_equal(np.triu(loaded.state()[key]), np.triu(full[key]))
