@@ -10,7 +10,9 @@ Prints, measured in this run:
      own `ShardCapturer.process`, sampling at the rate of a 2000-state sample from a 100M-token corpus and at a
      dense 5 % rate, and with the streaming statistics on, kept on the GPU), model FLOPs utilisation (2 x parameters x tokens / time over the card's bf16 peak), and
      peak GPU memory;
-  3. tiles: pairs/s of the tiled histogram at N = 20,000, d = width, against the card's fp32 GEMM rate.
+  3. `capture.batch_tokens: auto`: the budget the actor's probe picks, its predicted peak memory against the peak
+     measured at that budget, and tokens/s at that budget against --batch-tokens on the same shard;
+  4. tiles: pairs/s of the tiled histogram at N = 20,000, d = width, against the card's fp32 GEMM rate.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tasks.actor import ShardCapturer  # noqa: E402
+from tasks.batch_budget import fit_sequences, probe  # noqa: E402
 from tasks.capture import SiteRecorder, forward_and_gather, pad_batch  # noqa: E402
 from tasks.corpus import Shard  # noqa: E402
 from tasks.models import site_table  # noqa: E402
@@ -167,6 +170,43 @@ def bench_capture(layers: int, width: int, heads: int, batch_tokens: int, n_batc
     syncs = sum("synchroniz" in str(w.message) for w in caught)
     print(f"  host synchronisations with statistics on: {syncs} in {meta['forward_batches']} forwards "
           f"({syncs / max(meta['forward_batches'], 1):.0f} per forward, {len(sites)} sites)")
+    cap.stats = None
+    check_budget(cap, seq, batch_tokens, fraction, sparse)
+
+
+def check_budget(cap: ShardCapturer, seq: int, batch_tokens: int, fraction: float, sparse: np.uint64) -> None:
+    """`capture.batch_tokens: auto` on this card: the probe's memory model and choice, the peak measured at that
+    budget in the probe's worst case (every token a candidate, d x d statistics on every token), and throughput at
+    that budget against the fixed one on one shard of two auto-sized batches."""
+    gib = 2.0**30
+    t0 = time.perf_counter()
+    model = probe(cap, seq, 2000, stats=True)
+    t_probe = time.perf_counter() - t0
+    n = fit_sequences(model)
+    print(f"[budget] probe {t_probe:.1f} s: fixed {model.fixed / gib:.2f} GiB + {model.per_sequence / gib:.3f} GiB per "
+          f"{seq}-token sequence, available {model.available / gib:.1f} GiB -> {n} sequences ({n * seq:,} tokens), "
+          f"predicted peak {model.peak(n) / gib:.1f} GiB")
+    rng = np.random.default_rng(5)
+
+    def shard(m: int) -> Shard:
+        return Shard(0, rng.integers(0, 50257, m * seq).astype(np.int32), np.arange(m + 1, dtype=np.int64) * seq,
+                     np.arange(m, dtype=np.int64), np.zeros(m, np.int64))
+
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    cap.process(shard(n), 2000, np.uint64(2**64 - 1), 0, n * seq, stats_fraction=1.0)
+    measured = torch.cuda.max_memory_allocated()
+    print(f"  measured peak at that budget (all candidates, d x d on every token): {measured / gib:.1f} GiB "
+          f"({measured / model.peak(n):.2f} x predicted; the prediction adds 2 k sample rows the probe does not hold)")
+    two = shard(2 * n)
+    for budget in (n * seq, batch_tokens):
+        cap.stats = None
+        cap.process(two, 2000, sparse, 0, budget, stats_fraction=fraction)  # warm-up at this shape
+        cap.stats = None
+        t = sync_time(lambda: cap.process(two, 2000, sparse, 0, budget, stats_fraction=fraction))
+        print(f"  budget {budget:9,} tokens: {two.n_tokens / t:10,.0f} tok/s (sparse sample, statistics on "
+              f"{fraction:.0%}, {two.n_tokens:,} tokens)")
+    cap.stats = None
 
 
 def bench_tiles(n: int, d: int) -> None:

@@ -15,6 +15,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from tasks.batch_budget import CPU_BATCH_TOKENS
+from tasks.batch_budget import resolve as resolve_budget
 from tasks.capture import SiteRecorder, forward_and_gather, pad_batch
 from tasks.corpus import Exclusion, Shard, batches
 from tasks.faults import maybe_fail
@@ -63,15 +65,21 @@ class ShardCapturer:
         self.load_seconds = load_seconds
         self.stats: list[SiteStatistics] | None = None  # accumulated across shards until `flush`
         self.stats_shards: list[int] = []
+        self.batch_tokens = CPU_BATCH_TOKENS  # the budget `process` uses when given none; set by `ready`
 
-    def ready(self) -> dict:
-        """Called once by the driver: where this replica lives and how long it took to load."""
+    def ready(self, batch_tokens: int | str = CPU_BATCH_TOKENS, seq_len: int = 0, k: int = 1, stats: bool = False) -> dict:
+        """Called once by the driver: fixes this replica's forward budget (`auto`: see `tasks.batch_budget`, for
+        sequences of `seq_len` tokens, a sample of `k` and statistics on or off) and says where it lives, how long
+        its model took to load and the budget it chose."""
         import ray
 
+        t0 = time.perf_counter()
+        self.batch_tokens = resolve_budget(self, batch_tokens, seq_len, k, stats)
         node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-        return {"device": str(self.device), "node": node, "load_seconds": round(self.load_seconds, 3)}
+        return {"device": str(self.device), "node": node, "load_seconds": round(self.load_seconds, 3),
+                "batch_tokens": self.batch_tokens, "budget_seconds": round(time.perf_counter() - t0, 3)}
 
-    def process(self, shard: Shard, k: int, threshold: np.uint64, seed: int, batch_tokens: int,
+    def process(self, shard: Shard, k: int, threshold: np.uint64, seed: int, batch_tokens: int | None = None,
                 store_root: str | None = None, config_hash: str = "", stats_fraction: float | None = None,
                 exclusion: Exclusion | None = None) -> dict:
         """Capture one shard into its bottom-k sample. With `store_root`, write the sample (`.npz`) and then
@@ -84,8 +92,11 @@ class ShardCapturer:
         accumulate across shards until `flush` writes them.
 
         With `exclusion`, the tokens it names (position 0, special ids) never enter the sample (the threshold
-        must then come from the count of the other tokens) and feed only the statistics' excluded norms."""
+        must then come from the count of the other tokens) and feed only the statistics' excluded norms.
+
+        `batch_tokens` is the padded-token budget of one forward pass; None takes the one `ready` fixed."""
         t0 = time.perf_counter()
+        batch_tokens = batch_tokens or self.batch_tokens
         maybe_fail(shard.index)
         sample = BottomKSample(k, threshold)
         lengths = shard.lengths()
@@ -148,6 +159,7 @@ class ShardCapturer:
             "n_kept": len(sample),
             "nonfinite": self.recorder.nonfinite.cpu().tolist(),
             "forward_batches": forwards,
+            "batch_tokens": batch_tokens,
             "seconds": round(time.perf_counter() - t0, 4),
         }
         if with_stats:

@@ -46,7 +46,7 @@ class CaptureResult:
 
 
 def run_capture(cfg: Config, store: RunStore, todo, sites, k: int, threshold: np.uint64, config_hash: str,
-                total_tokens: int, done_tokens: int, attempt: int, exclusion=None) -> CaptureResult:
+                total_tokens: int, done_tokens: int, attempt: int, exclusion=None, seq_len: int = 0) -> CaptureResult:
     import ray
 
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -69,7 +69,9 @@ def run_capture(cfg: Config, store: RunStore, todo, sites, k: int, threshold: np
     n_actors = min(cc.actors, len(todo))
     actors = {slot: start() for slot in range(n_actors)}
     generation: Counter = Counter()
-    starting = {actors[slot].ready.remote(): (slot, 0) for slot in actors}
+    budget = (cfg.capture.batch_tokens, seq_len, k, stats_fraction is not None)  # each actor fixes its own
+
+    starting = {actors[slot].ready.remote(*budget): (slot, 0) for slot in actors}
     live: set[int] = set()
     pending = deque(todo)
     in_flight: dict = {}  # process ref -> (slot, generation, shard)
@@ -108,7 +110,7 @@ def run_capture(cfg: Config, store: RunStore, todo, sites, k: int, threshold: np
         unflushed[slot] = []
         generation[slot] += 1
         actors[slot] = start()
-        starting[actors[slot].ready.remote()] = (slot, generation[slot])
+        starting[actors[slot].ready.remote(*budget)] = (slot, generation[slot])
 
     def flush(slot: int) -> None:
         """Ask an actor to write its statistics. It runs after the shards already queued on it, so the partial
@@ -133,8 +135,8 @@ def run_capture(cfg: Config, store: RunStore, todo, sites, k: int, threshold: np
                 key = (slot, generation[slot])
                 while pending and queued[key] < cc.shards_in_flight:
                     shard = pending.popleft()
-                    ref = actors[slot].process.remote(shard, k, threshold, cfg.run.seed, cfg.capture.batch_tokens,
-                                                      store.root, config_hash, stats_fraction, exclusion)
+                    ref = actors[slot].process.remote(shard, k, threshold, cfg.run.seed, None, store.root,
+                                                      config_hash, stats_fraction, exclusion)
                     in_flight[ref] = (slot, generation[slot], shard)
                     queued[key] += 1
             if not pending and not in_flight:

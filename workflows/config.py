@@ -66,14 +66,15 @@ class CorpusConfig:
 
 @dataclass(frozen=True)
 class CaptureConfig:
-    """Which layers (0-based, or `all`) and sites to record, the padded-token budget of one forward batch, and
+    """Which layers (0-based, or `all`) and sites to record, the padded-token budget of one forward batch (`auto`:
+    what fills a GPU actor's memory, measured by each actor once its model is loaded, and 4096 on a CPU), and
     which tokens to keep out of the sample and the main statistics (`exclude`): `position0`, the first token of
     every model input (GPT-2's attention sink), and `special`, the tokenizer's marker tokens (BERT's [CLS] and
     [SEP], GPT-2's <|endoftext|>). Their count and norms are reported apart; `[]` keeps every token."""
 
     layers: Literal["all"] | tuple[int, ...] = "all"
     sites: tuple[str, ...] = SITES
-    batch_tokens: int = 4096
+    batch_tokens: int | Literal["auto"] = "auto"
     exclude: tuple[str, ...] = EXCLUDE
 
 
@@ -259,7 +260,6 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 def _validate(cfg: Config) -> None:
     """Value checks that types alone cannot express; each failure is one actionable line."""
     positive = {
-        "capture.batch_tokens": cfg.capture.batch_tokens,
         "corpus.shard_tokens": cfg.corpus.shard_tokens,
         "sample.size": cfg.sample.size,
         "similarity.bins": cfg.similarity.bins,
@@ -281,6 +281,8 @@ def _validate(cfg: Config) -> None:
             f"model.trust_remote_code must repeat model.name ({cfg.model.name!r}) to allow that model's own code; "
             "remove it to keep remote code off"
         )
+    if cfg.capture.batch_tokens != "auto":
+        positive["capture.batch_tokens"] = cfg.capture.batch_tokens
     if cfg.corpus.max_docs is not None:
         positive["corpus.max_docs"] = cfg.corpus.max_docs
     if cfg.corpus.max_length is not None:

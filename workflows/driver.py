@@ -453,7 +453,7 @@ def _run(cfg: Config, store: RunStore, manifest: dict, model_config, layers, tim
             with timer.stage("capture"):
                 done_tokens = sum(r["n_tokens"] for r in reused.values())
                 captured = run_capture(cfg, store, todo, sites, k, threshold, config_hash, total, done_tokens,
-                                       manifest["attempt"], exclusion)
+                                       manifest["attempt"], exclusion, seq_len)
             # the driver's own share of the stage: its CPU seconds, and the wall time before every actor was ready
             timer.seconds["capture_driver_cpu"] = round(captured.driver_cpu_s, 3)
             timer.seconds["capture_startup"] = round(captured.startup_s, 3)

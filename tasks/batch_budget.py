@@ -1,0 +1,113 @@
+"""The forward batch's token budget: `capture.batch_tokens: auto` sizes it to fill the actor's GPU.
+
+A GPU pays for every forward pass it runs half-empty, and a budget fixed in the config fits one card and model
+but starves or overflows another. So on a GPU the actor measures, once after loading its model, what one more
+sequence of the run's longest length costs in memory with every hook and statistic on (two probe shards through
+the real capture code, the difference of their peak allocations), and takes the largest power of two of such
+sequences that keeps the peak under `FILL` of the memory its process can have. Powers of two make identical cards
+pick identical budgets, so a homogeneous cluster batches every shard the same way whichever actor runs it.
+
+On a CPU a larger batch buys no throughput (the GEMMs are already large enough to run at the cores' rate) and
+costs memory, so `auto` is the fixed `CPU_BATCH_TOKENS`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tasks.corpus import Shard
+
+log = logging.getLogger(__name__)
+
+CPU_BATCH_TOKENS = 4096  # bench/capture_overhead.py measures capture at this budget
+FILL = 0.85  # of the memory the process can have: the rest is headroom for the allocator's fragmentation
+MAX_SEQUENCES = 1 << 14  # a cap on what the arithmetic may ask for, whatever the card
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    """Peak device memory of a forward batch as `fixed + per_sequence x sequences` (bytes), with the memory the
+    process can have (`available`), as measured by `probe`."""
+
+    fixed: int
+    per_sequence: int
+    available: int
+
+    def peak(self, sequences: int) -> int:
+        return self.fixed + self.per_sequence * sequences
+
+
+def fit_sequences(model: MemoryModel, fill: float = FILL, cap: int = MAX_SEQUENCES) -> int:
+    """The largest power of two n <= cap with model.peak(n) <= fill x model.available; 1 when none fits (the run
+    then tries one sequence per batch and a shard that runs out of memory is retried as any failed shard is)."""
+    room = fill * model.available - model.fixed
+    fits = int(room // max(model.per_sequence, 1)) if room > 0 else 0
+    if fits < 1:
+        return 1
+    return 1 << (min(fits, cap).bit_length() - 1)
+
+
+class CudaMemory:
+    """Peak allocation and the memory this process can have on one CUDA device (free plus what torch holds)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def reset(self) -> None:
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak(self) -> int:
+        torch.cuda.synchronize(self.device)
+        return int(torch.cuda.max_memory_allocated(self.device))
+
+    def available(self) -> int:
+        free, _total = torch.cuda.mem_get_info(self.device)
+        return int(free) + int(torch.cuda.memory_reserved(self.device))
+
+
+def probe(capturer, seq_len: int, k: int, stats: bool, meter=None, vocab: int | None = None) -> MemoryModel:
+    """Measure the memory model of `capturer` (a `ShardCapturer`) for sequences of `seq_len` tokens: peak memory
+    of one shard of n1 and one of 2 n1 full-length sequences (random ids, every token a sample candidate, the d x d
+    statistics on every token when `stats`), n1 the fewest sequences that hold k tokens so that both probes gather
+    the sample's full k rows per batch. The sample may hold up to 3 k rows between trims (2 k kept, k arriving):
+    the 2 k the probes do not hold are added to `fixed`. The capturer's statistics are discarded afterwards."""
+    meter = meter or CudaMemory(capturer.device)
+    vocab = vocab or int(getattr(capturer.model.config, "vocab_size", 2))
+    n1 = max(1, -(-k // seq_len))
+    rng = np.random.default_rng(0)
+    peaks = []
+    for n in (n1, 2 * n1):
+        shard = Shard(index=-1, ids=rng.integers(0, vocab, n * seq_len, dtype=np.int32),
+                      offsets=np.arange(n + 1, dtype=np.int64) * seq_len, doc=np.arange(n, dtype=np.int64),
+                      window=np.zeros(n, dtype=np.int64))
+        meter.reset()
+        capturer.process(shard, k, np.uint64(2**64 - 1), 0, n * seq_len, stats_fraction=1.0 if stats else None)
+        peaks.append(meter.peak())
+    capturer.stats, capturer.stats_shards = None, []
+    meter.reset()
+    per_sequence = max((peaks[1] - peaks[0]) // n1, 1)
+    width = int(getattr(capturer.model.config, "hidden_size", 0) or getattr(capturer.model.config, "n_embd", 0))
+    itemsize = next(capturer.model.parameters()).element_size()  # the sample stays on the device in the model's dtype
+    sample_rows = 2 * k * len(capturer.recorder.sites) * width * itemsize
+    fixed = peaks[0] - n1 * per_sequence + sample_rows
+    return MemoryModel(fixed=int(fixed), per_sequence=int(per_sequence), available=meter.available())
+
+
+def resolve(capturer, batch_tokens: int | str, seq_len: int, k: int, stats: bool) -> int:
+    """The budget a capturer uses: an int as given; `auto` probed on a GPU, `CPU_BATCH_TOKENS` on a CPU."""
+    if batch_tokens != "auto":
+        return int(batch_tokens)
+    if capturer.device.type != "cuda":
+        return CPU_BATCH_TOKENS
+    model = probe(capturer, seq_len, k, stats)
+    n = fit_sequences(model)
+    gib = 2.0**30
+    log.info("batch_tokens auto: %d sequences of %d tokens (fixed %.2f GiB + %.3f GiB per sequence; %.2f of %.2f GiB)",
+             n, seq_len, model.fixed / gib, model.per_sequence / gib, model.peak(n) / gib, model.available / gib)
+    return n * seq_len

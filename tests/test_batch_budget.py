@@ -1,0 +1,95 @@
+"""`capture.batch_tokens: auto`: the budget arithmetic against brute force, and the probe's two-point memory model
+against a third, measured batch size (the memory here: bytes of every module output, a count that a CPU can take
+exactly; on a GPU the same probe reads torch's peak allocation)."""
+
+import numpy as np
+import pytest
+import torch
+
+from tasks import batch_budget
+from tasks.actor import ShardCapturer
+from tasks.batch_budget import MemoryModel, fit_sequences, probe
+from tasks.corpus import Shard
+
+
+def test_fit_sequences_is_the_largest_power_of_two_that_fits():
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        model = MemoryModel(fixed=int(rng.integers(0, 10**6)), per_sequence=int(rng.integers(1, 10**4)),
+                            available=int(rng.integers(1, 2 * 10**6)))
+        fill, cap = float(rng.uniform(0.5, 1.0)), int(rng.integers(1, 4096))
+        fitting = [2**e for e in range(20) if 2**e <= cap and model.peak(2**e) <= fill * model.available]
+        assert fit_sequences(model, fill, cap) == (max(fitting) if fitting else 1)
+
+
+class OutputBytes:
+    """A memory meter for a CPU: bytes of every module output since `reset` (linear in the batch, as activation
+    memory is), with a fixed `available`."""
+
+    def __init__(self, model: torch.nn.Module, available: int):
+        self.total, self._available = 0, available
+        for module in model.modules():
+            module.register_forward_hook(self._count)
+
+    def _count(self, _module, _inputs, output):
+        for t in output if isinstance(output, tuple) else (output,):
+            if isinstance(t, torch.Tensor):
+                self.total += t.numel() * t.element_size()
+
+    def reset(self):
+        self.total = 0
+
+    def peak(self):
+        return self.total
+
+    def available(self):
+        return self._available
+
+
+def _shard(n: int, seq_len: int, seed: int) -> Shard:
+    rng = np.random.default_rng(seed)
+    return Shard(0, rng.integers(5, 2048, n * seq_len, dtype=np.int32), np.arange(n + 1, dtype=np.int64) * seq_len,
+                 np.arange(n, dtype=np.int64), np.zeros(n, dtype=np.int64))
+
+
+def test_probe_predicts_a_third_batch_and_leaves_no_statistics(tiny_gpt2):
+    sites = [(0, "resid_post"), (1, "attn_out"), (1, "mlp_out")]
+    cap = ShardCapturer(str(tiny_gpt2), "float32", sites)
+    meter = OutputBytes(cap.model, available=10**9)
+    seq_len, k = 32, 40
+    model = probe(cap, seq_len, k, stats=True, meter=meter)
+    assert cap.stats is None and cap.stats_shards == []
+    margin = 2 * k * len(sites) * 64 * 4  # the sample rows the probes do not hold (float32, width 64)
+    for n in (5, 9):  # out of sample: the probes ran 2 and 4 sequences
+        meter.reset()
+        cap.process(_shard(n, seq_len, n), k, np.uint64(2**64 - 1), 0, n * seq_len, stats_fraction=1.0)
+        assert model.peak(n) - margin == meter.peak()
+    # the probe's forwards fed nothing that stays: statistics after it equal a fresh capturer's
+    shard = _shard(6, seq_len, 1)
+    fresh = ShardCapturer(str(tiny_gpt2), "float32", sites)
+    for c in (cap, fresh):
+        c.stats, c.stats_shards = None, []
+        c.process(shard, k, np.uint64(2**64 - 1), 3, 64, stats_fraction=1.0)
+    for a, b in zip(cap.stats, fresh.stats):
+        for name, value in a.state().items():
+            np.testing.assert_array_equal(value, b.state()[name])
+
+
+def test_resolve_on_a_cpu(tiny_gpt2):
+    cap = ShardCapturer(str(tiny_gpt2), "float32", [(0, "resid_post")])
+    assert batch_budget.resolve(cap, "auto", 128, 10, True) == batch_budget.CPU_BATCH_TOKENS
+    assert batch_budget.resolve(cap, 512, 128, 10, True) == 512
+    info = cap.ready("auto", 128, 10, True)
+    assert info["batch_tokens"] == cap.batch_tokens == batch_budget.CPU_BATCH_TOKENS
+
+
+@pytest.mark.parametrize("value, ok", [("auto", True), (2048, True), (0, False), ("big", False)])
+def test_config_batch_tokens(value, ok):
+    from tasks.errors import UserError
+    from workflows.config import config_from_dict
+
+    if ok:
+        assert config_from_dict({}, [f"capture.batch_tokens={value}"]).capture.batch_tokens == value
+    else:
+        with pytest.raises(UserError, match="capture.batch_tokens"):
+            config_from_dict({}, [f"capture.batch_tokens={value}"])
