@@ -134,6 +134,8 @@ class ShardCapturer:
                 input_ids, mask = pad_batch(shard.ids, shard.offsets, seq_index, self.pad_id)
                 vectors = forward_and_gather(self.model, self.recorder, input_ids, mask, rows, cols, grid)
                 forwards += 1
+                if forwards == 1:
+                    maybe_fail(shard.index, late=True)
                 examined += int(seq_len.sum())
                 finite = torch.isfinite(vectors).all(dim=2).all(dim=0).cpu().numpy()
                 keys = {

@@ -185,3 +185,12 @@ def test_killed_driver_resumes(reference, tiny_gpt2, wikitext, tmp_path):
     m = manifest(out)
     assert m["status"] == "complete" and m["shards"]["reused"] == saved >= 2
     assert_same_results(reference, out)
+
+
+def test_shard_failing_mid_way_is_not_counted_twice(reference, tiny_gpt2, wikitext, tmp_path, monkeypatch):
+    """A shard that fails after its first forward pass has fed the actor's statistics (a GPU out of memory mid-shard)
+    and then runs again must count once: the statistics match the uninterrupted run."""
+    faults(monkeypatch, tmp_path, "late@2x1")
+    out = run(tiny_config(tiny_gpt2, wikitext, tmp_path / "run"))  # 3 forward passes per shard
+    assert len(list((tmp_path / "faults").iterdir())) == 1 and manifest(out)["shards"]["retries"] == 1
+    assert_same_results(reference, out)

@@ -5,7 +5,8 @@ dies (process exit, out of memory, node lost), goes back to the queue, up to `cl
 actor is replaced, and new actors get work only once they are ready. With streaming statistics on, each actor
 accumulates statistics over the shards it ran and is told to `flush` them every `stats.flush_every` shards and at
 the end; a shard counts as done only once a flush covering it is written, so the shards of an actor that dies
-with unflushed statistics are run again.
+with unflushed statistics are run again. With statistics on, an actor whose shard fails is replaced as a dead one
+is: its statistics may hold the batches the shard ran before failing.
 """
 
 from __future__ import annotations
@@ -185,7 +186,9 @@ def run_capture(cfg: Config, store: RunStore, todo, sites, k: int, threshold: np
             except Exception as exc:
                 fail(shard.index, f"shard {shard.index}", exc)
                 pending.appendleft(shard)
-                if gen == generation[slot] and isinstance(exc, ray.exceptions.RayActorError):
+                # a dead actor, or one whose statistics may hold part of the failed shard (it fails after feeding
+                # some batches, as a GPU out of memory does): replaced, its unflushed shards run again
+                if gen == generation[slot] and (stats_fraction is not None or isinstance(exc, ray.exceptions.RayActorError)):
                     replace(slot)
                 continue
             bar.update(rec["n_tokens"])
