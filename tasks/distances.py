@@ -216,15 +216,19 @@ def replicate_histograms(counts: np.ndarray, multiplicity: np.ndarray, max_entri
     c = np.asarray(counts, dtype=np.float64)
     m = np.asarray(multiplicity, dtype=np.float64)
     g, _, bins = c.shape
-    flat = c.reshape(g, g * bins)
-    diag = c[np.arange(g), np.arange(g)]  # (G, bins): pairs inside each group
-    rows = max(1, max_entries // (g * bins))
-    out = []
+    # only the bins some pair falls in (cosines crowd a narrow range): the others stay 0 in every replicate
+    used = np.flatnonzero(c.reshape(-1, bins).any(axis=0))
+    lo, hi = (int(used[0]), int(used[-1]) + 1) if len(used) else (0, 0)
+    width = hi - lo
+    flat = np.ascontiguousarray(c[:, :, lo:hi]).reshape(g, g * width)
+    diag = c[np.arange(g), np.arange(g), lo:hi]  # (G, width): pairs inside each group
+    rows = max(1, max_entries // max(g * width, 1))
+    out = np.zeros((len(m), bins))
     for r in range(0, len(m), rows):
         mr = m[r : r + rows]
-        x = (mr @ flat).reshape(len(mr), g, bins)
-        out.append(np.einsum("rbk,rb->rk", x, mr) - (mr * mr - mr) @ diag)
-    return np.concatenate(out) if out else np.zeros((0, bins))
+        x = (mr @ flat).reshape(len(mr), g, width)
+        out[r : r + rows, lo:hi] = np.einsum("rbk,rb->rk", x, mr) - (mr * mr - mr) @ diag
+    return out
 
 
 BASELINE_GROUPS = 128  # resampling units of a baseline sample (iid tokens, so any grouping is valid)
@@ -260,7 +264,7 @@ def histogram_distance_bootstrap(
     """
     groups = document_groups(doc_ids, max_groups)
     n_groups = int(groups.max()) + 1
-    counts = grouped_cosine_counts(units, groups, n_groups, bins, tile)
+    counts = grouped_cosine_counts(units, groups, n_groups, bins, tile).astype(np.float64)  # once, not per call
     first = np.unique(groups, return_index=True)[1]  # one token of each group: its weight is the group's m
     refs = [_baseline_replicates(b, bins, tile, n_boot, seed, i) for i, b in enumerate(baselines)]
     done = 0  # replicates handed out so far: `weighted_document_bootstrap` asks for them in order, then the estimate
@@ -284,7 +288,7 @@ def _baseline_replicates(baseline: np.ndarray | torch.Tensor, bins: int, tile: i
         return lambda rows: fixed
     n = len(baseline)
     g = min(BASELINE_GROUPS, n)
-    counts = grouped_cosine_counts(baseline, np.arange(n) % g, g, bins, tile)
+    counts = grouped_cosine_counts(baseline, np.arange(n) % g, g, bins, tile).astype(np.float64)
     m = _multiplicities(np.random.default_rng([seed, 1 + index]).integers(0, g, size=(n_boot, g)))
     full = counts.sum((0, 1)).astype(np.float64)
     return lambda rows: full if rows is None else replicate_histograms(counts, m[rows])

@@ -17,6 +17,7 @@ import torch
 
 COLLECT_CAP = 2_000_000  # most pairs gathered at once when ranking inside one bin
 SUB_BINS = 4096
+KEY_BUFFER = 1 << 24  # most keys (int64: 128 MiB) that the grouped pair counts hold before counting them
 
 
 def unit_rows(x: np.ndarray | torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
@@ -205,9 +206,24 @@ def grouped_cosine_counts(units: torch.Tensor, groups: np.ndarray, n_groups: int
     if g.shape != (units.shape[0],) or (len(g) and (int(g.min()) < 0 or int(g.max()) >= n_groups)):
         raise ValueError(f"groups must hold one code in [0, {n_groups}) per row")
     size = n_groups * n_groups * bins
-    counts = torch.zeros(size, dtype=torch.int64, device=units.device)
+    # A bincount costs O(size) on top of its keys (a zeroed output of n_groups^2 x bins, often more cells than a
+    # tile has pairs): keys wait in a buffer until they number at least that, or KEY_BUFFER.
+    counts, pending, held = None, [], 0
+
+    def count() -> None:
+        nonlocal counts, pending, held
+        found = torch.bincount(torch.cat(pending), minlength=size)
+        counts = found if counts is None else counts.add_(found)
+        pending, held = [], 0
+
     for i0, j0, block, mask in iter_tiles(units, tile):
         cell = g[i0 : i0 + block.shape[0], None] * n_groups + g[None, j0 : j0 + block.shape[1]]
         key = cell * bins + bin_index(block, bins)
-        counts += torch.bincount(key[mask] if mask is not None else key.reshape(-1), minlength=size)
+        pending.append(key[mask] if mask is not None else key.reshape(-1))
+        held += pending[-1].numel()
+        if held >= min(size, KEY_BUFFER):
+            count()
+    if pending or counts is None:
+        pending.append(torch.zeros(0, dtype=torch.int64, device=units.device))
+        count()
     return counts.cpu().numpy().reshape(n_groups, n_groups, bins)

@@ -170,11 +170,15 @@ def brute_force_weighted_histogram(x: np.ndarray, unit: np.ndarray, m: np.ndarra
     return np.bincount(np.minimum(np.floor(scaled).astype(int), bins - 1), weights=weight, minlength=bins)
 
 
-@pytest.mark.parametrize("max_groups", [256, 4])
-def test_replicate_histogram_equals_brute_force_weighted_pairs(max_groups):
-    """Exact integer equality, several tiles (diagonal and off-diagonal), documents grouped or not."""
-    x, doc = grouped_tokens(150, 9, 6, seed=11)
-    bins = 20
+@pytest.mark.parametrize("max_groups, bins, key_buffer, seed",
+                         [(256, 20, 1 << 24, 11), (4, 20, 1 << 24, 11), (256, 100, 1000, 27)])
+def test_replicate_histogram_equals_brute_force_weighted_pairs(max_groups, bins, key_buffer, seed, monkeypatch):
+    """Exact integer equality, several tiles (diagonal and off-diagonal), documents grouped or not, with empty low
+    and high bins (100 bins), and with the grouped counts' key buffer counted many times over (1000 keys)."""
+    from tasks import similarity
+
+    monkeypatch.setattr(similarity, "KEY_BUFFER", key_buffer)
+    x, doc = grouped_tokens(150, 9, 6, seed=seed)
     unit = np.searchsorted(np.unique(doc), doc) % max_groups  # the resampling unit of each token, by hand
     groups = document_groups(doc, max_groups)
     assert np.array_equal(groups, unit)
@@ -183,6 +187,7 @@ def test_replicate_histogram_equals_brute_force_weighted_pairs(max_groups):
     rng = np.random.default_rng(3)
     m = rng.multinomial(n_units, np.full(n_units, 1 / n_units), size=5).astype(float)  # bootstrap-like draws
     got = replicate_histograms(counts, m)
+    assert bins < 100 or (got[:, [0, -1]] == 0).all()  # the 100-bin case has an empty bin at both ends
     for r in range(len(m)):
         assert np.array_equal(got[r], brute_force_weighted_histogram(x, unit, m[r], bins))
     # With every multiplicity 1, the replicate is the ordinary histogram (the tiled code's own counts).
