@@ -9,6 +9,7 @@ it (resume).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Sequence
 
@@ -66,6 +67,9 @@ class ShardCapturer:
         self.stats: list[SiteStatistics] | None = None  # accumulated across shards until `flush`
         self.stats_shards: list[int] = []
         self.batch_tokens = CPU_BATCH_TOKENS  # the budget `process` uses when given none; set by `ready`
+        self._lock = threading.Lock()  # held by `process` for a whole shard: `flush` takes statistics between shards
+        self._between = threading.Event()  # cleared while a flush waits for the lock: the next shard waits for it
+        self._between.set()
 
     def ready(self, batch_tokens: int | str = CPU_BATCH_TOKENS, seq_len: int = 0, k: int = 1, stats: bool = False) -> dict:
         """Called once by the driver: fixes this replica's forward budget (`auto`: see `tasks.batch_budget`, for
@@ -82,6 +86,14 @@ class ShardCapturer:
     def process(self, shard: Shard, k: int, threshold: np.uint64, seed: int, batch_tokens: int | None = None,
                 store_root: str | None = None, config_hash: str = "", stats_fraction: float | None = None,
                 exclusion: Exclusion | None = None) -> dict:
+        self._between.wait()
+        with self._lock:
+            return self._process(shard, k, threshold, seed, batch_tokens, store_root, config_hash, stats_fraction,
+                                 exclusion)
+
+    def _process(self, shard: Shard, k: int, threshold: np.uint64, seed: int, batch_tokens: int | None = None,
+                 store_root: str | None = None, config_hash: str = "", stats_fraction: float | None = None,
+                 exclusion: Exclusion | None = None) -> dict:
         """Capture one shard into its bottom-k sample. With `store_root`, write the sample (`.npz`) and then
         its record (`.json`) to the run directory and return the record; else return it with the state under
         `"state"` (tests, benchmarks). States with a NaN or Inf at any site are counted per site and kept out
@@ -150,6 +162,7 @@ class ShardCapturer:
                     keys = {name: v[finite] for name, v in keys.items()}
                     vectors = vectors[:, torch.as_tensor(finite, device=vectors.device)]
                 sample.add(keys, vectors)
+        self.recorder.stats = None  # the statistics are ours until a flush takes them, not the recorder's
         record = {
             "shard": shard.index,
             "fingerprint": shard.fingerprint(),
@@ -180,14 +193,23 @@ class ShardCapturer:
 
     def flush(self, store_root: str, config_hash: str, name: str) -> dict:
         """Write the statistics accumulated since the last flush as `stats/NAME.npz` and then its record
-        `stats/NAME.json` (the shards it covers, checksum), and start afresh. Returns the record."""
-        shards, self.stats_shards = self.stats_shards, []
+        `stats/NAME.json` (the shards it covers, checksum), and start afresh. Returns the record.
+
+        Safe to call from a second thread while `process` runs (the driver runs it in the actor's `io` concurrency
+        group): it takes the statistics between two shards, the next shard starts new ones, and the packing, the
+        copy to the host and the write overlap that shard's forward passes."""
+        self._between.clear()
+        try:
+            with self._lock:
+                stats, shards = self.stats, self.stats_shards
+                self.stats, self.stats_shards = None, []
+        finally:
+            self._between.set()
         record = {"name": name, "config_hash": config_hash, "shards": sorted(shards)}
-        if self.stats is not None and shards:
+        if stats is not None and shards:
             store = RunStore(store_root)
-            record["sha256"] = store.write_arrays(f"stats/{name}.npz", stack_states(self.stats, copy=False, packed=True))
+            record["sha256"] = store.write_arrays(f"stats/{name}.npz", stack_states(stats, copy=False, packed=True))
             store.write_json(f"stats/{name}.json", record)
-        self.stats = None
         return record
 
 

@@ -76,7 +76,8 @@ def probe(capturer, seq_len: int, k: int, stats: bool, meter=None, vocab: int | 
     of one shard of n1 and one of 2 n1 full-length sequences (random ids, every token a sample candidate, the d x d
     statistics on every token when `stats`), n1 the fewest sequences that hold k tokens so that both probes gather
     the sample's full k rows per batch. The sample may hold up to 3 k rows between trims (2 k kept, k arriving):
-    the 2 k the probes do not hold are added to `fixed`. The capturer's statistics are discarded afterwards."""
+    the 2 k the probes do not hold are added to `fixed`, and so is a second set of statistics, which a flush holds
+    while the next shard starts new ones. The capturer's statistics are discarded afterwards."""
     meter = meter or CudaMemory(capturer.device)
     vocab = vocab or int(getattr(capturer.model.config, "vocab_size", 2))
     n1 = max(1, -(-k // seq_len))
@@ -89,13 +90,14 @@ def probe(capturer, seq_len: int, k: int, stats: bool, meter=None, vocab: int | 
         meter.reset()
         capturer.process(shard, k, np.uint64(2**64 - 1), 0, n * seq_len, stats_fraction=1.0 if stats else None)
         peaks.append(meter.peak())
+    held = sum(st.nbytes() for st in capturer.stats or [])  # a flush overlapping a shard holds a second set
     capturer.stats, capturer.stats_shards = None, []
     meter.reset()
     per_sequence = max((peaks[1] - peaks[0]) // n1, 1)
     width = int(getattr(capturer.model.config, "hidden_size", 0) or getattr(capturer.model.config, "n_embd", 0))
     itemsize = next(capturer.model.parameters()).element_size()  # the sample stays on the device in the model's dtype
     sample_rows = 2 * k * len(capturer.recorder.sites) * width * itemsize
-    fixed = peaks[0] - n1 * per_sequence + sample_rows
+    fixed = peaks[0] - n1 * per_sequence + sample_rows + held
     return MemoryModel(fixed=int(fixed), per_sequence=int(per_sequence), available=meter.available())
 
 

@@ -7,8 +7,8 @@ import torch
 from tasks.actor import ShardCapturer
 from tasks.capture import SiteRecorder, forward_and_gather, pad_batch
 from tasks.corpus import Shard
-from tasks.models import ARCHITECTURES, site_table
 from tasks.errors import UserError
+from tasks.models import ARCHITECTURES, site_table
 from tasks.sampling import token_hash
 
 SITES = ("resid_post", "attn_out", "mlp_out")
@@ -202,3 +202,47 @@ def test_excluded_tokens_stay_out_of_sample_and_statistics(tiny_gpt2, exclude):
         ex_norms = np.linalg.norm(dropped, axis=1)
         np.testing.assert_allclose(st.excluded_norms.moments.mean, [ex_norms.mean()], rtol=1e-5)
         np.testing.assert_allclose(st.excluded_norms.moments.variance, [ex_norms.var()], rtol=1e-4)
+
+
+def test_flush_from_another_thread_while_shards_run(tiny_gpt2, tmp_path):
+    """`flush` in a second thread (the actor's `io` concurrency group) while `process` runs shard after shard: the
+    partials cover every shard once, and merged they equal the statistics of the same shards with no flush."""
+    import threading
+
+    from tasks.merge import merge_statistics_files
+    from tasks.moments import unstack_states
+
+    rng = np.random.default_rng(8)
+    shards = []
+    for index in range(8):
+        lengths = rng.integers(20, 100, size=5)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        shards.append(Shard(index, rng.integers(5, 2048, int(lengths.sum())).astype(np.int32), offsets,
+                            np.arange(5) + 10 * index, np.zeros(5, np.int64)))
+    sites = [(0, "resid_post"), (1, "mlp_out")]
+    cap, single = ShardCapturer(str(tiny_gpt2), "float32", sites), ShardCapturer(str(tiny_gpt2), "float32", sites)
+    done = threading.Event()
+
+    def run_shards():
+        for shard in shards:
+            cap.process(shard, 10, np.uint64(2**64 - 1), 3, 128, stats_fraction=0.5)
+        done.set()
+
+    worker = threading.Thread(target=run_shards)
+    worker.start()
+    records = []
+    while not done.is_set():  # flush as fast as the shards allow: many partials, each taken between two shards
+        records.append(cap.flush(str(tmp_path), "h", f"p{len(records):03d}"))
+    worker.join()
+    records.append(cap.flush(str(tmp_path), "h", f"p{len(records):03d}"))
+    written = [r for r in records if "sha256" in r]
+    covered = sorted(i for r in written for i in r["shards"])
+    assert covered == list(range(8)) and len(written) >= 2
+    merged = unstack_states(merge_statistics_files(
+        str(tmp_path), 2, [(f"stats/{r['name']}.npz", r["sha256"]) for r in written]), 2)
+    for shard in shards:
+        single.process(shard, 10, np.uint64(2**64 - 1), 3, 128, stats_fraction=0.5)
+    for mine, ref in zip(merged, single.stats):
+        state, expected = mine.state(), ref.state()
+        for key in expected:
+            np.testing.assert_allclose(state[key], expected[key], rtol=1e-9, atol=1e-12, err_msg=key)

@@ -59,7 +59,8 @@ def run_capture(cfg: Config, store: RunStore, todo, sites, k: int, threshold: np
         options["resources"] = dict(cc.resources)
     if env:
         options["runtime_env"] = {"env_vars": env}
-    actor_cls = ray.remote(ShardCapturer).options(**options)
+    # `io`: one thread of its own per actor for statistics flushes, so a flush overlaps the next shards
+    actor_cls = ray.remote(concurrency_groups={"io": 1})(ShardCapturer).options(**options)
     trust = cfg.model.trust_remote_code == cfg.model.name
 
     def start():
@@ -92,14 +93,15 @@ def run_capture(cfg: Config, store: RunStore, todo, sites, k: int, threshold: np
             pending.appendleft(by_index[i])
 
     def reply(table: dict, ref, key: str, what: str):
-        """(slot, generation, value) of an actor's start or flush reply; on failure the value is None, the failure
-        is counted (`key`, `what`: formats of the slot) and the actor replaced if it is still the one that failed."""
+        """(slot, generation, value) of an actor's start or flush reply; on failure the value is None, and unless
+        the actor was replaced since (a replaced actor's calls fail as it is killed: its own failure was counted),
+        the failure is counted (`key`, `what`: formats of the slot) and the actor replaced."""
         slot, gen = table.pop(ref)
         try:
             return slot, gen, ray.get(ref)
         except Exception as exc:
-            fail(key.format(slot=slot), what.format(slot=slot), exc)
             if gen == generation[slot]:
+                fail(key.format(slot=slot), what.format(slot=slot), exc)
                 replace(slot)
             return slot, gen, None
 
@@ -114,11 +116,13 @@ def run_capture(cfg: Config, store: RunStore, todo, sites, k: int, threshold: np
         starting[actors[slot].ready.remote(*budget)] = (slot, generation[slot])
 
     def flush(slot: int) -> None:
-        """Ask an actor to write its statistics. It runs after the shards already queued on it, so the partial
-        it writes names the shards it really covers; the driver books them from that list."""
+        """Ask an actor to write its statistics. It runs in the actor's own `io` thread, after the shard running
+        there ends and while the next ones run, so the partial it writes names the shards it really covers; the
+        driver books them from that list."""
         flushes[slot] += 1
         name = f"partial-a{attempt:03d}-s{slot:03d}-g{generation[slot]:03d}-{flushes[slot]:05d}"
-        flushing[actors[slot].flush.remote(store.root, config_hash, name)] = (slot, generation[slot])
+        flush_call = actors[slot].flush.options(concurrency_group="io")
+        flushing[flush_call.remote(store.root, config_hash, name)] = (slot, generation[slot])
 
     def fail(key, what: str, exc: BaseException) -> None:
         if (user := _user_error(exc)) is not None:
@@ -169,6 +173,13 @@ def run_capture(cfg: Config, store: RunStore, todo, sites, k: int, threshold: np
                 # on failure the actor's statistics are in an unknown state: it is replaced, its shards run again
                 slot, gen, partial = reply(flushing, ref, "flush {slot}", "statistics flush of actor {slot}")
                 if partial is None:
+                    continue
+                if gen != generation[slot]:
+                    # written by an actor replaced after it was asked (its flush ran on while a shard failed): its
+                    # shards went back to the queue at the replacement, so this partial must not count them again
+                    if "sha256" in partial:
+                        store.delete(f"stats/{partial['name']}.json")
+                        store.delete(f"stats/{partial['name']}.npz")
                     continue
                 result.partials.append(partial)
                 covered = set(partial["shards"])
