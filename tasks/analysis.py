@@ -31,13 +31,21 @@ from tasks.dimension import (
 )
 from tasks.distances import (
     DISTANCES,
+    baseline_counts,
+    document_groups,
     energy_distance,
     histogram_distance_bootstrap,
     ks_statistic,
     weighted_document_bootstrap,
 )
 from tasks.moments import SiteStatistics
-from tasks.similarity import cosine_histogram, quantile_pairs, unit_rows
+from tasks.similarity import (
+    CosineHistogram,
+    cosine_histogram,
+    grouped_cosine_counts,
+    quantile_pairs,
+    unit_rows,
+)
 from tasks.storage import RunStore
 from tasks.tables import samples_table
 from tasks.tails import excess_kurtosis, kurtosis_summary, principal_components_kurtosis
@@ -161,7 +169,14 @@ def sample_numbers(vectors: np.ndarray, bins: int, tile: int, quantiles: tuple[f
     t0 = time.perf_counter()
     d = vectors.shape[1]
     units = unit_rows(vectors, device)
-    hist = cosine_histogram(units, bins, tile)
+    bootstrap = docs is not None and n_boot > 0
+    grouped = matched_grouped = None  # with the bootstrap, its grouped pair counts and the histograms in one pass
+    if bootstrap:
+        hist = CosineHistogram(bins)
+        groups = document_groups(docs)
+        grouped = grouped_cosine_counts(units, groups, int(groups.max()) + 1, bins, tile, hist=hist)
+    else:
+        hist = cosine_histogram(units, bins, tile)
     pairs = quantile_pairs(units, hist, quantiles, tile)
     prob = hist.counts / max(hist.n_pairs, 1)
     d_fit = fit_dimension(hist.counts, d_max=64.0 * d)
@@ -182,18 +197,24 @@ def sample_numbers(vectors: np.ndarray, bins: int, tile: int, quantiles: tuple[f
     }
     baselines = {"gaussian": exact}
     if matched_units is not None:
-        matched_counts = cosine_histogram(matched_units, bins, tile).counts
+        if bootstrap:
+            matched_hist = CosineHistogram(bins)
+            matched_grouped = baseline_counts(matched_units, bins, tile, hist=matched_hist)
+            matched_counts = matched_hist.counts
+        else:
+            matched_counts = cosine_histogram(matched_units, bins, tile).counts
         out["matched_counts"] = matched_counts
         out["w1_matched"] = wasserstein1(prob, matched_counts / matched_counts.sum())
         out["ks_matched"] = ks_statistic(hist.counts, matched_counts)
         out["energy_matched"] = energy_distance(hist.counts, matched_counts)
-        baselines["matched"] = matched_units
+        baselines["matched"] = matched_units if matched_grouped is None else matched_grouped
     t1 = time.perf_counter()
-    if docs is not None and n_boot:
+    if bootstrap:
         boot = pair_moments_bootstrap(units.double().cpu().numpy(), docs, n_boot, seed)
         out.update(cos_mean_ci_low=float(boot.low[0]), cos_mean_ci_high=float(boot.high[0]),
                    cos2_ci=(float(boot.low[1]), float(boot.high[1])))
-        dist = histogram_distance_bootstrap(units, docs, list(baselines.values()), bins, tile, n_boot, seed)
+        dist = histogram_distance_bootstrap(units, docs, list(baselines.values()), bins, tile, n_boot, seed,
+                                            counts=grouped)
         for b, name in enumerate(baselines):
             for k, measure in enumerate(DISTANCES):
                 out[f"{measure}_{name}_ci_low"] = float(dist.low[b, k])

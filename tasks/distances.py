@@ -34,6 +34,7 @@ __all__ = [
     "document_bootstrap",
     "document_groups",
     "energy_distance",
+    "baseline_counts",
     "histogram_distance_bootstrap",
     "histogram_distances",
     "ks_statistic",
@@ -244,6 +245,7 @@ def histogram_distance_bootstrap(
     seed: int,
     max_groups: int = DOCUMENT_GROUPS,
     level: float = 0.95,
+    counts: np.ndarray | None = None,
 ) -> BootstrapInterval:
     """Document-bootstrap intervals of the distances (W1, KS, energy) from the cosine histogram of the unit rows
     `units` to each baseline histogram (probabilities or counts on the same bins): the interval's arrays have
@@ -255,16 +257,22 @@ def histogram_distance_bootstrap(
     The replicates come from `weighted_document_bootstrap` with the groups as documents: with at most
     `max_groups` documents they are the same draws (same seed) as the mean-cosine interval's.
 
-    A baseline given as a histogram (an array: the exact law) is held fixed. A baseline given as the unit rows of a
-    sample (a tensor: the matched Gaussian's draws, independent tokens) is resampled too, by the same scheme with
-    `BASELINE_GROUPS` groups of its tokens and an independent stream of draws, so that the interval covers its noise
+    `counts`: the tokens' grouped pair counts if already made (`grouped_cosine_counts` over `document_groups(doc_ids,
+    max_groups)`, as `tasks.analysis.sample_numbers` does in the pass that makes its histogram).
+
+    A baseline given as a histogram (a 1-D array: the exact law) is held fixed. A baseline given as the unit rows of
+    a sample (a tensor: the matched Gaussian's draws, independent tokens), or as their grouped pair counts
+    (`baseline_counts`, a 3-D array), is resampled too, by the same scheme with `BASELINE_GROUPS` groups of its
+    tokens and an independent stream of draws, so that the interval covers its noise
     as well: a new seed draws a new baseline sample, and an interval that held it fixed would be about sqrt(2) too
     narrow for the seed-to-seed spread. A percentile interval of a distance is biased upward where the distance is
     near 0 (resampling noise adds distance), so there it may lie above the estimate.
     """
     groups = document_groups(doc_ids, max_groups)
     n_groups = int(groups.max()) + 1
-    counts = grouped_cosine_counts(units, groups, n_groups, bins, tile).astype(np.float64)  # once, not per call
+    if counts is None:
+        counts = grouped_cosine_counts(units, groups, n_groups, bins, tile)
+    counts = counts.astype(np.float64)  # once, not per replicate call
     first = np.unique(groups, return_index=True)[1]  # one token of each group: its weight is the group's m
     refs = [_baseline_replicates(b, bins, tile, n_boot, seed, i) for i, b in enumerate(baselines)]
     done = 0  # replicates handed out so far: `weighted_document_bootstrap` asks for them in order, then the estimate
@@ -283,12 +291,21 @@ def _baseline_replicates(baseline: np.ndarray | torch.Tensor, bins: int, tile: i
     """A function of a slice of replicates (None: the estimate) giving the baseline histogram(s) to compare with:
     the fixed histogram itself, or for a baseline sample, its resampled histograms (`replicate_histograms` over
     `BASELINE_GROUPS` groups of its iid tokens, drawn from their own seeded stream)."""
-    if not isinstance(baseline, torch.Tensor):
+    if not isinstance(baseline, torch.Tensor) and np.ndim(baseline) == 1:
         fixed = np.asarray(baseline, dtype=np.float64)
         return lambda rows: fixed
-    n = len(baseline)
-    g = min(BASELINE_GROUPS, n)
-    counts = grouped_cosine_counts(baseline, np.arange(n) % g, g, bins, tile).astype(np.float64)
+    grouped = baseline_counts(baseline, bins, tile) if isinstance(baseline, torch.Tensor) else baseline
+    counts = np.asarray(grouped, dtype=np.float64)
+    g = len(counts)
     m = _multiplicities(np.random.default_rng([seed, 1 + index]).integers(0, g, size=(n_boot, g)))
     full = counts.sum((0, 1)).astype(np.float64)
     return lambda rows: full if rows is None else replicate_histograms(counts, m[rows])
+
+
+def baseline_counts(units: torch.Tensor, bins: int, tile: int, hist=None) -> np.ndarray:
+    """The grouped pair counts by which a baseline sample of iid tokens (unit rows) is resampled: its tokens dealt
+    round-robin into `BASELINE_GROUPS` groups (fewer for fewer tokens); with an empty `hist` (a `CosineHistogram`),
+    the same pass makes the sample's histogram."""
+    n = len(units)
+    g = min(BASELINE_GROUPS, n)
+    return grouped_cosine_counts(units, np.arange(n) % g, g, bins, tile, hist=hist)

@@ -77,6 +77,11 @@ class CosineHistogram:
         if values.numel() == 0:
             return
         self.counts += torch.bincount(bin_index(values, self.bins).reshape(-1), minlength=self.bins).cpu().numpy()
+        self.add_sums(values)
+
+    def add_sums(self, values: torch.Tensor) -> None:
+        """Only the float64 sum and sum of squares of `values`, as `add` takes them (for a pass that counts the
+        bins its own way: `grouped_cosine_counts`)."""
         if values.dim() == 2:  # float32 row sums (<= tile terms each), accumulated across rows in float64
             self.total += float(values.sum(dim=1).double().sum())
             self.total_sq += float(torch.linalg.vector_norm(values, dim=1).double().pow(2).sum())
@@ -193,7 +198,8 @@ def quantile_pairs(
     return out
 
 
-def grouped_cosine_counts(units: torch.Tensor, groups: np.ndarray, n_groups: int, bins: int, tile: int) -> np.ndarray:
+def grouped_cosine_counts(units: torch.Tensor, groups: np.ndarray, n_groups: int, bins: int, tile: int,
+                          hist: CosineHistogram | None = None) -> np.ndarray:
     """Pair counts split by the groups of the two tokens: C[a, b, k] = number of pairs i < j with group(i) = a,
     group(j) = b and cos(i, j) in bin k (int64, shape (n_groups, n_groups, bins)).
 
@@ -201,6 +207,7 @@ def grouped_cosine_counts(units: torch.Tensor, groups: np.ndarray, n_groups: int
     its counts exactly; each tile is counted with one `bincount` of the combined key (a * n_groups + b) * bins + k.
     Memory: the count array (n_groups^2 * bins int64) plus one tile of keys. Used by the document bootstrap of the
     histogram distances (`tasks.distances.replicate_histograms`): a resample of groups reweights whole cells of C.
+    Given an empty `hist`, the same pass fills it, equal to `cosine_histogram`'s to the bit (one tile pass, not two).
     """
     g = torch.as_tensor(np.asarray(groups, dtype=np.int64), device=units.device)
     if g.shape != (units.shape[0],) or (len(g) and (int(g.min()) < 0 or int(g.max()) >= n_groups)):
@@ -220,10 +227,15 @@ def grouped_cosine_counts(units: torch.Tensor, groups: np.ndarray, n_groups: int
         cell = g[i0 : i0 + block.shape[0], None] * n_groups + g[None, j0 : j0 + block.shape[1]]
         key = cell * bins + bin_index(block, bins)
         pending.append(key[mask] if mask is not None else key.reshape(-1))
+        if hist is not None:
+            hist.add_sums(block[mask] if mask is not None else block)
         held += pending[-1].numel()
         if held >= min(size, KEY_BUFFER):
             count()
     if pending or counts is None:
         pending.append(torch.zeros(0, dtype=torch.int64, device=units.device))
         count()
-    return counts.cpu().numpy().reshape(n_groups, n_groups, bins)
+    out = counts.cpu().numpy().reshape(n_groups, n_groups, bins)
+    if hist is not None:
+        hist.counts += out.sum((0, 1))
+    return out

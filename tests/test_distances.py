@@ -9,6 +9,7 @@ from scipy import stats
 import tasks.baselines
 from tasks.baselines import law_probabilities
 from tasks.distances import (
+    baseline_counts,
     document_bootstrap,
     document_groups,
     energy_distance,
@@ -183,7 +184,10 @@ def test_replicate_histogram_equals_brute_force_weighted_pairs(max_groups, bins,
     groups = document_groups(doc, max_groups)
     assert np.array_equal(groups, unit)
     n_units = unit.max() + 1
-    counts = grouped_cosine_counts(unit_rows(x), groups, n_units, bins, tile=64)
+    hist = similarity.CosineHistogram(bins)
+    counts = grouped_cosine_counts(unit_rows(x), groups, n_units, bins, tile=64, hist=hist)
+    single = cosine_histogram(unit_rows(x), bins, tile=64)  # the same pass's histogram, to the bit
+    assert np.array_equal(hist.counts, single.counts) and (hist.total, hist.total_sq) == (single.total, single.total_sq)
     rng = np.random.default_rng(3)
     m = rng.multinomial(n_units, np.full(n_units, 1 / n_units), size=5).astype(float)  # bootstrap-like draws
     got = replicate_histograms(counts, m)
@@ -283,6 +287,12 @@ def test_resampled_baseline_sample_widens_the_interval_to_the_seed_to_seed_sprea
         g = gaussian(20_000 + k)
         both = histogram_distance_bootstrap(unit_rows(x), doc, [unit_rows(g)], bins, 1024, n_boot=300, seed=0)
         held = histogram_distance_bootstrap(unit_rows(x), doc, [hist(g)], bins, 1024, n_boot=300, seed=0)
+        if k == 0:  # the baseline given as its grouped counts and the data's counts passed in: the same interval
+            groups = document_groups(doc)
+            counts = grouped_cosine_counts(unit_rows(x), groups, groups.max() + 1, bins, 1024)
+            given = histogram_distance_bootstrap(unit_rows(x), doc, [baseline_counts(unit_rows(g), bins, 1024)], bins,
+                                                 1024, n_boot=300, seed=0, counts=counts)
+            assert np.array_equal(given.low, both.low) and np.array_equal(given.high, both.high)
         # float32 unit rows against numpy's float64 cosines: only pairs at bin edges may differ
         assert both.estimate[0, 0] == pytest.approx(wasserstein1(hist(x) / len(i), hist(g) / len(i)), rel=1e-3)
         resampled.append(both.standard_error[0, 0])
