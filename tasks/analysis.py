@@ -52,6 +52,8 @@ from tasks.tails import excess_kurtosis, kurtosis_summary, principal_components_
 
 log = logging.getLogger(__name__)
 
+GRAM_CACHE_BYTES = 256 << 20  # the bootstrap keeps G o G (n^2 float64) up to this size: n <= 5,792
+
 
 def samples_part(layer: int, site: str) -> str:
     """This site's file inside the `samples.parquet` dataset folder."""
@@ -235,20 +237,31 @@ def pair_moments_bootstrap(units: np.ndarray, docs: np.ndarray, n_boot: int, see
     within-document pairs). With token weights w_i = m_doc(i) and G the Gram matrix of unit rows:
     sum_{i != j} w_i w_j G_ij = |U^T w|^2 - sum_i w_i^2, then minus sum_d (m_d^2 - m_d) W_d with W_d the sum of
     G_ij over distinct pairs inside document d; the same for G_ij^2 and for the pair counts. All replicates at
-    once; G o G in row blocks (memory ~ 2048 x n)."""
+    once; G o G in row blocks (memory ~ 2048 x n), computed once and kept while n^2 float64 fit GRAM_CACHE_BYTES,
+    else recomputed per call."""
     n = len(units)
     norms2 = np.einsum("ij,ij->i", units, units)  # 1 for unit rows, 0 for zero rows
     uniq, first, codes = np.unique(docs, return_index=True, return_inverse=True)
     codes = codes.reshape(-1)
     within = np.zeros((len(uniq), 3))  # per document: sum of G, of G^2, and the number of ordered pairs
+    kept = [] if n * n * 8 <= GRAM_CACHE_BYTES else None  # G o G's row blocks, when small enough to keep
     for b in range(0, n, 2048):
         g = units[b : b + 2048] @ units.T
+        g2 = g * g
         same = codes[b : b + 2048, None] == codes[None, :]
         rows = np.arange(b, min(b + 2048, n))
         same[rows - b, rows] = False  # distinct tokens only
         within[:, 0] += np.bincount(codes[rows], (g * same).sum(1), minlength=len(uniq))
-        within[:, 1] += np.bincount(codes[rows], (g * g * same).sum(1), minlength=len(uniq))
+        within[:, 1] += np.bincount(codes[rows], (g2 * same).sum(1), minlength=len(uniq))
         within[:, 2] += np.bincount(codes[rows], same.sum(1), minlength=len(uniq))
+        if kept is not None:
+            kept.append(g2)
+
+    def squared_gram(index: int, b: int) -> np.ndarray:
+        if kept is not None:
+            return kept[index]
+        g = units[b : b + 2048] @ units.T
+        return g * g
 
     def statistic(w: np.ndarray) -> np.ndarray:
         self_pairs = w**2 @ norms2
@@ -256,9 +269,8 @@ def pair_moments_bootstrap(units: np.ndarray, docs: np.ndarray, n_boot: int, see
         extra = (m * m - m) @ within  # within-document pairs counted m^2 times by the products, kept m times
         s1 = w @ units
         second = np.zeros(len(w))
-        for b in range(0, n, 2048):  # w^T (G o G) w, a row block of G at a time
-            g = units[b : b + 2048] @ units.T
-            second += np.einsum("kn,kn->k", w[:, b : b + 2048] @ (g * g), w)
+        for index, b in enumerate(range(0, n, 2048)):  # w^T (G o G) w, a row block of G at a time
+            second += np.einsum("kn,kn->k", w[:, b : b + 2048] @ squared_gram(index, b), w)
         totals = np.stack([np.einsum("kd,kd->k", s1, s1) - self_pairs, second - self_pairs], axis=1) - extra[:, :2]
         pairs = w.sum(1) ** 2 - (w**2).sum(1) - extra[:, 2]
         return totals / pairs[:, None]

@@ -147,6 +147,32 @@ def test_weighted_bootstrap_of_a_pair_statistic_with_vector_output():
     assert res.low.shape == (2,) and np.all(res.low < res.estimate) and np.all(res.estimate < res.high)
 
 
+@pytest.mark.parametrize("cache", [True, False])
+def test_pair_moments_bootstrap_equals_brute_force_weighted_pairs(cache, monkeypatch):
+    """Mean cosine and mean squared cosine of every replicate (two row blocks of the Gram matrix, G o G kept or
+    recomputed) against the full weighted pair sums: pairs across documents weigh m_a m_b, inside one m_a."""
+    from tasks import analysis
+
+    monkeypatch.setattr(analysis, "GRAM_CACHE_BYTES", 1 << 30 if cache else 0)
+    x, doc = grouped_tokens(2100, 40, 5, seed=4)
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    g = u @ u.T
+    same = doc[:, None] == doc[None, :]
+    off = ~np.eye(len(u), dtype=bool)
+
+    def brute(w: np.ndarray) -> np.ndarray:
+        out = []
+        for row in w:
+            pair = np.where(same, row[:, None], np.outer(row, row)) * off
+            out.append([(pair * g).sum() / pair.sum(), (pair * g * g).sum() / pair.sum()])
+        return np.array(out)
+
+    got = analysis.pair_moments_bootstrap(u, doc, n_boot=12, seed=3)
+    ref = weighted_document_bootstrap(brute, doc, n_boot=12, seed=3)
+    for name in ("estimate", "low", "high", "standard_error"):
+        np.testing.assert_allclose(getattr(got, name), getattr(ref, name), rtol=1e-10, err_msg=name)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Bootstrap of the distances: replicate histograms from pair counts split by document groups
 
