@@ -136,8 +136,7 @@ def analyze_site(
         for m in (1, 3, 5):
             trimmed = vectors.copy()
             trimmed[:, order[:m]] = 0.0
-            h = cosine_histogram(unit_rows(trimmed, device), bins, tile)
-            out["raw"][f"cos_var_left_top{m}"] = h.std**2 / out["raw"]["cos_std"] ** 2
+            out["raw"][f"cos_var_left_top{m}"] = pair_cosine_variance(trimmed) / out["raw"]["cos_std"] ** 2
     predicted = {"centered": corpus.get("predicted_cos_var"),
                  "standardized": corpus.pop("predicted_cos_var_standardized", None)}
     for name, prediction in predicted.items():
@@ -157,6 +156,22 @@ def analyze_site(
     lap("histogram")
     timings = {k: round(v, 4) for k, v in seconds.items()}
     return {**corpus, "layer": layer, "site": site, "d_model": d, "n_sample": n, "variants": out, "timings": timings}
+
+
+def pair_cosine_variance(x: np.ndarray) -> float:
+    """Variance of the cosine over the pairs of distinct rows of x (a zero row: cosine 0 with every row), exactly
+    and without a pass over the pairs: with unit rows u_i (or 0), s = sum_i u_i and M = U^T U (d x d),
+    sum_{i != j} cos = |s|^2 - sum_i |u_i|^2 and sum_{i != j} cos^2 = |M|_F^2 - sum_i |u_i|^4 (float64)."""
+    u = torch.from_numpy(np.array(x, dtype=np.float64))
+    norms = u.norm(dim=1, keepdim=True)
+    u /= torch.where(norms > 0, norms, 1.0)
+    n = len(u)
+    sq = (u * u).sum(1)
+    s = u.sum(0)
+    pairs = float(n) * (n - 1)
+    mean = (float(s @ s) - float(sq.sum())) / pairs
+    mean_sq = (float(torch.linalg.matrix_norm(u.T @ u) ** 2) - float((sq * sq).sum())) / pairs
+    return mean_sq - mean**2
 
 
 def sample_numbers(vectors: np.ndarray, bins: int, tile: int, quantiles: tuple[float, ...], device,

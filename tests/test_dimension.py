@@ -208,3 +208,19 @@ def test_standardized_covariance_is_the_correlation_matrix():
     scales = np.geomspace(1e-3, 1e3, 40) ** 2
     spectrum = covariance_spectrum(standardized_covariance(np.diag(scales), np.sqrt(scales)))
     assert gaussian_cosine_variance(spectrum) == pytest.approx(1 / 40, rel=1e-12)
+
+
+def test_pair_cosine_variance_matches_the_pair_list():
+    """The closed form against the variance over the explicit list of pairs i < j, zero rows (cosine 0) included,
+    and against the tiled histogram's own sums."""
+    from tasks.analysis import pair_cosine_variance
+    from tasks.similarity import cosine_histogram, unit_rows
+
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((300, 12)) * np.linspace(0.1, 3, 12) + 0.7
+    x[[5, 77]] = 0.0
+    u = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-300)
+    i, j = np.triu_indices(len(x), k=1)
+    cos = np.einsum("pk,pk->p", u[i], u[j])
+    assert pair_cosine_variance(x) == pytest.approx(cos.var(), rel=1e-9)
+    assert pair_cosine_variance(x) == pytest.approx(cosine_histogram(unit_rows(x), 10, 64).std ** 2, rel=1e-5)
