@@ -213,6 +213,9 @@ def grouped_cosine_counts(units: torch.Tensor, groups: np.ndarray, n_groups: int
     if g.shape != (units.shape[0],) or (len(g) and (int(g.min()) < 0 or int(g.max()) >= n_groups)):
         raise ValueError(f"groups must hold one code in [0, {n_groups}) per row")
     size = n_groups * n_groups * bins
+    key_type = torch.int32 if size < 2**31 else torch.int64  # half the memory traffic of int64 keys where they fit
+    row_key = (g * (n_groups * bins)).to(key_type)  # key = row_key[i] + col_key[j] + bin
+    col_key = (g * bins).to(key_type)
     # A bincount costs O(size) on top of its keys (a zeroed output of n_groups^2 x bins, often more cells than a
     # tile has pairs): keys wait in a buffer until they number at least that, or KEY_BUFFER.
     counts, pending, held = None, [], 0
@@ -224,8 +227,9 @@ def grouped_cosine_counts(units: torch.Tensor, groups: np.ndarray, n_groups: int
         pending, held = [], 0
 
     for i0, j0, block, mask in iter_tiles(units, tile):
-        cell = g[i0 : i0 + block.shape[0], None] * n_groups + g[None, j0 : j0 + block.shape[1]]
-        key = cell * bins + bin_index(block, bins)
+        key = bin_index(block, bins).to(key_type)
+        key += row_key[i0 : i0 + block.shape[0], None]
+        key += col_key[None, j0 : j0 + block.shape[1]]
         pending.append(key[mask] if mask is not None else key.reshape(-1))
         if hist is not None:
             hist.add_sums(block[mask] if mask is not None else block)
@@ -233,7 +237,7 @@ def grouped_cosine_counts(units: torch.Tensor, groups: np.ndarray, n_groups: int
         if held >= min(size, KEY_BUFFER):
             count()
     if pending or counts is None:
-        pending.append(torch.zeros(0, dtype=torch.int64, device=units.device))
+        pending.append(torch.zeros(0, dtype=key_type, device=units.device))
         count()
     out = counts.cpu().numpy().reshape(n_groups, n_groups, bins)
     if hist is not None:
