@@ -43,20 +43,20 @@ def run(cap: ShardCapturer, work: list[Shard], every: int, overlap: bool, root: 
     """Wall seconds for all shards and flushes, the flushes' own seconds summed, and the shards they covered."""
     flush_seconds, covered = [], []
 
-    def flush(name: str):
+    def flush(name: str, final: bool):
         t0 = time.perf_counter()
-        record = cap.flush(root, "bench", name)
+        records = cap.flush(root, "bench", name, final)
         flush_seconds.append(time.perf_counter() - t0)
-        covered.extend(record["shards"])
+        covered.extend(i for r in records for i in r["shards"])
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1) as io:  # the actor's `io` group: one thread
         for i, shard in enumerate(work):
             cap.process(shard, 2000, np.uint64(2**64 - 1), 0, 4096, stats_fraction=0.05)
-            if (i + 1) % every == 0:
+            if (i + 1) % every == 0:  # as the driver asks, when the shard that sealed a set replies
                 name = f"{tag}-{i:04d}"
-                io.submit(flush, name) if overlap else flush(name)
-    flush(f"{tag}-last")
+                io.submit(flush, name, False) if overlap else flush(name, False)
+    flush(f"{tag}-last", True)
     return time.perf_counter() - t0, sum(flush_seconds), len(covered)
 
 
@@ -76,6 +76,7 @@ def main() -> None:
     model = GPT2Model(config).eval()
     sites = [(layer, s) for layer in range(args.layers) for s in SITES]
     cap = ShardCapturer.from_model(model, "gpt2", sites)
+    cap.flush_every = args.every  # as `ready` sets it: statistics sealed every `--every` shards
     work = shards(args.shards, args.tokens, 512)
     packed = len(sites) * 2 * args.width * (args.width + 1) // 2 * 8
     print(f"# flush_overlap.py {time.strftime('%Y-%m-%d')}: torch {torch.__version__}, {torch.get_num_threads()} threads; "
@@ -83,7 +84,7 @@ def main() -> None:
           f"flush every {args.every} (packed partial {packed / 2**20:.0f} MiB)")
     with tempfile.TemporaryDirectory(prefix="gpt-stats-flush-") as root:
         cap.process(work[0], 2000, np.uint64(2**64 - 1), 0, 4096, stats_fraction=0.05)  # warm-up
-        cap.flush(root, "bench", "warm")
+        cap.flush(root, "bench", "warm", True)
         results = {False: [], True: []}
         for r in range(args.repeats):
             for overlap in (False, True):

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from tasks.batch_budget import CPU_BATCH_TOKENS
+from tasks.batch_budget import CPU_BATCH_TOKENS, MAX_SEALED
 from tasks.batch_budget import resolve as resolve_budget
 from tasks.capture import SiteRecorder, forward_and_gather, pad_batch
 from tasks.corpus import Exclusion, Shard, batches
@@ -67,17 +67,23 @@ class ShardCapturer:
         self.stats: list[SiteStatistics] | None = None  # accumulated across shards until `flush`
         self.stats_shards: list[int] = []
         self.batch_tokens = CPU_BATCH_TOKENS  # the budget `process` uses when given none; set by `ready`
-        self._lock = threading.Lock()  # held by `process` for a whole shard: `flush` takes statistics between shards
-        self._between = threading.Event()  # cleared while a flush waits for the lock: the next shard waits for it
-        self._between.set()
+        self.flush_every: int | None = None  # seal the statistics every this many shards (set by `ready`)
+        # Sealed statistics, each (per-site statistics, their shards), waiting for `flush` to write them, guarded by
+        # `_state`; the running statistics are `process`'s for a whole shard, under `_lock`.
+        self._sealed: list[tuple[list[SiteStatistics], list[int]]] = []
+        self._state = threading.Condition()
+        self._lock = threading.Lock()
 
-    def ready(self, batch_tokens: int | str = CPU_BATCH_TOKENS, seq_len: int = 0, k: int = 1, stats: bool = False) -> dict:
+    def ready(self, batch_tokens: int | str = CPU_BATCH_TOKENS, seq_len: int = 0, k: int = 1, stats: bool = False,
+              flush_every: int | None = None) -> dict:
         """Called once by the driver: fixes this replica's forward budget (`auto`: see `tasks.batch_budget`, for
-        sequences of `seq_len` tokens, a sample of `k` and statistics on or off) and says where it lives, how long
-        its model took to load and the budget it chose."""
+        sequences of `seq_len` tokens, a sample of `k` and statistics on or off) and how many shards' statistics
+        make one partial (`flush_every`), and says where it lives, how long its model took to load and the budget
+        it chose."""
         import ray
 
         t0 = time.perf_counter()
+        self.flush_every = flush_every
         self.batch_tokens = resolve_budget(self, batch_tokens, seq_len, k, stats)
         node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
         return {"device": str(self.device), "node": node, "load_seconds": round(self.load_seconds, 3),
@@ -86,7 +92,8 @@ class ShardCapturer:
     def process(self, shard: Shard, k: int, threshold: np.uint64, seed: int, batch_tokens: int | None = None,
                 store_root: str | None = None, config_hash: str = "", stats_fraction: float | None = None,
                 exclusion: Exclusion | None = None) -> dict:
-        self._between.wait()
+        with self._state:  # backpressure: at most MAX_SEALED sealed statistics wait for their write
+            self._state.wait_for(lambda: len(self._sealed) < MAX_SEALED)
         with self._lock:
             return self._process(shard, k, threshold, seed, batch_tokens, store_root, config_hash, stats_fraction,
                                  exclusion)
@@ -180,6 +187,8 @@ class ShardCapturer:
         if with_stats:
             self.stats_shards.append(shard.index)
             record["stats_pending"] = True
+            if self.flush_every and len(self.stats_shards) >= self.flush_every:
+                self._seal()
         state = sample.state() if len(sample) else None
         if store_root is None:
             return {**record, "state": state}
@@ -191,26 +200,42 @@ class ShardCapturer:
         store.write_json(shard_file(shard.index, "json"), record)  # written last: its presence means done
         return record
 
-    def flush(self, store_root: str, config_hash: str, name: str) -> dict:
-        """Write the statistics accumulated since the last flush as `stats/NAME.npz` and then its record
-        `stats/NAME.json` (the shards it covers, checksum), and start afresh. Returns the record.
+    def _seal(self) -> None:
+        """Close the running statistics into a set of their own for `flush` to write (callers hold `_lock`)."""
+        if self.stats is not None and self.stats_shards:
+            with self._state:
+                self._sealed.append((self.stats, self.stats_shards))
+        self.stats, self.stats_shards = None, []
 
-        Safe to call from a second thread while `process` runs (the driver runs it in the actor's `io` concurrency
-        group): it takes the statistics between two shards, the next shard starts new ones, and the packing, the
-        copy to the host and the write overlap that shard's forward passes."""
-        self._between.clear()
-        try:
-            with self._lock:
-                stats, shards = self.stats, self.stats_shards
-                self.stats, self.stats_shards = None, []
-        finally:
-            self._between.set()
-        record = {"name": name, "config_hash": config_hash, "shards": sorted(shards)}
-        if stats is not None and shards:
+    def flush(self, store_root: str, config_hash: str, name: str, final: bool = True) -> list[dict]:
+        """Write every sealed set of statistics as `stats/NAME-K.npz` and then its record `stats/NAME-K.json` (the
+        shards it covers, checksum); with `final`, first seal the running statistics too. Returns the records.
+
+        The sets are sealed by `process` every `flush_every` shards (and by the final flush), so which shards a
+        partial holds depends only on the order this actor ran its shards, not on when the driver asked: the same
+        run merges the same partials to the same bits. Safe to call from a second thread while `process` runs
+        (the driver runs it in the actor's `io` concurrency group): the packing, the copy to the host and the
+        write then overlap the next shards' forward passes."""
+        if final:
+            with self._lock:  # after the shard running now, if any
+                self._seal()
+        with self._state:
+            sets = list(self._sealed)
+        records = []
+        for k in range(len(sets)):
+            stats, shards = sets.pop(0)  # dropped as soon as written: a GPU actor frees its device memory
+            record = {"name": f"{name}-{k}", "config_hash": config_hash, "shards": sorted(shards)}
             store = RunStore(store_root)
-            record["sha256"] = store.write_arrays(f"stats/{name}.npz", stack_states(stats, copy=False, packed=True))
-            store.write_json(f"stats/{name}.json", record)
-        return record
+            arrays = stack_states(stats, copy=False, packed=True)
+            record["sha256"] = store.write_arrays(f"stats/{record['name']}.npz", arrays)
+            store.write_json(f"stats/{record['name']}.json", record)
+            records.append(record)
+            del arrays
+            with self._state:
+                self._sealed = [entry for entry in self._sealed if entry[0] is not stats]
+                self._state.notify_all()
+            del stats
+        return records
 
 
 def second_order_tokens(seed: int, doc: np.ndarray, window: np.ndarray, pos: np.ndarray, fraction: float) -> np.ndarray:

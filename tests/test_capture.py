@@ -1,5 +1,7 @@
 """Hooked sites against a manual forward pass, and the capture actor's shard sample against a direct computation."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -230,12 +232,11 @@ def test_flush_from_another_thread_while_shards_run(tiny_gpt2, tmp_path):
 
     worker = threading.Thread(target=run_shards)
     worker.start()
-    records = []
-    while not done.is_set():  # flush as fast as the shards allow: many partials, each taken between two shards
-        records.append(cap.flush(str(tmp_path), "h", f"p{len(records):03d}"))
+    written = []
+    while not done.is_set():  # flush as fast as the shards allow: many partials, each sealed between two shards
+        written += cap.flush(str(tmp_path), "h", f"p{len(written):03d}")
     worker.join()
-    records.append(cap.flush(str(tmp_path), "h", f"p{len(records):03d}"))
-    written = [r for r in records if "sha256" in r]
+    written += cap.flush(str(tmp_path), "h", f"p{len(written):03d}")
     covered = sorted(i for r in written for i in r["shards"])
     assert covered == list(range(8)) and len(written) >= 2
     merged = unstack_states(merge_statistics_files(
@@ -246,3 +247,49 @@ def test_flush_from_another_thread_while_shards_run(tiny_gpt2, tmp_path):
         state, expected = mine.state(), ref.state()
         for key in expected:
             np.testing.assert_allclose(state[key], expected[key], rtol=1e-9, atol=1e-12, err_msg=key)
+
+
+def test_partials_hold_flush_every_shards_whenever_the_flush_comes(tiny_gpt2, tmp_path):
+    """With `flush_every` 2, the partials hold shards (0, 1), (2, 3), (4, 5), (6), bit for bit the same whether the
+    flushes run in another thread while shards run, at random moments, or in line after every second shard."""
+    import threading
+
+    from tasks.storage import RunStore
+
+    rng = np.random.default_rng(9)
+    shards = []
+    for index in range(7):
+        lengths = rng.integers(20, 90, size=4)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        shards.append(Shard(index, rng.integers(5, 2048, int(lengths.sum())).astype(np.int32), offsets,
+                            np.arange(4) + 10 * index, np.zeros(4, np.int64)))
+    sites = [(0, "resid_post"), (1, "attn_out")]
+
+    def capturer():
+        cap = ShardCapturer(str(tiny_gpt2), "float32", sites)
+        cap.ready(64, 128, 10, True, flush_every=2)
+        return cap
+
+    def run(cap):
+        for shard in shards:
+            cap.process(shard, 10, np.uint64(2**64 - 1), 3, None, stats_fraction=1.0)
+
+    threaded, inline = capturer(), capturer()
+    worker = threading.Thread(target=run, args=(threaded,))
+    worker.start()
+    a = []
+    while worker.is_alive():
+        a += threaded.flush(str(tmp_path / "a"), "h", f"p{len(a):03d}", final=False)
+        time.sleep(float(rng.uniform(0, 0.05)))
+    a += threaded.flush(str(tmp_path / "a"), "h", "last")
+    b = []
+    for i, shard in enumerate(shards):
+        inline.process(shard, 10, np.uint64(2**64 - 1), 3, None, stats_fraction=1.0)
+        if i % 2:
+            b += inline.flush(str(tmp_path / "b"), "h", f"p{i}", final=False)
+    b += inline.flush(str(tmp_path / "b"), "h", "last")
+    assert [r["shards"] for r in a] == [r["shards"] for r in b] == [[0, 1], [2, 3], [4, 5], [6]]
+    for ra, rb in zip(a, b):
+        xa = RunStore(str(tmp_path / "a")).read_arrays(f"stats/{ra['name']}.npz", ra["sha256"])
+        xb = RunStore(str(tmp_path / "b")).read_arrays(f"stats/{rb['name']}.npz", rb["sha256"])
+        assert xa.keys() == xb.keys() and all(np.array_equal(xa[k], xb[k]) for k in xa)

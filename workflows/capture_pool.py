@@ -71,7 +71,8 @@ def run_capture(cfg: Config, store: RunStore, todo, sites, k: int, threshold: np
     n_actors = min(cc.actors, len(todo))
     actors = {slot: start() for slot in range(n_actors)}
     generation: Counter = Counter()
-    budget = (cfg.capture.batch_tokens, seq_len, k, stats_fraction is not None)  # each actor fixes its own
+    # each actor fixes its own batch budget, and seals its statistics every `flush_every` shards
+    budget = (cfg.capture.batch_tokens, seq_len, k, stats_fraction is not None, cfg.stats.flush_every)
 
     starting = {actors[slot].ready.remote(*budget): (slot, 0) for slot in actors}
     live: set[int] = set()
@@ -115,14 +116,14 @@ def run_capture(cfg: Config, store: RunStore, todo, sites, k: int, threshold: np
         actors[slot] = start()
         starting[actors[slot].ready.remote(*budget)] = (slot, generation[slot])
 
-    def flush(slot: int) -> None:
-        """Ask an actor to write its statistics. It runs in the actor's own `io` thread, after the shard running
-        there ends and while the next ones run, so the partial it writes names the shards it really covers; the
-        driver books them from that list."""
+    def flush(slot: int, final: bool) -> None:
+        """Ask an actor to write the statistics it sealed (every `stats.flush_every` shards; with `final`, also
+        those since). It runs in the actor's own `io` thread while the next shards run; the partials it writes
+        name the shards they cover, and the driver books them from those lists."""
         flushes[slot] += 1
         name = f"partial-a{attempt:03d}-s{slot:03d}-g{generation[slot]:03d}-{flushes[slot]:05d}"
         flush_call = actors[slot].flush.options(concurrency_group="io")
-        flushing[flush_call.remote(store.root, config_hash, name)] = (slot, generation[slot])
+        flushing[flush_call.remote(store.root, config_hash, name, final)] = (slot, generation[slot])
 
     def fail(key, what: str, exc: BaseException) -> None:
         if (user := _user_error(exc)) is not None:
@@ -148,7 +149,7 @@ def run_capture(cfg: Config, store: RunStore, todo, sites, k: int, threshold: np
                 busy = {s for s, _ in flushing.values()}
                 for slot in sorted(live - busy):
                     if unflushed[slot]:
-                        flush(slot)
+                        flush(slot, final=True)
                 if not flushing:
                     break
             ready, _ = ray.wait(list(in_flight) + list(flushing) + list(starting), num_returns=1, timeout=10.0)
@@ -171,24 +172,27 @@ def run_capture(cfg: Config, store: RunStore, todo, sites, k: int, threshold: np
                 continue
             if ref in flushing:
                 # on failure the actor's statistics are in an unknown state: it is replaced, its shards run again
-                slot, gen, partial = reply(flushing, ref, "flush {slot}", "statistics flush of actor {slot}")
-                if partial is None:
+                slot, gen, partials = reply(flushing, ref, "flush {slot}", "statistics flush of actor {slot}")
+                if partials is None:
                     continue
                 if gen != generation[slot]:
                     # written by an actor replaced after it was asked (its flush ran on while a shard failed): its
-                    # shards went back to the queue at the replacement, so this partial must not count them again
-                    if "sha256" in partial:
+                    # shards went back to the queue at the replacement, so these partials must not count them again
+                    for partial in partials:
                         store.delete(f"stats/{partial['name']}.json")
                         store.delete(f"stats/{partial['name']}.npz")
                     continue
-                result.partials.append(partial)
-                covered = set(partial["shards"])
-                unflushed[slot] = [i for i in unflushed[slot] if i not in covered]
-                for i in covered:
-                    if i in done:
-                        result.records.append(done.pop(i))
-                    else:
-                        flushed_early.add(i)  # its own result is still on its way to the driver
+                for partial in partials:
+                    result.partials.append(partial)
+                    covered = set(partial["shards"])
+                    unflushed[slot] = [i for i in unflushed[slot] if i not in covered]
+                    for i in covered:
+                        if i in done:
+                            result.records.append(done.pop(i))
+                        else:
+                            flushed_early.add(i)  # its own result is still on its way to the driver
+                if partials and len(unflushed[slot]) >= cfg.stats.flush_every:
+                    flush(slot, final=False)  # sealed meanwhile, while this flush was writing
                 continue
             slot, gen, shard = in_flight.pop(ref)
             queued[(slot, gen)] -= 1
@@ -213,7 +217,7 @@ def run_capture(cfg: Config, store: RunStore, todo, sites, k: int, threshold: np
                 done[shard.index] = rec
                 unflushed[slot].append(shard.index)
                 if len(unflushed[slot]) >= cfg.stats.flush_every and not any(s == slot for s, _ in flushing.values()):
-                    flush(slot)
+                    flush(slot, final=False)
             else:
                 requeue([shard.index])  # finished on an actor since replaced: its statistics are gone
     finally:
