@@ -45,7 +45,7 @@ def worker(code: str, n: int, d: int, repeats: int) -> None:
     mix = rng.standard_normal((d, d)) * np.linspace(0.05, 1.0, d)
     n_docs = 10 * n // 60
     docs = np.repeat(np.arange(n_docs), 60)
-    x = (rng.standard_normal((10 * n, d)) @ mix + 0.8 * rng.standard_normal((n_docs, d))[docs] + 0.5).astype(np.float32)
+    x = (rng.standard_normal((len(docs), d)) @ mix + 0.8 * rng.standard_normal((n_docs, d))[docs] + 0.5).astype(np.float32)
     stats = SiteStatistics()
     stats.add(torch.from_numpy(x))
     pick = np.sort(rng.choice(len(x), n, replace=False))

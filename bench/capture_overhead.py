@@ -6,7 +6,7 @@ on, against a bare forward pass of the same model on the same batches (issue 6, 
 
 The model is the GPT-2 small architecture with random weights (the hub is unreachable here; timing does not
 depend on the weights), on random token ids in windows of the model's context length, batched by the workflow's
-default token budget (`capture.batch_tokens`). Measured in this run, interleaved `--repeats` times (the minimum
+default token budget on a CPU (`capture.batch_tokens: auto`, 4096). Measured in this run, interleaved `--repeats` times (the minimum
 and the median of each are reported, with their ratios to bare: this machine's speed drifts by +-10 % between
 runs, so read the two together):
   bare           the model's forward pass alone;
@@ -38,9 +38,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tasks.actor import ShardCapturer  # noqa: E402
+from tasks.batch_budget import CPU_BATCH_TOKENS  # noqa: E402
 from tasks.corpus import Exclusion, Shard  # noqa: E402
 from tasks.sampling import candidate_threshold  # noqa: E402
-from workflows.config import CaptureConfig, StatsConfig  # noqa: E402
+from workflows.config import StatsConfig  # noqa: E402
 
 SITES = ("resid_post", "attn_out", "mlp_out")
 log = logging.getLogger("capture_overhead")
@@ -77,7 +78,7 @@ def main() -> None:
     p.add_argument("--width", type=int, default=768)
     p.add_argument("--heads", type=int, default=12)
     p.add_argument("--seq", type=int, default=1024)
-    p.add_argument("--batch-tokens", type=int, default=CaptureConfig().batch_tokens)
+    p.add_argument("--batch-tokens", type=int, default=CPU_BATCH_TOKENS, help="default: what `auto` gives on a CPU")
     p.add_argument("--batches", type=int, default=1)
     p.add_argument("--repeats", type=int, default=6)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
