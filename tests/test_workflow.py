@@ -163,6 +163,18 @@ def test_same_results_with_two_actors_and_other_shards(tiny_run, tiny_gpt2, wiki
     np.testing.assert_allclose(np.stack(a.vector), np.stack(b.vector), rtol=1e-4, atol=1e-5)
 
 
+def test_plots_drawn_in_processes_are_the_same_bytes(tiny_run, tmp_path):
+    import shutil
+
+    from tasks.plots import draw_plots
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run, copy)
+    serial = {p: (copy / p).read_bytes() for p in draw_plots(copy, workers=1)}
+    parallel = {p: (copy / p).read_bytes() for p in draw_plots(copy, workers=2)}
+    assert len(serial) >= 18 and serial == parallel
+
+
 def test_report_redraws_plots_from_parquet(tiny_run):
     for png in (tiny_run / "plots").glob("*.png"):
         png.unlink()
