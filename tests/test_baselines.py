@@ -64,3 +64,14 @@ def test_wasserstein_of_a_shift():
     q = np.zeros(bins)
     p[10], q[30] = 1, 1
     assert wasserstein1(p, q) == pytest.approx(20 * 2 / bins)
+
+
+def test_law_log_probabilities_of_many_dimensions_are_the_rows_of_single_calls():
+    """`fit_dimension` evaluates its grid in one call: each row must be the single call's result, bit for bit."""
+    from tasks.baselines import law_log_probabilities
+
+    dims = np.exp(np.linspace(np.log(1.1), np.log(64 * 1600), 48))
+    rows = law_log_probabilities(dims, 200)
+    assert rows.shape == (48, 200)
+    for d, row in zip(dims, rows):
+        assert np.array_equal(row, law_log_probabilities(float(d), 200))
