@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from tasks.batch_budget import CPU_BATCH_TOKENS, MAX_SEALED
+from tasks.batch_budget import CPU_BATCH_TOKENS
 from tasks.batch_budget import resolve as resolve_budget
 from tasks.capture import SiteRecorder, forward_and_gather, pad_batch
 from tasks.corpus import Exclusion, Shard, batches
@@ -27,6 +27,8 @@ from tasks.sampling import BottomKSample, context_ids, token_hash
 from tasks.storage import RunStore, shard_file
 
 log = logging.getLogger(__name__)
+
+MAX_SEALED = 2  # sealed statistics an actor may hold unwritten before its next shard waits
 
 
 class ShardCapturer:
@@ -68,9 +70,10 @@ class ShardCapturer:
         self.stats_shards: list[int] = []
         self.batch_tokens = CPU_BATCH_TOKENS  # the budget `process` uses when given none; set by `ready`
         self.flush_every: int | None = None  # seal the statistics every this many shards (set by `ready`)
-        # Sealed statistics, each (per-site statistics, their shards), waiting for `flush` to write them, guarded by
-        # `_state`; the running statistics are `process`'s for a whole shard, under `_lock`.
-        self._sealed: list[tuple[list[SiteStatistics], list[int]]] = []
+        # Sealed statistics, each (on a GPU their packed state on the host, on a CPU the statistics themselves; their
+        # shards), waiting for `flush` to write them, guarded by `_state`; the running statistics are `process`'s
+        # for a whole shard, under `_lock`.
+        self._sealed: list[tuple[dict[str, np.ndarray] | list[SiteStatistics], list[int]]] = []
         self._state = threading.Condition()
         self._lock = threading.Lock()
 
@@ -201,10 +204,14 @@ class ShardCapturer:
         return record
 
     def _seal(self) -> None:
-        """Close the running statistics into a set of their own for `flush` to write (callers hold `_lock`)."""
+        """Close the running statistics into a set of their own for `flush` to write (callers hold `_lock`). On a
+        GPU the set is packed and moved to the host here, so that the device holds one set of statistics at a time
+        (a GPT-2-XL set is 5.9 GB), leaving the checksum and the write, the slow part, to `flush`; on a CPU the
+        packing is left to `flush` too."""
         if self.stats is not None and self.stats_shards:
+            held = stack_states(self.stats, copy=False, packed=True) if self.device.type == "cuda" else self.stats
             with self._state:
-                self._sealed.append((self.stats, self.stats_shards))
+                self._sealed.append((held, self.stats_shards))
         self.stats, self.stats_shards = None, []
 
     def flush(self, store_root: str, config_hash: str, name: str, final: bool = True) -> list[dict]:
@@ -214,8 +221,8 @@ class ShardCapturer:
         The sets are sealed by `process` every `flush_every` shards (and by the final flush), so which shards a
         partial holds depends only on the order this actor ran its shards, not on when the driver asked: the same
         run merges the same partials to the same bits. Safe to call from a second thread while `process` runs
-        (the driver runs it in the actor's `io` concurrency group): the packing, the copy to the host and the
-        write then overlap the next shards' forward passes."""
+        (the driver runs it in the actor's `io` concurrency group): the checksum and the write (and on a CPU the
+        packing) then overlap the next shards' forward passes."""
         if final:
             with self._lock:  # after the shard running now, if any
                 self._seal()
@@ -223,18 +230,18 @@ class ShardCapturer:
             sets = list(self._sealed)
         records = []
         for k in range(len(sets)):
-            stats, shards = sets.pop(0)  # dropped as soon as written: a GPU actor frees its device memory
+            held, shards = sets.pop(0)  # dropped as soon as written
             record = {"name": f"{name}-{k}", "config_hash": config_hash, "shards": sorted(shards)}
             store = RunStore(store_root)
-            arrays = stack_states(stats, copy=False, packed=True)
+            arrays = held if isinstance(held, dict) else stack_states(held, copy=False, packed=True)
             record["sha256"] = store.write_arrays(f"stats/{record['name']}.npz", arrays)
             store.write_json(f"stats/{record['name']}.json", record)
             records.append(record)
             del arrays
             with self._state:
-                self._sealed = [entry for entry in self._sealed if entry[0] is not stats]
+                self._sealed = [entry for entry in self._sealed if entry[0] is not held]
                 self._state.notify_all()
-            del stats
+            del held
         return records
 
 

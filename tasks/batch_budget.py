@@ -21,8 +21,6 @@ import torch
 
 from tasks.corpus import Shard
 
-MAX_SEALED = 2  # sealed statistics a capture actor may hold unwritten (`tasks.actor` waits beyond that)
-
 log = logging.getLogger(__name__)
 
 CPU_BATCH_TOKENS = 4096  # bench/capture_overhead.py measures capture at this budget
@@ -78,9 +76,8 @@ def probe(capturer, seq_len: int, k: int, stats: bool, meter=None, vocab: int | 
     of one shard of n1 and one of 2 n1 full-length sequences (random ids, every token a sample candidate, the d x d
     statistics on every token when `stats`), n1 the fewest sequences that hold k tokens so that both probes gather
     the sample's full k rows per batch. The sample may hold up to 3 k rows between trims (2 k kept, k arriving):
-    the 2 k the probes do not hold are added to `fixed`, and so are the sealed sets of statistics an actor may hold
-    while they are written and the next shards start new ones (`MAX_SEALED`). The capturer's statistics are
-    discarded afterwards."""
+    the 2 k the probes do not hold are added to `fixed`. (Sealed statistics wait for their write on the host, so
+    the device holds one set, which the probes include.) The capturer's statistics are discarded afterwards."""
     meter = meter or CudaMemory(capturer.device)
     vocab = vocab or int(getattr(capturer.model.config, "vocab_size", 2))
     n1 = max(1, -(-k // seq_len))
@@ -93,15 +90,13 @@ def probe(capturer, seq_len: int, k: int, stats: bool, meter=None, vocab: int | 
         meter.reset()
         capturer.process(shard, k, np.uint64(2**64 - 1), 0, n * seq_len, stats_fraction=1.0 if stats else None)
         peaks.append(meter.peak())
-    # sealed statistics waiting for their write while the next shards run: up to MAX_SEALED sets besides these
-    held = MAX_SEALED * sum(st.nbytes() for st in capturer.stats or [])
     capturer.stats, capturer.stats_shards = None, []
     meter.reset()
     per_sequence = max((peaks[1] - peaks[0]) // n1, 1)
     width = int(getattr(capturer.model.config, "hidden_size", 0) or getattr(capturer.model.config, "n_embd", 0))
     itemsize = next(capturer.model.parameters()).element_size()  # the sample stays on the device in the model's dtype
     sample_rows = 2 * k * len(capturer.recorder.sites) * width * itemsize
-    fixed = peaks[0] - n1 * per_sequence + sample_rows + held
+    fixed = peaks[0] - n1 * per_sequence + sample_rows
     return MemoryModel(fixed=int(fixed), per_sequence=int(per_sequence), available=meter.available())
 
 

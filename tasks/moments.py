@@ -504,20 +504,6 @@ class SiteStatistics:
     def state(self, copy: bool = True, packed: bool = False) -> dict[str, np.ndarray]:
         return {f"{name}.{k}": v for name in self.PARTS for k, v in getattr(self, name).state(copy, packed).items()}
 
-    def nbytes(self) -> int:
-        """Bytes its accumulators hold where they live (a GPU actor's device): what a second set costs while a
-        flush of this one overlaps the next shard."""
-        def tensors(obj):
-            for v in vars(obj).values():
-                if isinstance(v, torch.Tensor):
-                    yield v
-                elif isinstance(v, dict):
-                    yield from (t for t in v.values() if isinstance(t, torch.Tensor))
-                elif isinstance(v, (_Stat, NormHistogram)):
-                    yield from tensors(v)
-
-        return sum(t.numel() * t.element_size() for name in self.PARTS for t in tensors(getattr(self, name)))
-
     @classmethod
     def load(cls, state: dict, copy: bool = True) -> SiteStatistics:
         s = cls()
