@@ -206,6 +206,18 @@ def test_excluded_tokens_stay_out_of_sample_and_statistics(tiny_gpt2, exclude):
         np.testing.assert_allclose(st.excluded_norms.moments.variance, [ex_norms.var()], rtol=1e-4)
 
 
+def random_shards(n: int, sequences: int, longest: int, seed: int) -> list[Shard]:
+    """`n` shards of `sequences` random sequences of 20 to `longest` tokens, each document its own."""
+    rng = np.random.default_rng(seed)
+    shards = []
+    for index in range(n):
+        lengths = rng.integers(20, longest, size=sequences)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        shards.append(Shard(index, rng.integers(5, 2048, int(lengths.sum())).astype(np.int32), offsets,
+                            np.arange(sequences) + 10 * index, np.zeros(sequences, np.int64)))
+    return shards
+
+
 def test_flush_from_another_thread_while_shards_run(tiny_gpt2, tmp_path):
     """`flush` in a second thread (the actor's `io` concurrency group) while `process` runs shard after shard: the
     partials cover every shard once, and merged they equal the statistics of the same shards with no flush."""
@@ -214,13 +226,7 @@ def test_flush_from_another_thread_while_shards_run(tiny_gpt2, tmp_path):
     from tasks.merge import merge_statistics_files
     from tasks.moments import unstack_states
 
-    rng = np.random.default_rng(8)
-    shards = []
-    for index in range(8):
-        lengths = rng.integers(20, 100, size=5)
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        shards.append(Shard(index, rng.integers(5, 2048, int(lengths.sum())).astype(np.int32), offsets,
-                            np.arange(5) + 10 * index, np.zeros(5, np.int64)))
+    shards = random_shards(8, 5, 100, seed=8)
     sites = [(0, "resid_post"), (1, "mlp_out")]
     cap, single = ShardCapturer(str(tiny_gpt2), "float32", sites), ShardCapturer(str(tiny_gpt2), "float32", sites)
     done = threading.Event()
@@ -257,12 +263,7 @@ def test_partials_hold_flush_every_shards_whenever_the_flush_comes(tiny_gpt2, tm
     from tasks.storage import RunStore
 
     rng = np.random.default_rng(9)
-    shards = []
-    for index in range(7):
-        lengths = rng.integers(20, 90, size=4)
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        shards.append(Shard(index, rng.integers(5, 2048, int(lengths.sum())).astype(np.int32), offsets,
-                            np.arange(4) + 10 * index, np.zeros(4, np.int64)))
+    shards = random_shards(7, 4, 90, seed=9)
     sites = [(0, "resid_post"), (1, "attn_out")]
 
     def capturer():
