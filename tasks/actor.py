@@ -145,9 +145,13 @@ class ShardCapturer:
                     keep[keep] = sample.candidates(hashes[keep])
                 if not keep.any() and not with_stats:
                     continue  # nothing here can enter the sample: skip the forward pass
-                if with_stats:
-                    chosen = second_order_tokens(seed, shard.doc[seqs], shard.window[seqs], cols, stats_fraction)
-                    self.recorder.second_order = _rows_of(torch.as_tensor(chosen, device=self.device))
+                if with_stats:  # the (B, T) grid of the tokens that feed the d x d statistics; None: all of them
+                    self.recorder.second_order = None
+                    if stats_fraction < 1.0:
+                        chosen = np.zeros((len(seq_index), int(seq_len.max())), dtype=bool)
+                        chosen[rows, cols] = second_order_tokens(seed, shard.doc[seqs], shard.window[seqs], cols,
+                                                                 stats_fraction)
+                        self.recorder.second_order = torch.as_tensor(chosen, device=self.device)
                 grid = None
                 if excluded is not None and with_stats:
                     grid = np.zeros((len(seq_index), int(seq_len.max())), dtype=bool)
@@ -251,9 +255,3 @@ def second_order_tokens(seed: int, doc: np.ndarray, window: np.ndarray, pos: np.
     if fraction >= 1.0:
         return np.ones(len(doc), dtype=bool)
     return token_hash(seed ^ 0x5EC0_0D0E, doc, window, pos) < np.uint64(int(fraction * 2.0**64))
-
-
-def _rows_of(chosen: torch.Tensor):
-    """The recorder's `second_order`: from the mask over the batch's real tokens of those feeding the statistics
-    (finite, not excluded), the row indices (among those tokens) of the chosen ones."""
-    return lambda finite: torch.nonzero(chosen[finite], as_tuple=True)[0]

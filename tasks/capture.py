@@ -24,6 +24,11 @@ def _module(model: torch.nn.Module, path: str) -> torch.nn.Module:
         raise RuntimeError(f"module {path!r} not found in {type(model).__name__}; the site table is wrong") from None
 
 
+def _indices(mask: torch.Tensor) -> torch.Tensor:
+    """Positions of the True entries of a mask, flattened in row-major order (what boolean indexing selects)."""
+    return torch.nonzero(mask.reshape(-1), as_tuple=True)[0]
+
+
 class SiteRecorder:
     """Forward hooks on every (layer, site); each keeps the output rows at the currently selected positions.
 
@@ -41,7 +46,7 @@ class SiteRecorder:
         self._out: list[torch.Tensor | None] = [None] * len(self.sites)
         self.nonfinite: torch.Tensor | None = None  # per site: real tokens whose state has a NaN or Inf
         self.stats: list | None = None  # per site: a SiteStatistics fed every real, finite, not excluded token
-        self.second_order = None  # mask of the real tokens that feed the statistics -> rows for the d x d ones
+        self.second_order: torch.Tensor | None = None  # (B, T) bool: tokens that feed the d x d statistics (None: all)
 
     def _hook(self, slot: int):
         def hook(_module, _inputs, output):
@@ -54,13 +59,17 @@ class SiteRecorder:
             finite = torch.isfinite(norms)
             self.nonfinite[slot] += ((~finite) & self.valid).sum()
             if self.stats is not None:
-                used = self.valid & finite  # every real token with a finite state, in (b, t) order
+                # Every real token with a finite state, in (b, t) order, as indices: one host synchronisation (the
+                # count) per site, the gathers then run without one.
+                flat, flat_norms = hidden.reshape(-1, hidden.shape[-1]), norms.reshape(-1)
+                used = self.valid & finite
                 if self.excluded is not None:
-                    out = used & self.excluded
-                    self.stats[slot].add_excluded(hidden[out], norms[out])
+                    out = _indices(used & self.excluded)
+                    self.stats[slot].add_excluded(flat.index_select(0, out), flat_norms.index_select(0, out))
                     used = used & ~self.excluded
-                second = self.second_order(used[self.valid]) if self.second_order is not None else None
-                self.stats[slot].add(hidden[used], second, norms=norms[used])
+                rows = _indices(used)
+                second = None if self.second_order is None else _indices(self.second_order.reshape(-1)[rows])
+                self.stats[slot].add(flat.index_select(0, rows), second, norms=flat_norms.index_select(0, rows))
 
         return hook
 

@@ -294,3 +294,34 @@ def test_partials_hold_flush_every_shards_whenever_the_flush_comes(tiny_gpt2, tm
         xa = RunStore(str(tmp_path / "a")).read_arrays(f"stats/{ra['name']}.npz", ra["sha256"])
         xb = RunStore(str(tmp_path / "b")).read_arrays(f"stats/{rb['name']}.npz", rb["sha256"])
         assert xa.keys() == xb.keys() and all(np.array_equal(xa[k], xb[k]) for k in xa)
+
+
+def test_statistics_hooks_synchronise_at_most_twice_per_site(tiny_gpt2):
+    """On a GPU every data-dependent shape (a nonzero, a boolean-mask gather) makes the host wait for the card.
+    With statistics on, the hooks take two per site and forward pass (the rows fed, and among them those for the d x
+    d statistics; one when all tokens feed those); they took five before. Counted at the dispatcher, on CPU."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Syncs(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.count = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func._schema.name
+            indices = args[1] if name == "aten::index" and len(args) > 1 else []
+            if name.startswith("aten::nonzero") or name == "aten::masked_select" or any(
+                    isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in indices):
+                self.count[name] += 1
+            return func(*args, **(kwargs or {}))
+
+    sites = [(layer, s) for layer in range(2) for s in SITES]
+    cap = ShardCapturer(str(tiny_gpt2), "float32", sites)
+    shard = random_shards(1, 8, 100, seed=4)[0]
+    for fraction, per_site in ((0.05, 2), (1.0, 1)):
+        cap.stats = None
+        with Syncs() as syncs:
+            meta = cap.process(shard, 10, np.uint64(0), 0, 300, stats_fraction=fraction)  # no sample: hooks only
+        assert sum(syncs.count.values()) == per_site * len(sites) * meta["forward_batches"], syncs.count
