@@ -86,8 +86,8 @@ class ShardCapturer:
         import ray
 
         t0 = time.perf_counter()
-        self.flush_every = flush_every
         self.batch_tokens = resolve_budget(self, batch_tokens, seq_len, k, stats)
+        self.flush_every = flush_every
         node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
         return {"device": str(self.device), "node": node, "load_seconds": round(self.load_seconds, 3),
                 "batch_tokens": self.batch_tokens, "budget_seconds": round(time.perf_counter() - t0, 3)}

@@ -83,14 +83,17 @@ def probe(capturer, seq_len: int, k: int, stats: bool, meter=None, vocab: int | 
     n1 = max(1, -(-k // seq_len))
     rng = np.random.default_rng(0)
     peaks = []
-    for n in (n1, 2 * n1):
-        shard = Shard(index=-1, ids=rng.integers(0, vocab, n * seq_len, dtype=np.int32),
-                      offsets=np.arange(n + 1, dtype=np.int64) * seq_len, doc=np.arange(n, dtype=np.int64),
-                      window=np.zeros(n, dtype=np.int64))
-        meter.reset()
-        capturer.process(shard, k, np.uint64(2**64 - 1), 0, n * seq_len, stats_fraction=1.0 if stats else None)
-        peaks.append(meter.peak())
-    capturer.stats, capturer.stats_shards = None, []
+    flush_every, capturer.flush_every = capturer.flush_every, None  # the probes' statistics are never sealed
+    try:
+        for n in (n1, 2 * n1):
+            shard = Shard(index=-1, ids=rng.integers(0, vocab, n * seq_len, dtype=np.int32),
+                          offsets=np.arange(n + 1, dtype=np.int64) * seq_len, doc=np.arange(n, dtype=np.int64),
+                          window=np.zeros(n, dtype=np.int64))
+            meter.reset()
+            capturer.process(shard, k, np.uint64(2**64 - 1), 0, n * seq_len, stats_fraction=1.0 if stats else None)
+            peaks.append(meter.peak())
+    finally:
+        capturer.stats, capturer.stats_shards, capturer.flush_every = None, [], flush_every
     meter.reset()
     per_sequence = max((peaks[1] - peaks[0]) // n1, 1)
     width = int(getattr(capturer.model.config, "hidden_size", 0) or getattr(capturer.model.config, "n_embd", 0))

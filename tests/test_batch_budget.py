@@ -52,13 +52,16 @@ def _shard(n: int, seq_len: int, seed: int) -> Shard:
                  np.arange(n, dtype=np.int64), np.zeros(n, dtype=np.int64))
 
 
-def test_probe_predicts_a_third_batch_and_leaves_no_statistics(tiny_gpt2):
+def test_probe_predicts_a_third_batch_and_leaves_no_statistics(tiny_gpt2, tmp_path):
     sites = [(0, "resid_post"), (1, "attn_out"), (1, "mlp_out")]
     cap = ShardCapturer(str(tiny_gpt2), "float32", sites)
+    cap.flush_every = 1  # as `ready` may have set it: the probes' statistics must not be sealed for a flush
     meter = OutputBytes(cap.model, available=10**9)
     seq_len, k = 32, 40
     model = probe(cap, seq_len, k, stats=True, meter=meter)
-    assert cap.stats is None and cap.stats_shards == []
+    assert cap.stats is None and cap.stats_shards == [] and cap.flush(str(tmp_path), "h", "p") == []
+    assert cap.flush_every == 1
+    cap.flush_every = None
     margin = 2 * k * len(sites) * 64 * 4  # the sample rows the probes do not hold (float32, width 64)
     for n in (5, 9):  # out of sample: the probes ran 2 and 4 sequences
         meter.reset()
