@@ -168,9 +168,8 @@ def pair_cosine_variance(x: np.ndarray) -> float:
     n = len(u)
     sq = (u * u).sum(1)
     s = u.sum(0)
-    pairs = float(n) * (n - 1)
-    mean = (float(s @ s) - float(sq.sum())) / pairs
-    mean_sq = (float(torch.linalg.matrix_norm(u.T @ u) ** 2) - float((sq * sq).sum())) / pairs
+    mean = mean_cosine(n, s.numpy(), float(sq.sum()))
+    mean_sq = (float(torch.linalg.matrix_norm(u.T @ u) ** 2) - float((sq * sq).sum())) / (float(n) * (n - 1))
     return mean_sq - mean**2
 
 
