@@ -263,9 +263,9 @@ def histogram_distance_bootstrap(
     A baseline given as a histogram (a 1-D array: the exact law) is held fixed. A baseline given as the unit rows of
     a sample (a tensor: the matched Gaussian's draws, independent tokens), or as their grouped pair counts
     (`baseline_counts`, a 3-D array), is resampled too, by the same scheme with `BASELINE_GROUPS` groups of its
-    tokens and an independent stream of draws, so that the interval covers its noise
-    as well: a new seed draws a new baseline sample, and an interval that held it fixed would be about sqrt(2) too
-    narrow for the seed-to-seed spread. A percentile interval of a distance is biased upward where the distance is
+    tokens and an independent stream of draws, so that the interval covers its noise as well: a new seed draws a
+    new baseline sample, and an interval that held it fixed would be about sqrt(2) too narrow for the seed-to-seed
+    spread. A percentile interval of a distance is biased upward where the distance is
     near 0 (resampling noise adds distance), so there it may lie above the estimate.
     """
     groups = document_groups(doc_ids, max_groups)
@@ -298,7 +298,7 @@ def _baseline_replicates(baseline: np.ndarray | torch.Tensor, bins: int, tile: i
     counts = np.asarray(grouped, dtype=np.float64)
     g = len(counts)
     m = _multiplicities(np.random.default_rng([seed, 1 + index]).integers(0, g, size=(n_boot, g)))
-    full = counts.sum((0, 1)).astype(np.float64)
+    full = counts.sum((0, 1))
     return lambda rows: full if rows is None else replicate_histograms(counts, m[rows])
 
 

@@ -3,9 +3,9 @@
 Off unless `GPT_STATS_FAULTS` is set, e.g. `exit@3x1,raise@5x9,delay@*x99`: `exit` ends the actor's process
 abruptly (as an out-of-memory kill does), `raise` raises an exception, `delay` sleeps a second (to keep work in
 flight while a test pulls a node away), all as the shard starts; `late` raises after the shard's first forward
-pass (as a GPU running out of memory mid-shard does, its statistics already fed); `@3` is the shard index (`*` any shard); `x1` the number of times it fires
-per shard, across retries and restarted actors, counted with files in `GPT_STATS_FAULT_DIR` (shared by all
-processes).
+pass (as a GPU running out of memory mid-shard does, its statistics already fed); `@3` is the shard index (`*`
+any shard); `x1` the number of times it fires per shard, across retries and restarted actors, counted with files
+in `GPT_STATS_FAULT_DIR` (shared by all processes).
 """
 
 from __future__ import annotations

@@ -169,8 +169,8 @@ def draw_plots(run_dir: str | RunStore, workers: int | None = None) -> list[str]
 
     The per-site plots (three per site: 432 for GPT-2-XL, about 0.1 s each) are drawn by `workers` processes
     (default: the CPUs, at most PLOT_WORKERS and one per MIN_PLOTS_PER_WORKER plots; 1 draws them here), started
-    with `spawn`, since the driver holds
-    threads (torch, Ray) that a forked child must not inherit. The files are the same bytes either way."""
+    with `spawn`, since the driver holds threads (torch, Ray) that a forked child must not inherit. The files are
+    the same bytes either way."""
     store = run_dir if isinstance(run_dir, RunStore) else RunStore(str(run_dir))
     hists, summary = _histograms(store), _summary(store)
     store.delete("plots")

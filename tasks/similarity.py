@@ -17,7 +17,7 @@ import torch
 
 COLLECT_CAP = 2_000_000  # most pairs gathered at once when ranking inside one bin
 SUB_BINS = 4096
-KEY_BUFFER = 1 << 24  # most keys (int64: 128 MiB) that the grouped pair counts hold before counting them
+KEY_BUFFER = 1 << 24  # most keys (int32: 64 MiB) that the grouped pair counts hold before counting them
 
 
 def unit_rows(x: np.ndarray | torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
@@ -204,8 +204,9 @@ def grouped_cosine_counts(units: torch.Tensor, groups: np.ndarray, n_groups: int
     group(j) = b and cos(i, j) in bin k (int64, shape (n_groups, n_groups, bins)).
 
     The same tile pass and the same arithmetic bins (`bin_index`) as `cosine_histogram`, so C.sum((0, 1)) equals
-    its counts exactly; each tile is counted with one `bincount` of the combined key (a * n_groups + b) * bins + k.
-    Memory: the count array (n_groups^2 * bins int64) plus one tile of keys. Used by the document bootstrap of the
+    its counts exactly; the tiles' combined keys (a * n_groups + b) * bins + k are counted by `bincount` whenever
+    as many as min(cells, KEY_BUFFER) have gathered. Memory: the count array (n_groups^2 * bins int64) plus that
+    many keys. Used by the document bootstrap of the
     histogram distances (`tasks.distances.replicate_histograms`): a resample of groups reweights whole cells of C.
     Given an empty `hist`, the same pass fills it, equal to `cosine_histogram`'s to the bit (one tile pass, not two).
     """
