@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 F64 = torch.float64
+NORM_TINY = 2.0**-40  # float32 row norms below this may have lost precision to underflowing squares
 CPU_BLOCK = 1 << 18  # elements per block for the O(n d) reductions on a CPU (1 MiB of float32); a GPU takes the batch
 
 
@@ -214,10 +215,19 @@ class _Stat:
         """Merge preamble: True when nothing is left to do (other empty, or self empty and now a copy of it)."""
         if other.n == 0:
             return True
-        if self.n == 0:
-            self.n, self.t = other.n, {k: _owned(other._field(k), other.t[k]) for k in other.t}
+        if self.n == 0:  # a copy; d x d fields keep their (authoritative) upper triangle unmirrored
+            self.n, self.t = other.n, {k: v.clone() if v.ndim == 2 else _owned(other._field(k), v)
+                                       for k, v in other.t.items()}
             return True
         return False
+
+    def _absorb(self, other: _Stat) -> _Stat:
+        """Merge a batch's own statistic, built by `add` and used nowhere else: taken as it is (no copy) while we
+        are empty, as after every seal of an actor's statistics."""
+        if self.n == 0:
+            self.n, self.t = other.n, other.t
+            return self
+        return self.merge(other)
 
     def state(self, copy: bool = True, packed: bool = False) -> dict[str, np.ndarray]:
         """`n` and the fields as NumPy arrays; with `copy=False`, views of the accumulators where they are on the
@@ -265,7 +275,7 @@ class Moments(_Stat):
         # cancellation to speak of): M2 = S2 - n delta^2, M3 = S3 - 3 delta S2 + 2 n delta^3,
         # M4 = S4 - 4 delta S3 + 6 delta^2 S2 - 3 n delta^4.
         centre = _centre(x)
-        self.merge(Moments._partial(len(x), centre, _block_sums(x, centre=centre)[0]))
+        self._absorb(Moments._partial(len(x), centre, _block_sums(x, centre=centre)[0]))
 
     @classmethod
     def _partial(cls, n: int, centre: torch.Tensor, s: torch.Tensor) -> Moments:
@@ -330,7 +340,7 @@ class Covariance(_Stat):
         dev = x.to(dtype) - mean.to(dtype)
         other = Covariance()
         other.n, other.t = x.shape[0], {"mean": mean, "comoment": (dev.T @ dev).to(F64)}
-        self.merge(other)
+        self._absorb(other)
 
     def merge(self, other: Covariance) -> Covariance:
         if self._take(other):
@@ -350,9 +360,23 @@ class Covariance(_Stat):
 
 
 def row_norms(x: torch.Tensor) -> torch.Tensor:
-    """(..., d) -> (...): the Euclidean norm of every row, in float64. Computed once per site and batch (in the
-    capture hook, where it also tells the finite rows) and shared by the statistics' parts."""
-    return torch.linalg.vector_norm(x, dim=-1, dtype=F64)
+    """(..., d) -> (...): the Euclidean norm of every row, in float64, as exact as a float64 computation: finite
+    for every row of finite values, however large or small (NaN or Inf for a row holding one). Computed once per
+    site and batch (in the capture hook, where it also tells the finite rows) and shared by the statistics' parts.
+
+    A float32 batch on a CPU is reduced in float32 (relative error about 1e-7), and only the rows where that
+    overflows, underflows or meets a NaN or Inf are recomputed in float64: casting the whole batch to float64
+    first, as everywhere else, costs 1.7 ms against 0.15 ms per site for 4096 GPT-2-small tokens. On a GPU the
+    cast is part of the reduction's kernel and costs nothing to speak of, and the row indices would cost a
+    host synchronisation."""
+    if x.device.type != "cpu" or x.dtype != torch.float32:
+        return torch.linalg.vector_norm(x, dim=-1, dtype=F64)
+    norms = torch.linalg.vector_norm(x, dim=-1)
+    odd = torch.nonzero(~((norms > NORM_TINY) & (norms < math.inf)).reshape(-1), as_tuple=True)[0]
+    norms = norms.to(F64)
+    if len(odd):
+        norms.view(-1)[odd] = torch.linalg.vector_norm(x.reshape(-1, x.shape[-1])[odd], dim=-1, dtype=F64)
+    return norms
 
 
 def _units(x: torch.Tensor, dtype: torch.dtype, norms: torch.Tensor | None = None) -> torch.Tensor:
@@ -373,7 +397,7 @@ class UnitSums(_Stat):
         x = _batch(x)
         if x.shape[0] == 0:
             return
-        self.merge(UnitSums._partial(len(x), _block_sums(x, norms=row_norms(x) if norms is None else norms)[1]))
+        self._absorb(UnitSums._partial(len(x), _block_sums(x, norms=row_norms(x) if norms is None else norms)[1]))
 
     @classmethod
     def _partial(cls, n: int, sums: torch.Tensor) -> UnitSums:
@@ -405,7 +429,7 @@ class UnitSecondMoment(_Stat):
         u = _units(x, _product_dtype(x), norms)
         other = UnitSecondMoment()
         other.n, other.t = x.shape[0], {"second": (u.T @ u).to(F64)}
-        self.merge(other)
+        self._absorb(other)
 
     def merge(self, other: UnitSecondMoment) -> UnitSecondMoment:
         if not self._take(other):
@@ -484,8 +508,8 @@ class SiteStatistics:
             return
         norms, centre = row_norms(x) if norms is None else norms, _centre(x)
         powers, units = _block_sums(x, centre, norms)  # Moments and UnitSums in one pass over the batch
-        self.moments.merge(Moments._partial(len(x), centre, powers))
-        self.units.merge(UnitSums._partial(len(x), units))
+        self.moments._absorb(Moments._partial(len(x), centre, powers))
+        self.units._absorb(UnitSums._partial(len(x), units))
         self.norms.add(x, norms)
         if second_order_rows is not None:
             x, norms = x[second_order_rows], norms[second_order_rows]

@@ -13,6 +13,7 @@ from tasks.moments import (
     UnitSecondMoment,
     UnitSums,
     pack_symmetric,
+    row_norms,
     unpack_symmetric,
 )
 
@@ -179,3 +180,44 @@ def test_packed_states_hold_the_same_statistics():
     np.testing.assert_array_equal(unpack_symmetric(pack_symmetric(a)), a)
     with pytest.raises(ValueError, match="upper triangle"):
         unpack_symmetric(np.zeros(7))
+
+
+def test_row_norms_as_exact_as_float64_at_any_scale():
+    """float32 rows on a CPU are reduced in float32 except where that over- or underflows or meets a NaN or Inf:
+    every norm equals numpy's float64 norm of the same values (to float32 precision for ordinary rows, exactly
+    enough for the extreme ones, whose float32 sums of squares would be Inf or 0), and non-finite rows stay so."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((9, 4, 50)).astype(np.float32) * 3
+    x[1, 2] *= np.float32(1e20)  # squares overflow float32
+    x[3, 0] *= np.float32(1e-25)  # squares underflow float32
+    x[4, 1] = 0.0
+    x[5, 3, 7] = np.nan
+    x[6, 0, 0] = np.inf
+    x[7, 1, :25] *= np.float32(1e18)  # half huge, half ordinary: float32 copes
+    got = row_norms(torch.from_numpy(x)).numpy()
+    assert got.dtype == np.float64 and got.shape == (9, 4)
+    want = np.linalg.norm(x.astype(np.float64), axis=-1)
+    assert np.array_equal(np.isfinite(got), np.isfinite(want)) and np.isnan(got[5, 3]) and got[6, 0] == np.inf
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=3e-7)
+    for row in ((1, 2), (3, 0)):
+        np.testing.assert_allclose(got[row], want[row], rtol=1e-14)
+    assert got[4, 1] == 0.0 and got[3, 0] > 0
+    for dtype in (torch.float64, torch.bfloat16):  # other dtypes take the float64 reduction
+        t = torch.from_numpy(x[0]).to(dtype)
+        np.testing.assert_allclose(row_norms(t).numpy(), np.linalg.norm(t.double().numpy(), axis=-1), rtol=1e-14)
+
+
+def test_merge_into_an_empty_statistic_copies():
+    """Merging into an empty statistic takes a copy: adding to the source afterwards leaves it as it was."""
+    x, parts = data(seed=13)
+    for cls in (Moments, Covariance, UnitSums, UnitSecondMoment):
+        source = cls()
+        source.add(torch.from_numpy(parts[0]))
+        copy = cls().merge(source)
+        before = copy.state()
+        source.add(torch.from_numpy(parts[1]))
+        source.merge(cls.load(source.state()))
+        for key, value in copy.state().items():
+            np.testing.assert_array_equal(value, before[key])
+        np.testing.assert_array_equal(copy.state()["n"], len(parts[0]))
