@@ -71,6 +71,31 @@ class CudaMemory:
         return int(free) + int(torch.cuda.memory_reserved(self.device))
 
 
+class OutputBytes:
+    """A memory meter for a CPU, where no allocator reports a peak: the bytes of every module output of `model`
+    since `reset` (linear in the batch, as activation memory is), with a fixed `available`. Exact and
+    deterministic, so the tests hold `probe`'s arithmetic to it, and `bench/gpu.py --device cpu` runs with it."""
+
+    def __init__(self, model: torch.nn.Module, available: int):
+        self.total, self._available = 0, available
+        for module in model.modules():
+            module.register_forward_hook(self._count)
+
+    def _count(self, _module, _inputs, output) -> None:
+        for t in output if isinstance(output, tuple) else (output,):
+            if isinstance(t, torch.Tensor):
+                self.total += t.numel() * t.element_size()
+
+    def reset(self) -> None:
+        self.total = 0
+
+    def peak(self) -> int:
+        return self.total
+
+    def available(self) -> int:
+        return self._available
+
+
 def probe(capturer, seq_len: int, k: int, stats: bool, meter=None, vocab: int | None = None) -> MemoryModel:
     """Measure the memory model of `capturer` (a `ShardCapturer`) for sequences of `seq_len` tokens: peak memory
     of one shard of n1 and one of 2 n1 full-length sequences (random ids, every token a sample candidate, the d x d

@@ -4,11 +4,10 @@ exactly; on a GPU the same probe reads torch's peak allocation)."""
 
 import numpy as np
 import pytest
-import torch
 
 from tasks import batch_budget
 from tasks.actor import ShardCapturer
-from tasks.batch_budget import MemoryModel, fit_sequences, probe
+from tasks.batch_budget import MemoryModel, OutputBytes, fit_sequences, probe
 from tasks.corpus import Shard
 
 
@@ -20,30 +19,6 @@ def test_fit_sequences_is_the_largest_power_of_two_that_fits():
         fill, cap = float(rng.uniform(0.5, 1.0)), int(rng.integers(1, 4096))
         fitting = [2**e for e in range(20) if 2**e <= cap and model.peak(2**e) <= fill * model.available]
         assert fit_sequences(model, fill, cap) == (max(fitting) if fitting else 1)
-
-
-class OutputBytes:
-    """A memory meter for a CPU: bytes of every module output since `reset` (linear in the batch, as activation
-    memory is), with a fixed `available`."""
-
-    def __init__(self, model: torch.nn.Module, available: int):
-        self.total, self._available = 0, available
-        for module in model.modules():
-            module.register_forward_hook(self._count)
-
-    def _count(self, _module, _inputs, output):
-        for t in output if isinstance(output, tuple) else (output,):
-            if isinstance(t, torch.Tensor):
-                self.total += t.numel() * t.element_size()
-
-    def reset(self):
-        self.total = 0
-
-    def peak(self):
-        return self.total
-
-    def available(self):
-        return self._available
 
 
 def _shard(n: int, seq_len: int, seed: int) -> Shard:
