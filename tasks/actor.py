@@ -18,7 +18,7 @@ import torch
 
 from tasks.batch_budget import CPU_BATCH_TOKENS
 from tasks.batch_budget import resolve as resolve_budget
-from tasks.capture import SiteRecorder, forward_and_gather, pad_batch
+from tasks.capture import SiteRecorder, StatsFeed, forward_and_gather, pad_batch
 from tasks.corpus import Exclusion, Shard, batches
 from tasks.faults import maybe_fail
 from tasks.models import load_model, load_model_config, site_table
@@ -145,20 +145,14 @@ class ShardCapturer:
                     keep[keep] = sample.candidates(hashes[keep])
                 if not keep.any() and not with_stats:
                     continue  # nothing here can enter the sample: skip the forward pass
-                if with_stats:  # the (B, T) grid of the tokens that feed the d x d statistics; None: all of them
-                    self.recorder.second_order = None
+                if with_stats:  # which tokens feed which statistics, as indices known here: no sync in the hooks
+                    chosen = None
                     if stats_fraction < 1.0:
-                        chosen = np.zeros((len(seq_index), int(seq_len.max())), dtype=bool)
-                        chosen[rows, cols] = second_order_tokens(seed, shard.doc[seqs], shard.window[seqs], cols,
-                                                                 stats_fraction)
-                        self.recorder.second_order = torch.as_tensor(chosen, device=self.device)
-                grid = None
-                if excluded is not None and with_stats:
-                    grid = np.zeros((len(seq_index), int(seq_len.max())), dtype=bool)
-                    grid[rows, cols] = excluded
+                        chosen = second_order_tokens(seed, shard.doc[seqs], shard.window[seqs], cols, stats_fraction)
+                    self.recorder.feed = StatsFeed.of(rows * int(seq_len.max()) + cols, excluded, chosen, self.device)
                 rows, cols, seqs, hashes = rows[keep], cols[keep], seqs[keep], hashes[keep]
                 input_ids, mask = pad_batch(shard.ids, shard.offsets, seq_index, self.pad_id)
-                vectors = forward_and_gather(self.model, self.recorder, input_ids, mask, rows, cols, grid)
+                vectors = forward_and_gather(self.model, self.recorder, input_ids, mask, rows, cols)
                 forwards += 1
                 if forwards == 1:
                     maybe_fail(shard.index, late=True)

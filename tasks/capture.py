@@ -8,6 +8,7 @@ memory is proportional to the selection, not to batch x sequence x width x sites
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -24,9 +25,37 @@ def _module(model: torch.nn.Module, path: str) -> torch.nn.Module:
         raise RuntimeError(f"module {path!r} not found in {type(model).__name__}; the site table is wrong") from None
 
 
-def _indices(mask: torch.Tensor) -> torch.Tensor:
-    """Positions of the True entries of a mask, flattened in row-major order (what boolean indexing selects)."""
-    return torch.nonzero(mask.reshape(-1), as_tuple=True)[0]
+@dataclass(frozen=True)
+class StatsFeed:
+    """Which tokens of a (B, T) batch feed the streaming statistics, as indices into its flattened B x T positions,
+    in (b, t) order: `rows` feed them (the batch's real tokens less the excluded ones), `second` (positions in
+    `rows`; None: all) the d x d ones, `excluded` only the excluded norms (None: no token excluded).
+
+    The host knows all of this before the forward pass, so the hooks gather with indices and never wait for the
+    device (a mask or a `nonzero` there would make the host wait for the card at every site). The hooks still
+    leave out the rows whose state is NaN or Inf, which only the device knows: by weights, counted there."""
+
+    rows: torch.Tensor
+    second: torch.Tensor | None
+    excluded: torch.Tensor | None
+
+    @classmethod
+    def of(cls, flat: np.ndarray, excluded: np.ndarray | None, chosen: np.ndarray | None,
+           device: torch.device) -> "StatsFeed":
+        """From every real token's flat position (`flat`, (b, t) order), which of them are excluded and which
+        feed the d x d statistics (bool arrays of the same length, or None for none and all)."""
+        fed = slice(None) if excluded is None else ~excluded
+        second = None if chosen is None else np.flatnonzero(chosen[fed])
+        out = None if excluded is None or not excluded.any() else flat[excluded]
+        return cls(rows=torch.as_tensor(flat[fed], device=device),
+                   second=None if second is None else torch.as_tensor(second, device=device),
+                   excluded=None if out is None else torch.as_tensor(out, device=device))
+
+
+def _fed(finite: torch.Tensor) -> torch.Tensor | None:
+    """The weights that keep a batch's non-finite rows out of the statistics: None (all rows) when a CPU sees that
+    all are finite, which costs it nothing; the mask itself on a GPU, where looking would synchronise."""
+    return None if finite.device.type == "cpu" and bool(finite.all()) else finite
 
 
 class SiteRecorder:
@@ -42,11 +71,10 @@ class SiteRecorder:
         self.paths = [table.path(layer, site) for layer, site in self.sites]
         self.select: tuple[torch.Tensor, torch.Tensor] | None = None
         self.valid: torch.Tensor | None = None  # (B, T) bool: real tokens of the current batch
-        self.excluded: torch.Tensor | None = None  # (B, T) bool: real tokens kept out of the statistics, or None
+        self.feed: StatsFeed | None = None  # the tokens of the current batch that feed the statistics
         self._out: list[torch.Tensor | None] = [None] * len(self.sites)
         self.nonfinite: torch.Tensor | None = None  # per site: real tokens whose state has a NaN or Inf
         self.stats: list | None = None  # per site: a SiteStatistics fed every real, finite, not excluded token
-        self.second_order: torch.Tensor | None = None  # (B, T) bool: tokens that feed the d x d statistics (None: all)
 
     def _hook(self, slot: int):
         def hook(_module, _inputs, output):
@@ -59,17 +87,16 @@ class SiteRecorder:
             finite = torch.isfinite(norms)
             self.nonfinite[slot] += ((~finite) & self.valid).sum()
             if self.stats is not None:
-                # Every real token with a finite state, in (b, t) order, as indices: one host synchronisation (the
-                # count) per site, the gathers then run without one.
-                flat, flat_norms = hidden.reshape(-1, hidden.shape[-1]), norms.reshape(-1)
-                used = self.valid & finite
-                if self.excluded is not None:
-                    out = _indices(used & self.excluded)
-                    self.stats[slot].add_excluded(flat.index_select(0, out), flat_norms.index_select(0, out))
-                    used = used & ~self.excluded
-                rows = _indices(used)
-                second = None if self.second_order is None else _indices(self.second_order.reshape(-1)[rows])
-                self.stats[slot].add(flat.index_select(0, rows), second, norms=flat_norms.index_select(0, rows))
+                # The tokens the feed names, gathered by index; those with a NaN or Inf left out by weights.
+                feed, stats = self.feed, self.stats[slot]
+                flat, flat_norms, ok = hidden.reshape(-1, hidden.shape[-1]), norms.reshape(-1), finite.reshape(-1)
+                if feed.excluded is not None:
+                    out = feed.excluded
+                    stats.add_excluded(flat.index_select(0, out), flat_norms.index_select(0, out),
+                                       _fed(ok.index_select(0, out)))
+                rows = feed.rows
+                stats.add(flat.index_select(0, rows), feed.second, norms=flat_norms.index_select(0, rows),
+                          weights=_fed(ok.index_select(0, rows)))
 
         return hook
 
@@ -112,17 +139,15 @@ def forward_and_gather(
     attention_mask: np.ndarray,
     rows: np.ndarray,
     cols: np.ndarray,
-    excluded: np.ndarray | None = None,
 ) -> torch.Tensor:
     """One forward pass; returns the states at (rows, cols) for every recorded site, shape (sites, n, d), left
-    on the model's device so that a sample can stay there until its shard is done. `excluded` ((B, T) bool)
-    marks the tokens that feed only the statistics' excluded norms."""
+    on the model's device so that a sample can stay there until its shard is done. With statistics on, the
+    recorder's `feed` names the tokens that feed them."""
     device = next(model.parameters()).device
     if recorder.nonfinite is None:
         recorder.reset_counts(device)
     recorder.select = (torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device))
     recorder.valid = torch.as_tensor(attention_mask, device=device).bool()
-    recorder.excluded = None if excluded is None else torch.as_tensor(excluded, device=device)
     # Without padding, no mask: lets SDPA take its fused causal (flash) path.
     mask = None if attention_mask.all() else torch.as_tensor(attention_mask, device=device)
     model(input_ids=torch.as_tensor(input_ids, device=device), attention_mask=mask)

@@ -19,6 +19,10 @@ sums as upper triangles (half the bytes; `load` takes either form).
 * `UnitSecondMoment`: Q = sum u_i u_i^T (O(n d^2)), which gives the exact mean squared cosine over all pairs.
 * `NormHistogram`: counts of the states' Euclidean norms in fixed log-spaced bins, plus their moments.
 
+Rows can be left out of a batch without knowing how many on the host: `add(x, weights=mask)` feeds only the rows
+whose mask entry is True, and counts them on the batch's device (`n` then stays a device tensor until read). The
+capture hooks use it on a GPU to keep a batch's NaN or Inf rows out without a host synchronisation.
+
 Cost: the two d x d statistics are one matrix product per batch each (2 n d^2 flops, float32 for model
 activations, accumulated in float64); `SiteStatistics` feeds them a deterministic fraction of the tokens where
 that cost matters (`stats.second_order_fraction`). The rest is O(n d); on a CPU it runs over row blocks that stay
@@ -58,9 +62,34 @@ def _row_slices(x: torch.Tensor) -> list[slice]:
     return [slice(s, s + step) for s in range(0, n, step)]
 
 
-def _centre(x: torch.Tensor) -> torch.Tensor:
-    """A provisional centre for the power sums: the mean of the batch's first rows (float64)."""
-    return x[: min(len(x), 256)].mean(0, dtype=F64)
+def _centre(x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """A provisional centre for the power sums: the mean of the batch's first rows (float64); of those of them
+    that `weights` keeps (zero when it keeps none: any centre is exact, a near one only keeps the sums small)."""
+    m = min(len(x), 256)
+    if weights is None:
+        return x[:m].mean(0, dtype=F64)
+    w = weights[:m]
+    return torch.where(w[:, None], x[:m], 0).sum(0, dtype=F64) / w.sum().clamp(min=1)
+
+
+def _count(weights: torch.Tensor | None, n: int):
+    """Rows a batch feeds: `n` (int) without weights, else their kept count as a float64 tensor on their device."""
+    return n if weights is None else weights.sum(dtype=F64)
+
+
+def _positive(n):
+    """n, or 1 where it is 0, for divisions by a count that may be a device tensor (0/0 stays out of the sums)."""
+    return n.clamp(min=1) if isinstance(n, torch.Tensor) else max(n, 1)
+
+
+def _float_count(n):
+    """A count for the merge formulas: a float, or the float64 device tensor it is."""
+    return n if isinstance(n, torch.Tensor) else float(n)
+
+
+def _as_number(n):
+    """A merged count as the statistic keeps it: an int, or the device tensor it is."""
+    return n if isinstance(n, torch.Tensor) else int(n)
 
 
 @contextmanager
@@ -81,8 +110,10 @@ def _one_thread(device: torch.device):
         torch.set_num_threads(threads)
 
 
-def _block_sums(x: torch.Tensor, centre: torch.Tensor | None = None, norms: torch.Tensor | None = None):
-    """The O(n d) sums of a batch in one pass over cache-sized row blocks: with `centre`, the power sums
+def _block_sums(x: torch.Tensor, centre: torch.Tensor | None = None, norms: torch.Tensor | None = None,
+                weights: torch.Tensor | None = None):
+    """The O(n d) sums of a batch in one pass over cache-sized row blocks (of the rows `weights` keeps, if given;
+    the others count as zero, NaN or not): with `centre`, the power sums
     sum (x - c)^p for p = 1..4 (4, d) (`Moments`: one pass, then the binomial shift to the batch mean, with
     delta = S_1 / n small against the spread, so no cancellation to speak of: M2 = S2 - n delta^2,
     M3 = S3 - 3 delta S2 + 2 n delta^3, M4 = S4 - 4 delta S3 + 6 delta^2 S2 - 3 n delta^4); with the rows' `norms`,
@@ -102,8 +133,11 @@ def _block_sums(x: torch.Tensor, centre: torch.Tensor | None = None, norms: torc
     with _one_thread(x.device):
         for rows in _row_slices(x):
             block = x[rows].to(dtype)  # never modified in place: it may be the caller's own tensor
+            drop = None if weights is None else ~weights[rows, None]
             if powers is not None:
                 dev = block - c
+                if drop is not None:
+                    dev.masked_fill_(drop, 0.0)
                 torch.sum(dev, 0, out=part[0])
                 dev2 = dev * dev
                 torch.sum(dev2, 0, out=part[1])
@@ -112,6 +146,8 @@ def _block_sums(x: torch.Tensor, centre: torch.Tensor | None = None, norms: torc
                 powers += part
             if units is not None:
                 u = _units(block, dtype, norms[rows])
+                if drop is not None:
+                    u.masked_fill_(drop, 0.0)
                 torch.sum(u, 0, out=part[0])
                 torch.sum(u.square_(), 0, out=part[1])
                 units += part[:2]
@@ -183,8 +219,17 @@ class _Stat:
     SYMMETRIC: tuple[str, ...] = ()
 
     def __init__(self) -> None:
-        self.n = 0
+        self._n = 0  # an int, or a float64 device tensor once weighted batches were added (read `n`)
         self.t: dict[str, torch.Tensor] = {}
+
+    @property
+    def n(self) -> int:
+        """The number of rows added (reading a device count waits for it)."""
+        return int(self._n)
+
+    @n.setter
+    def n(self, value) -> None:
+        self._n = value
 
     def __getattr__(self, name: str):
         if name in type(self).FIELDS:
@@ -212,20 +257,22 @@ class _Stat:
         return mine.view(-1).index_add_(0, _upper_flat(len(mine), mine.device), other).view(mine.shape)
 
     def _take(self, other: _Stat) -> bool:
-        """Merge preamble: True when nothing is left to do (other empty, or self empty and now a copy of it)."""
-        if other.n == 0:
+        """Merge preamble: True when nothing is left to do (other empty, or self empty and now a copy of it). Empty
+        means never fed (no fields), known on the host: a weighted batch that kept no row is merged as the zero
+        count it is, without reading that count back."""
+        if not other.t:
             return True
-        if self.n == 0:  # a copy; d x d fields keep their (authoritative) upper triangle unmirrored
-            self.n, self.t = other.n, {k: v.clone() if v.ndim == 2 else _owned(other._field(k), v)
-                                       for k, v in other.t.items()}
+        if not self.t:  # a copy; d x d fields keep their (authoritative) upper triangle unmirrored
+            self._n, self.t = other._n, {k: v.clone() if v.ndim == 2 else _owned(other._field(k), v)
+                                         for k, v in other.t.items()}
             return True
         return False
 
     def _absorb(self, other: _Stat) -> _Stat:
         """Merge a batch's own statistic, built by `add` and used nowhere else: taken as it is (no copy) while we
         are empty, as after every seal of an actor's statistics."""
-        if self.n == 0:
-            self.n, self.t = other.n, other.t
+        if not self.t:
+            self._n, self.t = other._n, other.t
             return self
         return self.merge(other)
 
@@ -266,7 +313,8 @@ class Moments(_Stat):
 
     FIELDS = ("mean", "m2", "m3", "m4")
 
-    def add(self, x) -> None:
+    def add(self, x, weights: torch.Tensor | None = None) -> None:
+        """Add a batch (n, d); `weights`: a bool mask of the rows to feed (None: all)."""
         x = _batch(x)
         if x.shape[0] == 0:
             return
@@ -274,13 +322,15 @@ class Moments(_Stat):
         # central sums by the binomial shift to the batch mean (delta = S_1 / n small against the spread, so no
         # cancellation to speak of): M2 = S2 - n delta^2, M3 = S3 - 3 delta S2 + 2 n delta^3,
         # M4 = S4 - 4 delta S3 + 6 delta^2 S2 - 3 n delta^4.
-        centre = _centre(x)
-        self._absorb(Moments._partial(len(x), centre, _block_sums(x, centre=centre)[0]))
+        centre = _centre(x, weights)
+        powers = _block_sums(x, centre=centre, weights=weights)[0]
+        self._absorb(Moments._partial(_count(weights, len(x)), centre, powers))
 
     @classmethod
-    def _partial(cls, n: int, centre: torch.Tensor, s: torch.Tensor) -> Moments:
-        """The statistic of one batch from its power sums s[p - 1] = sum (x - centre)^p, p = 1..4."""
-        delta = s[0] / n
+    def _partial(cls, n, centre: torch.Tensor, s: torch.Tensor) -> Moments:
+        """The statistic of one batch of n rows (an int, or a device count) from its power sums
+        s[p - 1] = sum (x - centre)^p, p = 1..4."""
+        delta = s[0] / _positive(n)
         d2 = delta * delta
         other = cls()
         other.n = n
@@ -293,8 +343,9 @@ class Moments(_Stat):
             return self
         b = self._fields_of(other)
         a = self.t
-        na, nb = float(self.n), float(other.n)
-        n = na + nb
+        na, nb = _float_count(self._n), _float_count(other._n)
+        n_sum = na + nb
+        n = _positive(n_sum)  # 0 only when both are weighted batches that kept nothing: their sums are all 0
         d = b["mean"] - a["mean"]
         d2 = d * d
         m2 = a["m2"] + b["m2"] + d2 * (na * nb / n)
@@ -304,7 +355,7 @@ class Moments(_Stat):
               + 6.0 * d2 * (na * na * b["m2"] + nb * nb * a["m2"]) / n**2
               + 4.0 * d * (na * b["m3"] - nb * a["m3"]) / n)
         self.t = {"mean": a["mean"] + d * (nb / n), "m2": m2, "m3": m3, "m4": m4}
-        self.n = int(n)
+        self._n = _as_number(n_sum)
         return self
 
     @property
@@ -329,29 +380,41 @@ class Covariance(_Stat):
     FIELDS = ("mean", "comoment")
     SYMMETRIC = ("comoment",)
 
-    def add(self, x) -> None:
+    def add(self, x, weights: torch.Tensor | None = None) -> None:
+        """Add a batch (n, d); `weights`: a bool mask of the rows to feed (None: all)."""
         x = _batch(x)
         if x.shape[0] == 0:
             return
         # Centre on the batch mean before the product, so there is no E[xx] - E[x]E[x] cancellation; the product
         # runs in float64 for float64 input, else in float32 (then accumulated in float64).
-        mean = x.mean(0, dtype=F64)
+        n = _count(weights, x.shape[0])
+        if weights is None:
+            mean = x.mean(0, dtype=F64)
+        else:
+            mean = torch.where(weights[:, None], x, 0).sum(0, dtype=F64) / _positive(n)
         dtype = _product_dtype(x)
         dev = x.to(dtype) - mean.to(dtype)
+        if weights is not None:
+            dev.masked_fill_(~weights[:, None], 0.0)
         other = Covariance()
-        other.n, other.t = x.shape[0], {"mean": mean, "comoment": (dev.T @ dev).to(F64)}
+        other._n, other.t = n, {"mean": mean, "comoment": (dev.T @ dev).to(F64)}
         self._absorb(other)
 
     def merge(self, other: Covariance) -> Covariance:
         if self._take(other):
             return self
         b = self._fields_of(other)
-        na, nb = float(self.n), float(other.n)
-        n = na + nb
+        na, nb = _float_count(self._n), _float_count(other._n)
+        n_sum = na + nb
+        n = _positive(n_sum)
         d = b["mean"] - self.t["mean"]
-        self._add("comoment", b["comoment"]).addr_(d, d, alpha=na * nb / n)  # in place: no d x d temporaries
+        comoment = self._add("comoment", b["comoment"])
+        if isinstance(n, torch.Tensor):  # a device count: the weight scales a vector (addr_ takes a number)
+            comoment.addr_(d * (na * nb / n), d)
+        else:
+            comoment.addr_(d, d, alpha=na * nb / n)  # in place: no d x d temporaries
         self.t["mean"] = self.t["mean"] + d * (nb / n)
-        self.n = int(n)
+        self._n = _as_number(n_sum)
         return self
 
     @property
@@ -392,23 +455,25 @@ class UnitSums(_Stat):
 
     FIELDS = ("sum", "sq")
 
-    def add(self, x, norms: torch.Tensor | None = None) -> None:
-        """Add a batch (n, d); `norms`: its rows' norms if already known (`row_norms`)."""
+    def add(self, x, norms: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> None:
+        """Add a batch (n, d); `norms`: its rows' norms if already known (`row_norms`); `weights`: a bool mask of
+        the rows to feed (None: all)."""
         x = _batch(x)
         if x.shape[0] == 0:
             return
-        self._absorb(UnitSums._partial(len(x), _block_sums(x, norms=row_norms(x) if norms is None else norms)[1]))
+        norms = row_norms(x) if norms is None else norms
+        self._absorb(UnitSums._partial(_count(weights, len(x)), _block_sums(x, norms=norms, weights=weights)[1]))
 
     @classmethod
-    def _partial(cls, n: int, sums: torch.Tensor) -> UnitSums:
+    def _partial(cls, n, sums: torch.Tensor) -> UnitSums:
         other = cls()
-        other.n, other.t = n, {"sum": sums[0], "sq": sums[1]}
+        other._n, other.t = n, {"sum": sums[0], "sq": sums[1]}
         return other
 
     def merge(self, other: UnitSums) -> UnitSums:
         if not self._take(other):
             b = self._fields_of(other)
-            self.n += other.n
+            self._n = self._n + other._n
             for k in self.FIELDS:
                 self.t[k].add_(b[k])
         return self
@@ -421,19 +486,22 @@ class UnitSecondMoment(_Stat):
     FIELDS = ("second",)
     SYMMETRIC = ("second",)
 
-    def add(self, x, norms: torch.Tensor | None = None) -> None:
-        """Add a batch (n, d); `norms`: its rows' norms if already known (`row_norms`)."""
+    def add(self, x, norms: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> None:
+        """Add a batch (n, d); `norms`: its rows' norms if already known (`row_norms`); `weights`: a bool mask of
+        the rows to feed (None: all)."""
         x = _batch(x)
         if x.shape[0] == 0:
             return
         u = _units(x, _product_dtype(x), norms)
+        if weights is not None:
+            u.masked_fill_(~weights[:, None], 0.0)
         other = UnitSecondMoment()
-        other.n, other.t = x.shape[0], {"second": (u.T @ u).to(F64)}
+        other._n, other.t = _count(weights, x.shape[0]), {"second": (u.T @ u).to(F64)}
         self._absorb(other)
 
     def merge(self, other: UnitSecondMoment) -> UnitSecondMoment:
         if not self._take(other):
-            self.n += other.n
+            self._n = self._n + other._n
             self._add("second", self._fields_of(other)["second"])
         return self
 
@@ -456,16 +524,21 @@ class NormHistogram:
     def edges(cls) -> np.ndarray:
         return np.geomspace(cls.LO, cls.HI, cls.BINS + 1)
 
-    def add(self, x, norms: torch.Tensor | None = None) -> None:
-        """Add a batch (n, d); `norms`: its rows' norms if already known (`row_norms`)."""
+    def add(self, x, norms: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> None:
+        """Add a batch (n, d); `norms`: its rows' norms if already known (`row_norms`); `weights`: a bool mask of
+        the rows to feed (None: all)."""
         x = _batch(x)
         if x.shape[0] == 0:
             return
         norms = row_norms(x) if norms is None else norms
         scaled = (torch.log(norms.clamp(self.LO, self.HI)) - np.log(self.LO)) * (self.BINS / np.log(self.HI / self.LO))
         idx = scaled.long().clamp_(0, self.BINS - 1)
-        self._add_counts(torch.bincount(idx, minlength=self.BINS))
-        self.moments.add(norms[:, None])
+        if weights is not None:  # rows left out go to one more bin, dropped
+            idx.masked_fill_(~weights, self.BINS)
+        # Not `bincount`: on a GPU it reads the input's min and max back to the host, two synchronisations per call.
+        counts = torch.zeros(self.BINS + 1, dtype=torch.int64, device=idx.device)
+        self._add_counts(counts.index_add_(0, idx, torch.ones_like(idx))[: self.BINS])
+        self.moments.add(norms[:, None], weights)
 
     def _add_counts(self, counts: torch.Tensor) -> None:
         self._counts = counts.clone() if self._counts is None else self._counts + counts.to(self._counts.device)
@@ -500,25 +573,29 @@ class SiteStatistics:
         for name, part in self.PARTS.items():
             setattr(self, name, part())
 
-    def add(self, x, second_order_rows=None, norms: torch.Tensor | None = None) -> None:
+    def add(self, x, second_order_rows=None, norms: torch.Tensor | None = None,
+            weights: torch.Tensor | None = None) -> None:
         """Add a batch (n, d); `second_order_rows` (indices or None for all) feed the d x d statistics; `norms`: the
-        rows' norms if already known (`row_norms`)."""
+        rows' norms if already known (`row_norms`); `weights`: a bool mask of the rows to feed at all (None: all),
+        counted on their device."""
         x = _batch(x)
         if len(x) == 0:
             return
-        norms, centre = row_norms(x) if norms is None else norms, _centre(x)
-        powers, units = _block_sums(x, centre, norms)  # Moments and UnitSums in one pass over the batch
-        self.moments._absorb(Moments._partial(len(x), centre, powers))
-        self.units._absorb(UnitSums._partial(len(x), units))
-        self.norms.add(x, norms)
+        norms, centre = row_norms(x) if norms is None else norms, _centre(x, weights)
+        powers, units = _block_sums(x, centre, norms, weights)  # Moments and UnitSums in one pass over the batch
+        n = _count(weights, len(x))
+        self.moments._absorb(Moments._partial(n, centre, powers))
+        self.units._absorb(UnitSums._partial(n, units))
+        self.norms.add(x, norms, weights)
         if second_order_rows is not None:
             x, norms = x[second_order_rows], norms[second_order_rows]
-        self.covariance.add(x)
-        self.unit_second.add(x, norms)
+            weights = None if weights is None else weights[second_order_rows]
+        self.covariance.add(x, weights)
+        self.unit_second.add(x, norms, weights)
 
-    def add_excluded(self, x, norms: torch.Tensor | None = None) -> None:
+    def add_excluded(self, x, norms: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> None:
         """Add a batch (n, d) of excluded tokens: their norms only."""
-        self.excluded_norms.add(_batch(x), norms)
+        self.excluded_norms.add(_batch(x), norms, weights)
 
     def merge(self, other: SiteStatistics) -> SiteStatistics:
         for name in self.PARTS:

@@ -25,6 +25,20 @@ def _batch(vocab, lengths, seed=0):
     return input_ids, mask, rows, cols
 
 
+@pytest.fixture(params=["cpu-path", "gpu-path"])
+def stats_path(request, monkeypatch):
+    """The statistics hooks as a CPU runs them, and as a GPU does: a GPU never asks whether a batch's states are
+    all finite (that would wait for the card), so its hooks always feed the statistics weights (device counts);
+    and it takes its row norms in one float64 reduction."""
+    if request.param == "gpu-path":
+        import tasks.capture
+
+        monkeypatch.setattr(tasks.capture, "_fed", lambda finite: finite)
+        monkeypatch.setattr(tasks.capture, "row_norms",
+                            lambda x: torch.linalg.vector_norm(x, dim=-1, dtype=torch.float64))
+    return request.param
+
+
 def _record(model, model_type, layers, input_ids, mask, rows, cols):
     sites = [(layer, s) for layer in layers for s in SITES]
     rec = SiteRecorder(model, site_table(model_type), sites)
@@ -118,7 +132,7 @@ def test_actor_sample_is_the_bottom_k_of_all_tokens(tiny_gpt2):
         np.testing.assert_allclose(state["vectors"][0][n], out.hidden_states[1][0, pos[t]].numpy(), rtol=1e-4, atol=1e-5)
 
 
-def test_actor_statistics_every_token_and_second_order_fraction(tiny_gpt2):
+def test_actor_statistics_every_token_and_second_order_fraction(tiny_gpt2, stats_path):
     """First-order statistics see every token; the d x d ones the tokens that the second hash picks (about the
     configured fraction): each equals a direct computation over those tokens' states from separate forward passes."""
     from scipy import stats
@@ -152,7 +166,7 @@ def test_actor_statistics_every_token_and_second_order_fraction(tiny_gpt2):
 
 
 @pytest.mark.parametrize("exclude", [True, False], ids=["exclusion-on", "exclusion-off"])
-def test_excluded_tokens_stay_out_of_sample_and_statistics(tiny_gpt2, exclude):
+def test_excluded_tokens_stay_out_of_sample_and_statistics(tiny_gpt2, exclude, stats_path):
     """Position 0 and the special id (0, GPT-2's <|endoftext|>) never enter the sample or the main statistics;
     they feed only the excluded norms. Without exclusion every token is in, as before."""
     from transformers import AutoModel
@@ -296,19 +310,18 @@ def test_partials_hold_flush_every_shards_whenever_the_flush_comes(tiny_gpt2, tm
         assert xa.keys() == xb.keys() and all(np.array_equal(xa[k], xb[k]) for k in xa)
 
 
-def test_statistics_hooks_synchronise_at_most_twice_per_site(tiny_gpt2, monkeypatch):
-    """On a GPU every data-dependent shape (a nonzero, a boolean-mask gather) makes the host wait for the card.
-    With statistics on, the hooks take two per site and forward pass (the rows fed, and among them those for the d x
-    d statistics; one when all tokens feed those); they took five before. Counted at the dispatcher, on CPU, with
-    the row norms a GPU computes (a CPU's float32 shortcut looks for the rows to redo, a nonzero a CPU pays nothing
-    for)."""
+def test_statistics_hooks_never_synchronise(tiny_gpt2, stats_path):
+    """On a GPU every data-dependent shape (a nonzero, a boolean-mask gather) and every value read back (`item`,
+    `bincount`, whose CUDA kernel reads its input's min and max) makes the host wait for the card, and then the
+    hundreds of small statistics kernels of each site are launched while the card idles. The hooks take none:
+    the tokens fed come as indices from the host, NaN or Inf rows are left out by weights counted on the device
+    (they took five per site and forward pass, then two, plus two in each norm histogram's `bincount`). Counted
+    at torch's dispatcher on a CPU, along the GPU's path; the counter is shown to see each kind first."""
     from collections import Counter
 
-    import tasks.capture
-
-    monkeypatch.setattr(tasks.capture, "row_norms", lambda x: torch.linalg.vector_norm(x, dim=-1, dtype=torch.float64))
-
     from torch.utils._python_dispatch import TorchDispatchMode
+
+    from tasks.corpus import Exclusion
 
     class Syncs(TorchDispatchMode):
         def __init__(self):
@@ -318,16 +331,71 @@ def test_statistics_hooks_synchronise_at_most_twice_per_site(tiny_gpt2, monkeypa
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             name = func._schema.name
             indices = args[1] if name == "aten::index" and len(args) > 1 else []
-            if name.startswith("aten::nonzero") or name == "aten::masked_select" or any(
+            if name.startswith("aten::nonzero") or name in ("aten::masked_select", "aten::bincount",
+                                                            "aten::_local_scalar_dense") or any(
                     isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in indices):
                 self.count[name] += 1
             return func(*args, **(kwargs or {}))
 
+    t = torch.arange(6.0)
+    with Syncs() as seen:
+        torch.nonzero(t), t[t > 2], torch.bincount(t.long()), float(t.sum()), t.masked_select(t > 1)
+    assert sum(seen.count.values()) == 5, seen.count
     sites = [(layer, s) for layer in range(2) for s in SITES]
     cap = ShardCapturer(str(tiny_gpt2), "float32", sites)
     shard = random_shards(1, 8, 100, seed=4)[0]
-    for fraction, per_site in ((0.05, 2), (1.0, 1)):
+    cap.recorder.reset_counts(cap.device)
+    for fraction in (0.05, 1.0):
         cap.stats = None
         with Syncs() as syncs:
-            meta = cap.process(shard, 10, np.uint64(0), 0, 300, stats_fraction=fraction)  # no sample: hooks only
-        assert sum(syncs.count.values()) == per_site * len(sites) * meta["forward_batches"], syncs.count
+            # no sample (threshold 0): the hooks alone; position 0 and a special id excluded, as by default
+            meta = cap.process(shard, 10, np.uint64(0), 0, 300, stats_fraction=fraction,
+                               exclusion=Exclusion(position0=True, special_ids=(5,)))
+        expected = 0 if stats_path == "gpu-path" else len(sites) * meta["forward_batches"]  # a CPU's all() check
+        assert meta["forward_batches"] >= 2 and sum(syncs.count.values()) == expected, syncs.count
+        assert cap.stats[0].moments.n == shard.n_tokens - meta["n_excluded"]
+
+
+def test_nonfinite_states_stay_out_of_the_statistics(tiny_gpt2, stats_path):
+    """States with a NaN or Inf are counted and kept out of every statistic, which then equals a direct
+    computation over the finite states of the same forward pass. (A token whose embedding is NaN makes its own
+    and its sequence's later states NaN at every site.)"""
+    from transformers import AutoModel
+
+    from tasks.corpus import Exclusion, batches
+
+    bad = 7
+    cap = ShardCapturer(str(tiny_gpt2), "float32", [(0, "resid_post"), (1, "mlp_out")])
+    model = AutoModel.from_pretrained(tiny_gpt2).eval()
+    for m in (cap.model, model):
+        m.get_input_embeddings().weight.data[bad] = float("nan")
+    rng = np.random.default_rng(8)
+    ids = rng.integers(10, 2048, size=6 * 50).astype(np.int32)
+    ids[[1 * 50 + 30, 4 * 50 + 45]] = bad
+    offsets = np.arange(7, dtype=np.int64) * 50
+    shard = Shard(0, ids, offsets, np.arange(6), np.zeros(6, np.int64))
+    meta = cap.process(shard, k=20, threshold=np.uint64(2**64 - 1), seed=1, batch_tokens=4096, stats_fraction=1.0,
+                       exclusion=Exclusion(position0=True, special_ids=()))
+    (seq_index,) = list(batches(shard, 4096))  # the one batch the actor ran, as it ran it
+    input_ids, _mask = pad_batch(ids, offsets, seq_index, 0)
+    with torch.no_grad():
+        x = model(input_ids=torch.tensor(input_ids), output_hidden_states=True).hidden_states[1]
+    x = x.double().numpy().reshape(-1, x.shape[-1])
+    pos = np.tile(np.arange(50), 6)
+    finite = np.isfinite(x).all(axis=1)
+    assert 2 <= (~finite).sum() < len(x) // 2 and meta["nonfinite"][0] == (~finite).sum()
+    assert np.isfinite(meta["state"]["vectors"]).all()  # n_kept: see the sample test below
+    kept, excluded = x[finite & (pos > 0)], x[finite & (pos == 0)]
+    st = cap.stats[0]
+    assert st.moments.n == st.units.n == st.covariance.n == st.unit_second.n == st.norms.moments.n == len(kept)
+    assert st.norms.counts.sum() == len(kept) and st.excluded_norms.moments.n == len(excluded)
+    state = st.state()
+    assert all(np.isfinite(v).all() for v in state.values())
+    np.testing.assert_allclose(st.moments.mean, kept.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(st.moments.variance, kept.var(0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(st.covariance.covariance, np.cov(kept, rowvar=False), rtol=1e-4, atol=1e-6)
+    u = kept / np.linalg.norm(kept, axis=1, keepdims=True)
+    np.testing.assert_allclose(st.units.sum, u.sum(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(st.unit_second.second, u.T @ u, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(st.norms.moments.mean, [np.linalg.norm(kept, axis=1).mean()], rtol=1e-5)
+    np.testing.assert_allclose(st.excluded_norms.moments.mean, [np.linalg.norm(excluded, axis=1).mean()], rtol=1e-5)
