@@ -137,12 +137,10 @@ class ShardCapturer:
                 seqs = seq_index[rows]
                 hashes = token_hash(seed, shard.doc[seqs], shard.window[seqs], cols)
                 excluded = exclusion.mask(shard.ids[shard.offsets[seqs] + cols], cols) if exclusion else None
-                if excluded is None:
-                    keep = sample.candidates(hashes)
-                else:  # only eligible tokens compete for the sample (and for the batch's k slots)
+                eligible = None if excluded is None else ~excluded
+                if eligible is not None:
                     n_excluded += int(excluded.sum())
-                    keep = ~excluded
-                    keep[keep] = sample.candidates(hashes[keep])
+                keep = _candidates(sample, hashes, eligible, sample.k)
                 if not keep.any() and not with_stats:
                     continue  # nothing here can enter the sample: skip the forward pass
                 if with_stats:  # which tokens feed which statistics, as indices known here: no sync in the hooks
@@ -150,14 +148,23 @@ class ShardCapturer:
                     if stats_fraction < 1.0:
                         chosen = second_order_tokens(seed, shard.doc[seqs], shard.window[seqs], cols, stats_fraction)
                     self.recorder.feed = StatsFeed.of(rows * int(seq_len.max()) + cols, excluded, chosen, self.device)
-                rows, cols, seqs, hashes = rows[keep], cols[keep], seqs[keep], hashes[keep]
                 input_ids, mask = pad_batch(shard.ids, shard.offsets, seq_index, self.pad_id)
-                vectors = forward_and_gather(self.model, self.recorder, input_ids, mask, rows, cols)
+                vectors = forward_and_gather(self.model, self.recorder, input_ids, mask, rows[keep], cols[keep])
                 forwards += 1
                 if forwards == 1:
                     maybe_fail(shard.index, late=True)
                 examined += int(seq_len.sum())
                 finite = torch.isfinite(vectors).all(dim=2).all(dim=0).cpu().numpy()
+                # A NaN or Inf among the batch's best candidates leaves room for the next ones: gathered by another
+                # forward pass (without statistics), so the sample is the bottom k of the finite states (rare).
+                while finite.sum() < sample.k:
+                    wider = _candidates(sample, hashes, eligible, sample.k + int((~finite).sum()))
+                    if wider.sum() <= keep.sum():
+                        break  # no other candidate in this batch
+                    keep = wider
+                    vectors = self._regather(input_ids, mask, rows[keep], cols[keep])
+                    finite = torch.isfinite(vectors).all(dim=2).all(dim=0).cpu().numpy()
+                rows, cols, seqs, hashes = rows[keep], cols[keep], seqs[keep], hashes[keep]
                 keys = {
                     "hash": hashes,
                     "doc": shard.doc[seqs],
@@ -201,6 +208,16 @@ class ShardCapturer:
         store.write_json(shard_file(shard.index, "json"), record)  # written last: its presence means done
         return record
 
+    def _regather(self, input_ids: np.ndarray, mask: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> torch.Tensor:
+        """The states at (rows, cols) from another forward pass of a batch that already fed the statistics and the
+        non-finite counts: neither is fed again."""
+        stats, counts = self.recorder.stats, self.recorder.nonfinite.clone()
+        self.recorder.stats = None
+        try:
+            return forward_and_gather(self.model, self.recorder, input_ids, mask, rows, cols)
+        finally:
+            self.recorder.stats, self.recorder.nonfinite = stats, counts
+
     def _seal(self) -> None:
         """Close the running statistics into a set of their own for `flush` to write (callers hold `_lock`). On a
         GPU the set is packed and moved to the host here, so that the device holds one set of statistics at a time
@@ -241,6 +258,16 @@ class ShardCapturer:
                 self._state.notify_all()
             del held
         return records
+
+
+def _candidates(sample: BottomKSample, hashes: np.ndarray, eligible: np.ndarray | None, limit: int) -> np.ndarray:
+    """The batch's tokens that may enter the sample (`sample.candidates`, at most `limit` of them), among the
+    `eligible` ones (None: all)."""
+    if eligible is None:
+        return sample.candidates(hashes, limit)
+    keep = eligible.copy()
+    keep[keep] = sample.candidates(hashes[keep], limit)
+    return keep
 
 
 def second_order_tokens(seed: int, doc: np.ndarray, window: np.ndarray, pos: np.ndarray, fraction: float) -> np.ndarray:

@@ -104,12 +104,14 @@ class BottomKSample:
         self._trim()
         return self._rows
 
-    def candidates(self, hashes: np.ndarray) -> np.ndarray:
+    def candidates(self, hashes: np.ndarray, limit: int | None = None) -> np.ndarray:
         """Boolean mask of the tokens of one batch that may still enter the sample: under the threshold, at or
-        below the current cutoff, and among the batch's k smallest (no more than k of one batch can enter)."""
+        below the current cutoff, and among the batch's k smallest (no more than k of one batch can enter; `limit`
+        more when some of those are known to be unusable, as states with a NaN are)."""
+        limit = self.k if limit is None else limit
         mask = (hashes < self.threshold) & (hashes <= self.cutoff)
-        if mask.sum() > self.k:
-            mask &= hashes <= np.partition(hashes[mask], self.k - 1)[self.k - 1]
+        if mask.sum() > limit:
+            mask &= hashes <= np.partition(hashes[mask], limit - 1)[limit - 1]
         return mask
 
     def add(self, keys: dict[str, np.ndarray], vectors: np.ndarray) -> None:
