@@ -82,9 +82,9 @@ def _positive(n):
     return n.clamp(min=1) if isinstance(n, torch.Tensor) else max(n, 1)
 
 
-def _float_count(n):
-    """A count for the merge formulas: a float, or the float64 device tensor it is."""
-    return n if isinstance(n, torch.Tensor) else float(n)
+def _float_count(n, device: torch.device):
+    """A count for the merge formulas: a float, or a float64 tensor on `device` (the merged fields' device)."""
+    return n.to(device) if isinstance(n, torch.Tensor) else float(n)
 
 
 def _as_number(n):
@@ -343,7 +343,8 @@ class Moments(_Stat):
             return self
         b = self._fields_of(other)
         a = self.t
-        na, nb = _float_count(self._n), _float_count(other._n)
+        device = self.t["mean"].device
+        na, nb = _float_count(self._n, device), _float_count(other._n, device)
         n_sum = na + nb
         n = _positive(n_sum)  # 0 only when both are weighted batches that kept nothing: their sums are all 0
         d = b["mean"] - a["mean"]
@@ -404,7 +405,8 @@ class Covariance(_Stat):
         if self._take(other):
             return self
         b = self._fields_of(other)
-        na, nb = _float_count(self._n), _float_count(other._n)
+        device = self.t["mean"].device
+        na, nb = _float_count(self._n, device), _float_count(other._n, device)
         n_sum = na + nb
         n = _positive(n_sum)
         d = b["mean"] - self.t["mean"]
@@ -473,7 +475,8 @@ class UnitSums(_Stat):
     def merge(self, other: UnitSums) -> UnitSums:
         if not self._take(other):
             b = self._fields_of(other)
-            self._n = self._n + other._n
+            device = self.t["sum"].device
+            self._n = _as_number(_float_count(self._n, device) + _float_count(other._n, device))
             for k in self.FIELDS:
                 self.t[k].add_(b[k])
         return self
@@ -501,7 +504,8 @@ class UnitSecondMoment(_Stat):
 
     def merge(self, other: UnitSecondMoment) -> UnitSecondMoment:
         if not self._take(other):
-            self._n = self._n + other._n
+            device = self.t["second"].device
+            self._n = _as_number(_float_count(self._n, device) + _float_count(other._n, device))
             self._add("second", self._fields_of(other)["second"])
         return self
 

@@ -221,3 +221,45 @@ def test_merge_into_an_empty_statistic_copies():
         for key, value in copy.state().items():
             np.testing.assert_array_equal(value, before[key])
         np.testing.assert_array_equal(copy.state()["n"], len(parts[0]))
+
+
+def test_weighted_batches_equal_the_rows_they_keep():
+    """`add(x, weights=mask)` (counts kept as tensors, as on a GPU) equals adding only the rows the mask keeps, NaN
+    rows among the others included, a batch that keeps nothing included; merged with statistics loaded from states
+    (int counts) either way round, through state/load, it equals one float64 pass over the kept rows."""
+    x, parts = data(seed=14)
+    rng = np.random.default_rng(15)
+    masks = [rng.random(len(p)) < 0.7 for p in parts]
+    masks[3][:] = False
+    poisoned = []
+    for p, m in zip(parts, masks):
+        q = p.copy()
+        q[~m] = np.nan  # what the mask drops may be anything
+        poisoned.append(q)
+    kept = np.concatenate([p[m] for p, m in zip(parts, masks)])
+    for cls in (Moments, Covariance, UnitSums, UnitSecondMoment, NormHistogram):
+        weighted, plain = cls(), cls()
+        for i, (q, m) in enumerate(zip(poisoned[:10], masks[:10])):
+            weighted.add(torch.from_numpy(q), weights=torch.from_numpy(m))
+            plain.add(torch.from_numpy(parts[i][m]))
+        counted = weighted.moments if cls is NormHistogram else weighted
+        assert isinstance(counted._n, torch.Tensor)  # counted where the rows are, never read back on the way
+        for key, value in plain.state().items():
+            np.testing.assert_allclose(weighted.state()[key], value, rtol=1e-12, atol=1e-12, err_msg=f"{cls.__name__} {key}")
+        rest = cls()
+        for q, m in zip(poisoned[10:], masks[10:]):
+            rest.add(torch.from_numpy(q), weights=torch.from_numpy(m))
+        merged = cls.load(weighted.state()).merge(rest)  # int counts, then tensor counts
+        merged2 = weighted.merge(cls.load(rest.state()))  # tensor counts, then int counts
+        single = cls()
+        single.add(torch.from_numpy(kept))
+        for got in (merged, merged2):
+            for key, value in single.state().items():
+                np.testing.assert_allclose(got.state()[key], value, rtol=1e-9, atol=1e-9, err_msg=f"{cls.__name__} {key}")
+    s = SiteStatistics()
+    for q, m in zip(poisoned, masks):
+        s.add(torch.from_numpy(q), torch.arange(0, len(q), 2), weights=torch.from_numpy(m))
+    every_other = np.concatenate([p[::2][m[::2]] for p, m in zip(parts, masks)])
+    assert s.moments.n == s.norms.counts.sum() == len(kept) and s.covariance.n == len(every_other)
+    np.testing.assert_allclose(s.moments.mean, kept.mean(0), rtol=1e-10)
+    np.testing.assert_allclose(s.covariance.covariance, np.cov(every_other, rowvar=False), rtol=1e-9, atol=1e-9)
