@@ -110,6 +110,49 @@ def _one_thread(device: torch.device):
         torch.set_num_threads(threads)
 
 
+# Where the terms of the two moment formulas go (`Moments._partial`, `Moments.merge`): constant tables, built once
+# per device so that no call copies them from the host.
+_MERGE_PLACES = ((0, 0, 0), (1, 1, 0), (2, 2, 0), (2, 0, 1), (2, 0, 3), (3, 3, 0), (3, 1, 1), (3, 1, 3), (3, 0, 2),
+                 (3, 0, 4))  # (moment p, power i of delta - 1, term k of [1, M2a, M3a, M2b, M3b]) per coefficient
+
+
+@functools.lru_cache(maxsize=8)
+def _moment_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(shift, places, tail scale, order): `shift[k, i, j]` weighs delta^(i+1) S_(j+1) in M_(k+2); `places` are the
+    flat indices of `_MERGE_PLACES` in a (4, 4, 5) weight tensor; the last two assemble the coefficients."""
+    shift = torch.zeros(3, 3, 3, dtype=F64)
+    shift[0, 0, 0] = -1.0
+    shift[1, 0, 1], shift[1, 1, 0] = -3.0, 2.0
+    shift[2, 0, 2], shift[2, 1, 1], shift[2, 2, 0] = -4.0, 6.0, -3.0
+    places = torch.tensor([p * 20 + i * 5 + k for p, i, k in _MERGE_PLACES])
+    tail = torch.tensor([-3.0, 3.0, 6.0, 6.0, -4.0, 4.0], dtype=F64)
+    order = torch.tensor([0, 1, 2, 4, 5, 3, 6, 7, 8, 9])
+    return shift.to(device), places.to(device), tail.to(device), order.to(device)
+
+
+def _merge_weights(na, nb, device: torch.device) -> torch.Tensor:
+    """The (4, 4, 5) weights of `Moments.merge`, from the counts (floats, or tensors on `device`): in
+    `_MERGE_PLACES` order, with fa = na / n and fb = nb / n, fb, n fa fb, n fa fb (fa - fb), -3 fb, 3 fa,
+    n fa fb (fa^2 - fa fb + fb^2), 6 fb^2, 6 fa^2, -4 fb, 4 fa."""
+    _shift, places, tail, order = _moment_tables(device)
+    if isinstance(na, torch.Tensor) or isinstance(nb, torch.Tensor):
+        v = torch.stack([torch.as_tensor(na, dtype=F64, device=device), torch.as_tensor(nb, dtype=F64, device=device)])
+        n = v.sum().clamp(min=1)
+        f = v / n  # fa, fb
+        g = f.prod()
+        c1 = n * g
+        sq = f * f
+        head = torch.stack([f[1], c1, c1 * (f[0] - f[1]), c1 * (sq.sum() - g)])  # fb, c1, c2, c5
+        values = torch.cat([head, torch.cat([f.flip(0), sq.flip(0), f.flip(0)]) * tail])[order]
+    else:
+        n = max(na + nb, 1.0)
+        fa, fb = na / n, nb / n
+        c1 = n * fa * fb
+        values = torch.tensor([fb, c1, c1 * (fa - fb), -3 * fb, 3 * fa, c1 * (fa * fa - fa * fb + fb * fb),
+                               6 * fb * fb, 6 * fa * fa, -4 * fb, 4 * fa], dtype=F64).to(device)
+    return torch.zeros(80, dtype=F64, device=device).index_put_((places,), values).view(4, 4, 5)
+
+
 def _block_sums(x: torch.Tensor, centre: torch.Tensor | None = None, norms: torch.Tensor | None = None,
                 weights: torch.Tensor | None = None):
     """The O(n d) sums of a batch in one pass over cache-sized row blocks (of the rows `weights` keeps, if given;
@@ -329,34 +372,42 @@ class Moments(_Stat):
     @classmethod
     def _partial(cls, n, centre: torch.Tensor, s: torch.Tensor) -> Moments:
         """The statistic of one batch of n rows (an int, or a device count) from its power sums
-        s[p - 1] = sum (x - centre)^p, p = 1..4."""
+        s[p - 1] = sum (x - centre)^p, p = 1..4: with delta = S_1 / n (so that n delta^k = delta^(k-1) S_1),
+        M2 = S2 - delta S1, M3 = S3 - 3 delta S2 + 2 delta^2 S1, M4 = S4 - 4 delta S3 + 6 delta^2 S2 - 3 delta^3 S1,
+        as one contraction of the products delta^i S_j (a handful of kernels, whatever d)."""
         delta = s[0] / _positive(n)
-        d2 = delta * delta
+        powers = delta.expand(3, -1).cumprod(0)  # delta, delta^2, delta^3
+        shift = torch.einsum("kij,id,jd->kd", _moment_tables(s.device)[0], powers, s[:3])
         other = cls()
-        other.n = n
-        other.t = {"mean": centre + delta, "m2": s[1] - n * d2, "m3": s[2] - 3.0 * delta * s[1] + 2.0 * n * d2 * delta,
-                   "m4": s[3] - 4.0 * delta * s[2] + 6.0 * d2 * s[1] - 3.0 * n * d2 * d2}
+        other._n = n
+        other._set(torch.cat([(centre + delta)[None], s[1:] + shift]))
         return other
 
+    def _set(self, stacked: torch.Tensor) -> None:
+        self.t = dict(zip(self.FIELDS, stacked.unbind(0)))
+
+    def _stacked(self, fields: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.stack([fields[k] for k in self.FIELDS])
+
     def merge(self, other: Moments) -> Moments:
+        """Pébay's pairwise update (2008, eqs. 2.1-2.3): with delta = mean_b - mean_a and n = n_a + n_b,
+        mean = mean_a + delta n_b / n, M2 = M2a + M2b + delta^2 n_a n_b / n,
+        M3 = M3a + M3b + delta^3 n_a n_b (n_a - n_b) / n^2 + 3 delta (n_a M2b - n_b M2a) / n,
+        M4 = M4a + M4b + delta^4 n_a n_b (n_a^2 - n_a n_b + n_b^2) / n^3 + 6 delta^2 (n_a^2 M2b + n_b^2 M2a) / n^2
+             + 4 delta (n_a M3b - n_b M3a) / n,
+        as one contraction of delta^i with [1, M2a, M3a, M2b, M3b] under count-dependent weights (`_merge_weights`):
+        a few dozen kernels with counts on a device, instead of one per term."""
         if self._take(other):
             return self
-        b = self._fields_of(other)
-        a = self.t
-        device = self.t["mean"].device
+        a, b = self._stacked(self.t), self._stacked(self._fields_of(other))
+        device = a.device
         na, nb = _float_count(self._n, device), _float_count(other._n, device)
-        n_sum = na + nb
-        n = _positive(n_sum)  # 0 only when both are weighted batches that kept nothing: their sums are all 0
-        d = b["mean"] - a["mean"]
-        d2 = d * d
-        m2 = a["m2"] + b["m2"] + d2 * (na * nb / n)
-        m3 = (a["m3"] + b["m3"] + d2 * d * (na * nb * (na - nb) / n**2)
-              + 3.0 * d * (na * b["m2"] - nb * a["m2"]) / n)
-        m4 = (a["m4"] + b["m4"] + d2 * d2 * (na * nb * (na * na - na * nb + nb * nb) / n**3)
-              + 6.0 * d2 * (na * na * b["m2"] + nb * nb * a["m2"]) / n**2
-              + 4.0 * d * (na * b["m3"] - nb * a["m3"]) / n)
-        self.t = {"mean": a["mean"] + d * (nb / n), "m2": m2, "m3": m3, "m4": m4}
-        self._n = _as_number(n_sum)
+        delta = b[0] - a[0]
+        powers = delta.expand(4, -1).cumprod(0)  # delta .. delta^4
+        terms = torch.cat([torch.ones_like(delta)[None], a[1:3], b[1:3]])
+        shift = torch.einsum("pik,kd,id->pd", _merge_weights(na, nb, device), terms, powers)
+        self._set(torch.cat([a[:1], a[1:] + b[1:]]) + shift)
+        self._n = _as_number(na + nb)
         return self
 
     @property
