@@ -255,6 +255,35 @@ def bench_tiles(n: int, d: int) -> None:
         pairs = n * (n - 1) // 2
         print(f"[tiles] N={n}, d={d}, tile {tile}: {pairs / th / 1e9:.2f} G pairs/s = {pairs / th / bound:.2f} x the fp32 "
               f"GEMM bound ({gflops / 1e3:.3f} TFLOP/s fp32, tf32 {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'})")
+    split_tile(units[:m], 200)
+
+
+def split_tile(u: torch.Tensor, bins: int, replicas: int = 16) -> None:
+    """Where one tile's time goes: the GEMM, the arithmetic bin index, the count (`bincount`, whose CUDA kernel
+    also reads the input's min and max back, and whose shared-memory atomics serialise when a warp's values fall
+    in the same few bins, as cosines do), and the same count over `replicas` interleaved copies of the bins
+    (neighbouring threads then hit different copies), which the workflow does not use yet: a measurement for the
+    next change, with its counts checked against the plain ones."""
+    from tasks.similarity import bin_index
+
+    block = u @ u.T
+    t_gemm = min(sync_time(lambda: u @ u.T) for _ in range(3))
+    t_index = min(sync_time(lambda: bin_index(block, bins)) for _ in range(3))
+    idx = bin_index(block, bins)
+    plain = torch.bincount(idx.reshape(-1), minlength=bins)
+    t_count = min(sync_time(lambda: torch.bincount(idx.reshape(-1), minlength=bins)) for _ in range(3))
+    offsets = (torch.arange(idx.shape[1], device=idx.device, dtype=torch.int32) % replicas) * bins
+
+    def replicated():
+        return torch.bincount((idx + offsets).reshape(-1), minlength=bins * replicas).view(replicas, bins).sum(0)
+
+    same = bool(torch.equal(replicated(), plain))
+    t_rep = min(sync_time(replicated) for _ in range(3))
+    t_sums = min(sync_time(lambda: (block.sum(dim=1).double().sum(), torch.linalg.vector_norm(block, dim=1)))
+                 for _ in range(3))
+    print(f"[tiles] one {len(u)} x {len(u)} tile: GEMM {t_gemm * 1e3:.2f} ms, bin index {t_index * 1e3:.2f} ms, "
+          f"bincount {t_count * 1e3:.2f} ms (over {replicas} interleaved copies of the bins: {t_rep * 1e3:.2f} ms, "
+          f"same counts: {same}), sums {t_sums * 1e3:.2f} ms")
 
 
 def main() -> None:
