@@ -27,6 +27,7 @@ def test_gpu_bench_runs_to_its_end_on_a_cpu():
     ratio = float(re.search(r"\(([\d.]+) x predicted", text)[1])
     assert 0.5 < ratio <= 1.0, text
     assert len(re.findall(r"budget\s+[\d,]+ tokens:", text)) == 2
+    assert "same counts: True" in text  # the replicated bincount of the tile split counts as the plain one
 
 
 def test_gpu_bench_refuses_a_machine_without_cuda():
