@@ -157,7 +157,7 @@ class ShardCapturer:
                 finite = torch.isfinite(vectors).all(dim=2).all(dim=0).cpu().numpy()
                 # A NaN or Inf among the batch's best candidates leaves room for the next ones: gathered by another
                 # forward pass (without statistics), so the sample is the bottom k of the finite states (rare).
-                while finite.sum() < sample.k:
+                while not finite.all() and finite.sum() < sample.k:
                     wider = _candidates(sample, hashes, eligible, sample.k + int((~finite).sum()))
                     if wider.sum() <= keep.sum():
                         break  # no other candidate in this batch
