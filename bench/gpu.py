@@ -262,8 +262,9 @@ def split_tile(u: torch.Tensor, bins: int, replicas: int = 16) -> None:
     """Where one tile's time goes: the GEMM, the arithmetic bin index, the count (`bincount`, whose CUDA kernel
     also reads the input's min and max back, and whose shared-memory atomics serialise when a warp's values fall
     in the same few bins, as cosines do), and the same count over `replicas` interleaved copies of the bins
-    (neighbouring threads then hit different copies), which the workflow does not use yet: a measurement for the
-    next change, with its counts checked against the plain ones."""
+    (neighbouring threads then hit different copies), and `histc` on the clipped cosines (no index pass, no min and
+    max read back): neither is used by the workflow yet; measurements for the next change, with their counts checked
+    against the plain ones."""
     from tasks.similarity import bin_index
 
     block = u @ u.T
@@ -279,11 +280,20 @@ def split_tile(u: torch.Tensor, bins: int, replicas: int = 16) -> None:
 
     same = bool(torch.equal(replicated(), plain))
     t_rep = min(sync_time(replicated) for _ in range(3))
+    chunk = max((1 << 24) // block.shape[1], 1)  # rows per `histc` call: float32 counts stay exact below 2^24
+
+    def histc():  # binned by histc's own arithmetic, (c + 1) * bins / 2 in float32, after clipping to [-1, 1]
+        clipped = block.clamp(-1.0, 1.0)
+        return sum(torch.histc(clipped[i : i + chunk], bins, -1.0, 1.0) for i in range(0, len(clipped), chunk))
+
+    histc_diff = int((histc().long() - plain).abs().sum())
+    t_histc = min(sync_time(histc) for _ in range(3))
     t_sums = min(sync_time(lambda: (block.sum(dim=1).double().sum(), torch.linalg.vector_norm(block, dim=1)))
                  for _ in range(3))
     print(f"[tiles] one {len(u)} x {len(u)} tile: GEMM {t_gemm * 1e3:.2f} ms, bin index {t_index * 1e3:.2f} ms, "
           f"bincount {t_count * 1e3:.2f} ms (over {replicas} interleaved copies of the bins: {t_rep * 1e3:.2f} ms, "
-          f"same counts: {same}), sums {t_sums * 1e3:.2f} ms")
+          f"same counts: {same}), clip + histc {t_histc * 1e3:.2f} ms (no index pass; sum |count diff| {histc_diff}, "
+          f"ties at bin edges), sums {t_sums * 1e3:.2f} ms")
 
 
 def main() -> None:
