@@ -1,0 +1,131 @@
+"""What the capture hooks cost the host per site and forward pass, counted and timed, against another checkout.
+
+    .venv/bin/python bench/hook_ops.py [--against DIR]
+
+1. Ops: torch operations dispatched per site and forward pass with the streaming statistics on (default
+   `second_order_fraction`, position 0 excluded), along the path a GPU takes (the hooks never ask the device
+   whether a batch's states are all finite, and take their row norms in one float64 reduction), counted at torch's
+   dispatcher on a 2-layer GPT-2 on the CPU: all ops, those that are not views (each one a kernel launch on a GPU),
+   and those that make a GPU's host wait for the card (`nonzero`, a boolean-mask gather, `bincount`, `item`).
+   Op counts do not depend on the width, so a small model gives the count a GPU's host pays per site.
+2. Time: the statistics part of the hook (`SiteStatistics.add` of the gathered rows) for 36 sites of 4,096 x 768
+   float32 states, on this CPU, on a first batch (empty accumulators) and a later one (best of 5).
+With `--against DIR` (a checkout, e.g. `git worktree add /tmp/old <commit>`), the same in its own process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+VIEWS = {"aten::view", "aten::select", "aten::slice", "aten::unsqueeze", "aten::expand", "aten::permute",
+         "aten::reshape", "aten::_unsafe_view", "aten::squeeze", "aten::t", "aten::transpose", "aten::as_strided",
+         "aten::alias", "aten::detach", "aten::unbind", "aten::split", "aten::chunk"}
+SYNCS = {"aten::nonzero", "aten::masked_select", "aten::bincount", "aten::_local_scalar_dense"}
+
+
+def worker() -> dict:
+    import numpy as np
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from transformers import GPT2Config, GPT2Model
+
+    import tasks.capture
+    from tasks.actor import ShardCapturer
+    from tasks.corpus import Exclusion, Shard
+    from tasks.moments import SiteStatistics, row_norms
+    from workflows.config import StatsConfig
+
+    torch.set_grad_enabled(False)
+    if hasattr(tasks.capture, "_fed"):  # the GPU's path: weights always, no finiteness check
+        tasks.capture._fed = lambda finite: finite
+    tasks.capture.row_norms = lambda x: torch.linalg.vector_norm(x, dim=-1, dtype=torch.float64)
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.count = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func._schema.name
+            indices = args[1] if name == "aten::index" and len(args) > 1 else []
+            if any(isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in indices):
+                name = "aten::index (boolean)"
+            self.count[name] += 1
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=2048, n_positions=256)
+    model = GPT2Model._from_config(cfg, attn_implementation="sdpa").eval()
+    sites = [(layer, s) for layer in range(2) for s in ("resid_post", "attn_out", "mlp_out")]
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, 2048, 4 * 128).astype(np.int32)
+    shard = Shard(0, ids, np.arange(5, dtype=np.int64) * 128, np.arange(4), np.zeros(4, np.int64))
+    fraction = StatsConfig().second_order_fraction
+    counts = {}
+    for label, sites_on, stats in (("bare", [], None), ("hooks", sites, fraction)):
+        cap = ShardCapturer.from_model(model, "gpt2", sites_on or sites)
+        run = (lambda: cap.process(shard, 10, np.uint64(0), 0, 512, stats_fraction=stats,
+                                   exclusion=Exclusion(True, ()))) if sites_on else \
+            (lambda: model(input_ids=torch.as_tensor(ids.reshape(4, 128).astype(np.int64))))
+        run()
+        cap.stats = None
+        run()  # accumulators exist, as after the first batch
+        with Ops() as ops:
+            run()
+        counts[label] = ops.count
+    extra = counts["hooks"] - counts["bare"]  # no sample (threshold 0): the hooks and the statistics
+    per = len(sites)
+    result = {"ops": sum(extra.values()) / per,
+              "kernels": sum(v for k, v in extra.items() if k not in VIEWS) / per,
+              "syncs": sum(v for k, v in extra.items()
+                           if k in SYNCS or k.startswith("aten::nonzero") or k == "aten::index (boolean)") / per}
+    # time: the statistics part of the hook, CPU path
+    torch.manual_seed(1)
+    states = [torch.randn(4096, 768) * (1 + 10 * torch.rand(768)) for _ in range(6)]
+    second = torch.nonzero(torch.rand(4096) < fraction).reshape(-1)
+
+    def feed(all_stats):
+        t0 = time.perf_counter()
+        for i, st in enumerate(all_stats):
+            x = states[i % 6]
+            st.add(x, second, norms=row_norms(x))
+        return time.perf_counter() - t0
+
+    first = min(feed([SiteStatistics() for _ in range(36)]) for _ in range(5))
+    warm = [SiteStatistics() for _ in range(36)]
+    feed(warm)
+    later = min(feed(warm) for _ in range(5))
+    result.update(first_ms=first * 1e3, later_ms=later * 1e3)
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--against", help="another checkout to measure the same way")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        sys.path.insert(0, args.worker)
+        print(json.dumps(worker()))
+        return
+    here = str(Path(__file__).resolve().parent.parent)
+    print(f"# hook_ops.py {time.strftime('%Y-%m-%d')}: per site and forward pass, statistics on (GPU's path for the "
+          f"counts); statistics part of the hook for 36 sites of 4,096 x 768 on this CPU")
+    for name, root in (("this checkout", here), ("--against", args.against)):
+        if root is None:
+            continue
+        out = subprocess.run([sys.executable, __file__, "--worker", str(Path(root).resolve())], capture_output=True,
+                             text=True, check=True, cwd=root)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"  {name:14s} {r['ops']:6.1f} ops, {r['kernels']:6.1f} not views, {r['syncs']:4.1f} synchronising;"
+              f"  hook statistics {r['first_ms']:5.0f} ms first batch, {r['later_ms']:5.0f} ms later  ({root})")
+
+
+if __name__ == "__main__":
+    main()
