@@ -17,7 +17,7 @@ import torch
 from tasks.baselines import (
     fit_dimension,
     law_probabilities,
-    matched_gaussian,
+    matched_deviations,
     wasserstein1,
 )
 from tasks.dimension import (
@@ -60,12 +60,16 @@ def samples_part(layer: int, site: str) -> str:
     return f"samples.parquet/part-L{layer:03d}-{site}.parquet"
 
 
+def inverse_std(std: np.ndarray) -> np.ndarray:
+    """1 / std per coordinate (float64), and 0 where std is 0 (a coordinate constant over the corpus)."""
+    std = np.asarray(std, dtype=np.float64)
+    return np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 0.0)
+
+
 def standardize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """Each coordinate z-scored with the corpus-wide mean and standard deviation, (x - mean) / std, in float64
     then float32; coordinates with std 0 (constant over the corpus) map to 0 rather than to NaN."""
-    std = np.asarray(std, dtype=np.float64)
-    scale = np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 0.0)
-    return ((np.asarray(x, dtype=np.float64) - np.asarray(mean, dtype=np.float64)) * scale).astype(np.float32)
+    return ((np.asarray(x, dtype=np.float64) - np.asarray(mean, dtype=np.float64)) * inverse_std(std)).astype(np.float32)
 
 
 def analyze_site(
@@ -121,9 +125,16 @@ def analyze_site(
         lap("corpus")
         # The matched Gaussian: N(mean, covariance) draws through the same histogram code, per variant (the
         # standardized one z-scored with the same corpus mean and standard deviation as the data).
-        draws = matched_gaussian(mean, covariance, n, seed=matched_seed)
-        states = {"raw": draws, "centered": draws - mean.astype(np.float32),
-                  "standardized": standardize(draws, z_mean, z_std)}
+        # The centred variant's draws are the raw ones before their mean is added (float64: no cancellation), and
+        # the standardized variant's are drawn from the standardized covariance itself (D^-1 S D^-1, unit-scale, so
+        # no coordinate's spread is lost under the others' when its root is taken) plus the standardized mean. Both
+        # then follow their inputs' leading digits only, not the last bits, which vary with how the statistics'
+        # partials were grouped, hence with the number of actors.
+        deviations = matched_deviations(covariance, n, seed=matched_seed)
+        scaled = matched_deviations(standardized_covariance(covariance, z_std), n, seed=matched_seed)
+        offset = (np.asarray(mean, np.float64) - z_mean) * inverse_std(z_std)  # the draws' mean, standardized
+        states = {"raw": (deviations + mean).astype(np.float32), "centered": deviations.astype(np.float32),
+                  "standardized": (scaled + offset).astype(np.float32)}
         matched = {name: unit_rows(x, device) for name, x in states.items()}
         lap("baselines")
     docs = keys.get("doc")

@@ -92,7 +92,15 @@ def matched_gaussian(mean: np.ndarray, covariance: np.ndarray, n: int, seed: int
     """n draws from N(mean, covariance) (float32), seeded: the `gaussian_matched` baseline's states. Run through
     the same histogram code as the data, they separate "shaped covariance" (the data looks like these) from "not
     Gaussian at all" (heavy tails, clusters, varying norms make the data differ even from these)."""
+    return (matched_deviations(covariance, n, seed) + np.asarray(mean, np.float64)).astype(np.float32)
+
+
+def matched_deviations(covariance: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """The same draws less their mean, in float64: `matched_gaussian`'s states before the mean is added. A variant
+    that removes the mean again (centred, standardised) starts from these: subtracting a mean from float32 draws
+    that hold it cancels their leading digits, and makes the result follow the mean's last bits, which depend on how
+    the statistics' partials were grouped (so on the number of actors)."""
     eig, vec = np.linalg.eigh(np.asarray(covariance, np.float64))
     root = vec * np.sqrt(np.clip(eig, 0.0, None))  # root @ root.T == covariance
     z = np.random.default_rng(seed).standard_normal((n, len(eig)))
-    return (z @ root.T + np.asarray(mean, np.float64)).astype(np.float32)
+    return z @ root.T

@@ -163,3 +163,32 @@ def test_verdict_confident_reads_the_intervals():
     near_w1 = {**raw, "w1_gaussian_ci_low": 0.01}  # the near-gaussian threshold (0.02) inside the W1 interval
     assert verdict_confident(near_w1, inside) is False
     assert verdict_confident({"kurtosis_max": 1.0, "w1_gaussian": 0.1}, inside) is None  # no intervals
+
+
+def test_matched_gaussian_ignores_the_last_bits_of_the_statistics(tmp_path):
+    """Statistics merged from partials grouped another way (another number of actors) differ in their last bits;
+    the matched Gaussian's draws, hence its histograms and distances, must not follow them, in any variant. States
+    with spreads over five decades and a large mean, where taking the root of the raw covariance loses the small
+    coordinates in the large ones' rounding (the standardized variant's draws once did)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_t(6, size=(6000, 48)) * np.geomspace(1e-4, 10.0, 48) + rng.normal(0.0, 30.0, 48)
+    one = SiteStatistics()
+    one.add(torch.from_numpy(x))
+    parts = []
+    for chunk in np.array_split(x, 7):
+        part = SiteStatistics()
+        part.add(torch.from_numpy(chunk))
+        parts.append(part)
+    grouped = parts[6]
+    for part in parts[:6]:
+        grouped.merge(part)
+    a, b = one.state(), grouped.state()
+    assert any(not np.array_equal(a[k], b[k]) for k in a)  # the premise: the same data, other last bits
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-9, atol=1e-9)
+    results = [analyze_site(0, "resid_post", x[:1500].astype(np.float32), {}, bins=100, tile=512, quantiles=(0.5,),
+                            store_root=str(tmp_path), save_samples=False, stats=s, matched_seed=3) for s in (a, b)]
+    for variant in ("raw", "centered", "standardized"):
+        r1, r2 = (r["variants"][variant] for r in results)
+        assert np.array_equal(r1["matched_counts"], r2["matched_counts"]), variant
+        assert r1["w1_matched"] == r2["w1_matched"] and r1["ks_matched"] == r2["ks_matched"], variant
