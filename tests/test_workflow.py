@@ -155,6 +155,8 @@ def test_same_results_with_two_actors_and_other_shards(tiny_run, tiny_gpt2, wiki
     assert h1.equals(pq.read_table(two / "histograms.parquet"))
     assert pq.read_table(tiny_run / "samples.parquet").equals(pq.read_table(two / "samples.parquet"))
     assert (_samples(two).pos > 0).all()
+    # One shard per statistics partial (flush_every 1), merged in shard order: the whole summary is bit-identical.
+    assert pq.read_table(tiny_run / "summary.parquet").equals(pq.read_table(two / "summary.parquet"))
     # Other shard boundaries: the same tokens are sampled; states agree to float rounding (batches differ).
     other = run(tiny_config(tiny_gpt2, wikitext, tmp_path / "other", "corpus.shard_tokens=700", "cluster.actors=2"))
     a, b = _samples(tiny_run), _samples(other)
