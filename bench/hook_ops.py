@@ -20,21 +20,27 @@ import json
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
-VIEWS = {"aten::view", "aten::select", "aten::slice", "aten::unsqueeze", "aten::expand", "aten::permute",
-         "aten::reshape", "aten::_unsafe_view", "aten::squeeze", "aten::t", "aten::transpose", "aten::as_strided",
-         "aten::alias", "aten::detach", "aten::unbind", "aten::split", "aten::chunk"}
-SYNCS = {"aten::nonzero", "aten::masked_select", "aten::bincount", "aten::_local_scalar_dense"}
+HERE = Path(__file__).resolve().parent.parent
+
+
+def dispatch_counts():
+    """`tasks.dispatch_counts` of this checkout, loaded by path: the checkout measured may predate it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dispatch_counts", HERE / "tasks" / "dispatch_counts.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def worker() -> dict:
     import numpy as np
     import torch
-    from torch.utils._python_dispatch import TorchDispatchMode
     from transformers import GPT2Config, GPT2Model
 
+    counting = dispatch_counts()  # before the measured checkout's `tasks` is imported
     import tasks.capture
     from tasks.actor import ShardCapturer
     from tasks.corpus import Exclusion, Shard
@@ -45,19 +51,6 @@ def worker() -> dict:
     if hasattr(tasks.capture, "_fed"):  # the GPU's path: weights always, no finiteness check
         tasks.capture._fed = lambda finite: finite
     tasks.capture.row_norms = lambda x: torch.linalg.vector_norm(x, dim=-1, dtype=torch.float64)
-
-    class Ops(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.count = Counter()
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            name = func._schema.name
-            indices = args[1] if name == "aten::index" and len(args) > 1 else []
-            if any(isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in indices):
-                name = "aten::index (boolean)"
-            self.count[name] += 1
-            return func(*args, **(kwargs or {}))
 
     torch.manual_seed(0)
     cfg = GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=2048, n_positions=256)
@@ -76,15 +69,13 @@ def worker() -> dict:
         run()
         cap.stats = None
         run()  # accumulators exist, as after the first batch
-        with Ops() as ops:
+        with counting.DispatchCounter() as ops:
             run()
         counts[label] = ops.count
     extra = counts["hooks"] - counts["bare"]  # no sample (threshold 0): the hooks and the statistics
     per = len(sites)
-    result = {"ops": sum(extra.values()) / per,
-              "kernels": sum(v for k, v in extra.items() if k not in VIEWS) / per,
-              "syncs": sum(v for k, v in extra.items()
-                           if k in SYNCS or k.startswith("aten::nonzero") or k == "aten::index (boolean)") / per}
+    result = {"ops": sum(extra.values()) / per, "kernels": ops.kernels(extra) / per,
+              "syncs": ops.synchronising(extra) / per}
     # time: the statistics part of the hook, CPU path
     torch.manual_seed(1)
     states = [torch.randn(4096, 768) * (1 + 10 * torch.rand(768)) for _ in range(6)]
@@ -114,7 +105,7 @@ def main() -> None:
         sys.path.insert(0, args.worker)
         print(json.dumps(worker()))
         return
-    here = str(Path(__file__).resolve().parent.parent)
+    here = str(HERE)
     print(f"# hook_ops.py {time.strftime('%Y-%m-%d')}: per site and forward pass, statistics on (GPU's path for the "
           f"counts); statistics part of the hook for 36 sites of 4,096 x 768 on this CPU")
     for name, root in (("this checkout", here), ("--against", args.against)):

@@ -317,42 +317,25 @@ def test_statistics_hooks_never_synchronise(tiny_gpt2, stats_path):
     the tokens fed come as indices from the host, NaN or Inf rows are left out by weights counted on the device
     (they took five per site and forward pass, then two, plus two in each norm histogram's `bincount`). Counted
     at torch's dispatcher on a CPU, along the GPU's path; the counter is shown to see each kind first."""
-    from collections import Counter
-
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     from tasks.corpus import Exclusion
-
-    class Syncs(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.count = Counter()
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            name = func._schema.name
-            indices = args[1] if name == "aten::index" and len(args) > 1 else []
-            if name.startswith("aten::nonzero") or name in ("aten::masked_select", "aten::bincount",
-                                                            "aten::_local_scalar_dense") or any(
-                    isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in indices):
-                self.count[name] += 1
-            return func(*args, **(kwargs or {}))
+    from tasks.dispatch_counts import DispatchCounter
 
     t = torch.arange(6.0)
-    with Syncs() as seen:
+    with DispatchCounter() as seen:
         torch.nonzero(t), t[t > 2], torch.bincount(t.long()), float(t.sum()), t.masked_select(t > 1)
-    assert sum(seen.count.values()) == 5, seen.count
+    assert seen.synchronising() == 5, seen.count
     sites = [(layer, s) for layer in range(2) for s in SITES]
     cap = ShardCapturer(str(tiny_gpt2), "float32", sites)
     shard = random_shards(1, 8, 100, seed=4)[0]
     cap.recorder.reset_counts(cap.device)
     for fraction in (0.05, 1.0):
         cap.stats = None
-        with Syncs() as syncs:
+        with DispatchCounter() as ops:
             # no sample (threshold 0): the hooks alone; position 0 and a special id excluded, as by default
             meta = cap.process(shard, 10, np.uint64(0), 0, 300, stats_fraction=fraction,
                                exclusion=Exclusion(position0=True, special_ids=(5,)))
         expected = 0 if stats_path == "gpu-path" else len(sites) * meta["forward_batches"]  # a CPU's all() check
-        assert meta["forward_batches"] >= 2 and sum(syncs.count.values()) == expected, syncs.count
+        assert meta["forward_batches"] >= 2 and ops.synchronising() == expected, ops.count
         assert cap.stats[0].moments.n == shard.n_tokens - meta["n_excluded"]
 
 
