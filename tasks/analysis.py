@@ -25,6 +25,7 @@ from tasks.dimension import (
     dimension_report,
     gaussian_cosine_variance,
     inverse_mean_cos2_dimension,
+    inverse_std,
     mean_cosine,
     mean_squared_cosine,
     standardized_covariance,
@@ -58,12 +59,6 @@ GRAM_CACHE_BYTES = 256 << 20  # the bootstrap keeps G o G (n^2 float64) up to th
 def samples_part(layer: int, site: str) -> str:
     """This site's file inside the `samples.parquet` dataset folder."""
     return f"samples.parquet/part-L{layer:03d}-{site}.parquet"
-
-
-def inverse_std(std: np.ndarray) -> np.ndarray:
-    """1 / std per coordinate (float64), and 0 where std is 0 (a coordinate constant over the corpus)."""
-    std = np.asarray(std, dtype=np.float64)
-    return np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 0.0)
 
 
 def standardize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -123,13 +118,12 @@ def analyze_site(
         corpus.update(pc_kurtosis_max=pc["max"], pc_kurtosis_median=pc["median"], pc_kurtosis_share=pc["share"],
                       kurtosis_share_sample=kurtosis_summary(excess_kurtosis(vectors))["share"])
         lap("corpus")
-        # The matched Gaussian: N(mean, covariance) draws through the same histogram code, per variant (the
-        # standardized one z-scored with the same corpus mean and standard deviation as the data).
-        # The centred variant's draws are the raw ones before their mean is added (float64: no cancellation), and
-        # the standardized variant's are drawn from the standardized covariance itself (D^-1 S D^-1, unit-scale, so
-        # no coordinate's spread is lost under the others' when its root is taken) plus the standardized mean. Both
-        # then follow their inputs' leading digits only, not the last bits, which vary with how the statistics'
-        # partials were grouped, hence with the number of actors.
+        # The matched Gaussian: N(mean, covariance) draws through the same histogram code, per variant. The centred
+        # variant's draws are the raw ones before their mean is added (float64: no cancellation); the standardized
+        # variant's, z-scored with the same corpus mean and standard deviation as the data, are drawn from the
+        # standardized covariance itself (D^-1 S D^-1, unit-scale, so no coordinate's spread is lost under the
+        # others' when its root is taken) plus the standardized mean. Both then follow their inputs' leading digits
+        # only, not the last bits, which vary with how the statistics' partials were grouped (the number of actors).
         deviations = matched_deviations(covariance, n, seed=matched_seed)
         scaled = matched_deviations(standardized_covariance(covariance, z_std), n, seed=matched_seed)
         offset = (np.asarray(mean, np.float64) - z_mean) * inverse_std(z_std)  # the draws' mean, standardized

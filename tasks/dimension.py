@@ -208,9 +208,14 @@ def standardized_covariance(covariance: np.ndarray, std: np.ndarray) -> np.ndarr
     their rows and columns are 0 here. Its eigenvalues in `gaussian_cosine_variance` give the exact E[cos^2] of
     the standardised states if they were Gaussian."""
     cov = np.asarray(covariance, dtype=np.float64)
-    std = np.asarray(std, dtype=np.float64)
-    inv = np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 0.0)
+    inv = inverse_std(std)
     return cov * inv[:, None] * inv[None, :]
+
+
+def inverse_std(std: np.ndarray) -> np.ndarray:
+    """1 / std per coordinate (float64), and 0 where std is 0 (a coordinate constant over the corpus)."""
+    std = np.asarray(std, dtype=np.float64)
+    return np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 0.0)
 
 
 @dataclass(frozen=True)
