@@ -1,4 +1,4 @@
-"""Benchmark: the similarity stage's task for one site (`tasks.analysis.analyze_site`), against another checkout.
+"""Benchmark: the similarity stage's task for one site (`tasks.analysis.site.analyze_site`), against another checkout.
 
     .venv/bin/python bench/analysis_site.py [--against DIR] [--n 2000] [--d 384] [--repeats 4]
 
@@ -38,8 +38,8 @@ def worker(code: str, n: int, d: int, repeats: int) -> None:
     sys.path.insert(0, code)
     import torch
 
-    from tasks.analysis import analyze_site
-    from tasks.moments import SiteStatistics
+    from tasks.analysis.site import analyze_site
+    from tasks.stats.moments import SiteStatistics
 
     rng = np.random.default_rng(0)
     mix = rng.standard_normal((d, d)) * np.linspace(0.05, 1.0, d)

@@ -37,10 +37,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tasks.actor import ShardCapturer  # noqa: E402
-from tasks.batch_budget import CPU_BATCH_TOKENS  # noqa: E402
-from tasks.corpus import Exclusion, Shard  # noqa: E402
-from tasks.sampling import candidate_threshold  # noqa: E402
+from tasks.capture.actor import ShardCapturer  # noqa: E402
+from tasks.capture.batch_budget import CPU_BATCH_TOKENS  # noqa: E402
+from tasks.corpus.shards import Exclusion, Shard  # noqa: E402
+from tasks.capture.sampling import candidate_threshold  # noqa: E402
 from workflows.config import StatsConfig  # noqa: E402
 
 SITES = ("resid_post", "attn_out", "mlp_out")

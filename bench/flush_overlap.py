@@ -26,8 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tasks.actor import ShardCapturer  # noqa: E402
-from tasks.corpus import Shard  # noqa: E402
+from tasks.capture.actor import ShardCapturer  # noqa: E402
+from tasks.corpus.shards import Shard  # noqa: E402
 
 SITES = ("resid_post", "attn_out", "mlp_out")
 

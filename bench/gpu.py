@@ -16,7 +16,7 @@ Prints, measured in this run:
   4. tiles: pairs/s of the tiled histogram at N = 20,000, d = width, against the card's fp32 GEMM rate.
 
 With `--device cpu` the same steps run on the CPU (memory figures are then the bytes of the model's module
-outputs, `tasks.batch_budget.OutputBytes`, whose hooks the timings then include, and the count of host
+outputs, `tasks.capture.batch_budget.OutputBytes`, whose hooks the timings then include, and the count of host
 synchronisations is skipped); with `--smoke`, at toy sizes. Together they make sure that the script a lent GPU's minutes are spent on runs to its end.
 """
 
@@ -33,14 +33,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tasks.actor import ShardCapturer  # noqa: E402
-from tasks.batch_budget import CudaMemory, OutputBytes, fit_sequences, probe  # noqa: E402
-from tasks.capture import SiteRecorder, forward_and_gather, pad_batch  # noqa: E402
-from tasks.corpus import Shard  # noqa: E402
-from tasks.models import site_table  # noqa: E402
-from tasks.moments import stack_states  # noqa: E402
-from tasks.sampling import candidate_threshold  # noqa: E402
-from tasks.similarity import cosine_histogram, quantile_pairs, unit_rows  # noqa: E402
+from tasks.capture.actor import ShardCapturer  # noqa: E402
+from tasks.capture.batch_budget import CudaMemory, OutputBytes, fit_sequences, probe  # noqa: E402
+from tasks.capture.hooks import SiteRecorder, forward_and_gather, pad_batch  # noqa: E402
+from tasks.corpus.shards import Shard  # noqa: E402
+from tasks.capture.models import site_table  # noqa: E402
+from tasks.stats.moments import stack_states  # noqa: E402
+from tasks.capture.sampling import candidate_threshold  # noqa: E402
+from tasks.analysis.similarity import cosine_histogram, quantile_pairs, unit_rows  # noqa: E402
 from workflows.config import StatsConfig  # noqa: E402
 
 BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "A10G": 125.0, "L4": 121.0}
@@ -265,7 +265,7 @@ def split_tile(u: torch.Tensor, bins: int, replicas: int = 16) -> None:
     (neighbouring threads then hit different copies), and `histc` on the clipped cosines (no index pass, no min and
     max read back): neither is used by the workflow yet; measurements for the next change, with their counts checked
     against the plain ones."""
-    from tasks.similarity import bin_index
+    from tasks.analysis.similarity import bin_index
 
     block = u @ u.T
     t_gemm = min(sync_time(lambda: u @ u.T) for _ in range(3))

@@ -26,10 +26,10 @@ HERE = Path(__file__).resolve().parent.parent
 
 
 def dispatch_counts():
-    """`tasks.dispatch_counts` of this checkout, loaded by path: the checkout measured may predate it."""
+    """`tasks.capture.dispatch_counts` of this checkout, loaded by path: the checkout measured may predate it."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("dispatch_counts", HERE / "tasks" / "dispatch_counts.py")
+    spec = importlib.util.spec_from_file_location("dispatch_counts", HERE / "tasks" / "capture" / "dispatch_counts.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -41,16 +41,16 @@ def worker() -> dict:
     from transformers import GPT2Config, GPT2Model
 
     counting = dispatch_counts()  # before the measured checkout's `tasks` is imported
-    import tasks.capture
-    from tasks.actor import ShardCapturer
-    from tasks.corpus import Exclusion, Shard
-    from tasks.moments import SiteStatistics, row_norms
+    import tasks.capture.hooks
+    from tasks.capture.actor import ShardCapturer
+    from tasks.corpus.shards import Exclusion, Shard
+    from tasks.stats.moments import SiteStatistics, row_norms
     from workflows.config import StatsConfig
 
     torch.set_grad_enabled(False)
-    if hasattr(tasks.capture, "_fed"):  # the GPU's path: weights always, no finiteness check
-        tasks.capture._fed = lambda finite: finite
-    tasks.capture.row_norms = lambda x: torch.linalg.vector_norm(x, dim=-1, dtype=torch.float64)
+    if hasattr(tasks.capture.hooks, "_fed"):  # the GPU's path: weights always, no finiteness check
+        tasks.capture.hooks._fed = lambda finite: finite
+    tasks.capture.hooks.row_norms = lambda x: torch.linalg.vector_norm(x, dim=-1, dtype=torch.float64)
 
     torch.manual_seed(0)
     cfg = GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=2048, n_positions=256)

@@ -67,7 +67,7 @@ def idle_driver_cpu_rate(seconds: float) -> float:
 
 def one_run(driver, cfg) -> dict:
     """Run the driver once into a fresh run directory; the per-run totals the figures are made of."""
-    from tasks.merge import merge_shard_files
+    from tasks.merge.tree import merge_shard_files
 
     out = Path(driver.run(cfg))
     manifest = json.loads((out / "manifest.json").read_text())

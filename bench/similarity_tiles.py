@@ -59,7 +59,7 @@ def _gemm(d: int, device: str) -> dict:
 def _tiled(n: int, d: int, bins: int, tile: int, device: str) -> dict:
     import torch
 
-    from tasks.similarity import cosine_histogram, unit_rows
+    from tasks.analysis.similarity import cosine_histogram, unit_rows
 
     x = _data(n, d)
     base = _peak_mib()

@@ -6,7 +6,7 @@ Each capture actor writes its accumulated statistics (`SiteStatistics` of every 
 144 sites x 2 x 1600^2 x 8 B = 5.9 GB of float64 for GPT-2-XL) every `stats.flush_every` shards, and CPU tasks
 merge the partials. This measures, on `--sites` sites of width `--width` filled with random float32 batches:
   flush   `SiteStatistics.state()` and `RunStore.write_arrays` (what `ShardCapturer.flush` does), and the file size;
-  merge   `tasks.merge.merge_statistics_files` over `--partials` files (one first-level merge task), with the
+  merge   `tasks.merge.tree.merge_statistics_files` over `--partials` files (one first-level merge task), with the
           peak memory of the process that ran it (a fresh subprocess, so that its peak is its own);
 and, as the floors in the same run, writing the same number of bytes as one raw array (`ndarray.tofile`) and
 their SHA-256 in memory (a merge checks every partial's checksum before it trusts it). Then extrapolates to GPT-2-XL (144 sites) and
@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 def filled_statistics(n_sites: int, width: int, seed: int):
     import torch
 
-    from tasks.moments import SiteStatistics
+    from tasks.stats.moments import SiteStatistics
 
     gen = torch.Generator().manual_seed(seed)
     out = []
@@ -48,7 +48,7 @@ def filled_statistics(n_sites: int, width: int, seed: int):
 
 def write_partials(root: str, n_sites: int, width: int, n_partials: int) -> tuple[list[tuple[str, str]], float, float, int]:
     """Write `n_partials` partials as actors do; returns (files, state seconds, write seconds, bytes) per partial."""
-    from tasks.moments import stack_states
+    from tasks.stats.moments import stack_states
     from tasks.storage import RunStore
 
     store = RunStore(root)
@@ -73,7 +73,7 @@ def merge_in_subprocess(root: str, n_sites: int, files: list[tuple[str, str]]) -
     # to /proc/self/clear_refs, Linux) and read back from /proc/self/status (VmHWM) when the merge is done.
     code = (
         "import json, sys, time; sys.path.insert(0, sys.argv[1])\n"
-        "from tasks.merge import merge_statistics_files\n"
+        "from tasks.merge.tree import merge_statistics_files\n"
         "def kib(key): return int(next(l.split()[1] for l in open('/proc/self/status') if l.startswith(key)))\n"
         "args = json.loads(sys.argv[2]); open('/proc/self/clear_refs', 'w').write('5'); base = kib('VmRSS:')\n"
         "t0 = time.perf_counter(); merge_statistics_files(args['root'], args['sites'], [tuple(f) for f in args['files']])\n"

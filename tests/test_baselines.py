@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from tasks.baselines import empirical_gaussian, fit_dimension, law_probabilities, wasserstein1
-from tasks.similarity import bin_edges
+from tasks.analysis.baselines import empirical_gaussian, fit_dimension, law_probabilities, wasserstein1
+from tasks.analysis.similarity import bin_edges
 
 
 def test_closed_forms_in_low_dimension():
@@ -68,7 +68,7 @@ def test_wasserstein_of_a_shift():
 
 def test_law_log_probabilities_of_many_dimensions_are_the_rows_of_single_calls():
     """`fit_dimension` evaluates its grid in one call: each row must be the single call's result, bit for bit."""
-    from tasks.baselines import law_log_probabilities
+    from tasks.analysis.baselines import law_log_probabilities
 
     dims = np.exp(np.linspace(np.log(1.1), np.log(64 * 1600), 48))
     rows = law_log_probabilities(dims, 200)

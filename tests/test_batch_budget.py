@@ -5,10 +5,10 @@ exactly; on a GPU the same probe reads torch's peak allocation)."""
 import numpy as np
 import pytest
 
-from tasks import batch_budget
-from tasks.actor import ShardCapturer
-from tasks.batch_budget import MemoryModel, OutputBytes, fit_sequences, probe
-from tasks.corpus import Shard
+from tasks.capture import batch_budget
+from tasks.capture.actor import ShardCapturer
+from tasks.capture.batch_budget import MemoryModel, OutputBytes, fit_sequences, probe
+from tasks.corpus.shards import Shard
 
 
 def test_fit_sequences_is_the_largest_power_of_two_that_fits():

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.actor import ShardCapturer
-from tasks.capture import SiteRecorder, forward_and_gather, pad_batch
-from tasks.corpus import Shard
+from tasks.capture.actor import ShardCapturer
+from tasks.capture.hooks import SiteRecorder, forward_and_gather, pad_batch
+from tasks.corpus.shards import Shard
 from tasks.errors import UserError
-from tasks.models import ARCHITECTURES, site_table
-from tasks.sampling import token_hash
+from tasks.capture.models import ARCHITECTURES, site_table
+from tasks.capture.sampling import token_hash
 
 SITES = ("resid_post", "attn_out", "mlp_out")
 
@@ -31,10 +31,10 @@ def stats_path(request, monkeypatch):
     all finite (that would wait for the card), so its hooks always feed the statistics weights (device counts);
     and it takes its row norms in one float64 reduction."""
     if request.param == "gpu-path":
-        import tasks.capture
+        import tasks.capture.hooks
 
-        monkeypatch.setattr(tasks.capture, "_fed", lambda finite: finite)
-        monkeypatch.setattr(tasks.capture, "row_norms",
+        monkeypatch.setattr(tasks.capture.hooks, "_fed", lambda finite: finite)
+        monkeypatch.setattr(tasks.capture.hooks, "row_norms",
                             lambda x: torch.linalg.vector_norm(x, dim=-1, dtype=torch.float64))
     return request.param
 
@@ -138,7 +138,7 @@ def test_actor_statistics_every_token_and_second_order_fraction(tiny_gpt2, stats
     from scipy import stats
     from transformers import AutoModel
 
-    from tasks.actor import second_order_tokens
+    from tasks.capture.actor import second_order_tokens
 
     rng = np.random.default_rng(3)
     lengths = np.array([60, 9, 120, 33, 80, 47])
@@ -171,7 +171,7 @@ def test_excluded_tokens_stay_out_of_sample_and_statistics(tiny_gpt2, exclude, s
     they feed only the excluded norms. Without exclusion every token is in, as before."""
     from transformers import AutoModel
 
-    from tasks.corpus import Exclusion
+    from tasks.corpus.shards import Exclusion
 
     rng = np.random.default_rng(3)
     lengths = np.array([40, 3, 17, 64, 25, 1])
@@ -237,8 +237,8 @@ def test_flush_from_another_thread_while_shards_run(tiny_gpt2, tmp_path):
     partials cover every shard once, and merged they equal the statistics of the same shards with no flush."""
     import threading
 
-    from tasks.merge import merge_statistics_files
-    from tasks.moments import unstack_states
+    from tasks.merge.tree import merge_statistics_files
+    from tasks.stats.moments import unstack_states
 
     shards = random_shards(8, 5, 100, seed=8)
     sites = [(0, "resid_post"), (1, "mlp_out")]
@@ -317,8 +317,8 @@ def test_statistics_hooks_never_synchronise(tiny_gpt2, stats_path):
     the tokens fed come as indices from the host, NaN or Inf rows are left out by weights counted on the device
     (they took five per site and forward pass, then two, plus two in each norm histogram's `bincount`). Counted
     at torch's dispatcher on a CPU, along the GPU's path; the counter is shown to see each kind first."""
-    from tasks.corpus import Exclusion
-    from tasks.dispatch_counts import DispatchCounter
+    from tasks.corpus.shards import Exclusion
+    from tasks.capture.dispatch_counts import DispatchCounter
 
     t = torch.arange(6.0)
     with DispatchCounter() as seen:
@@ -345,7 +345,7 @@ def test_nonfinite_states_stay_out_of_the_statistics(tiny_gpt2, stats_path):
     and its sequence's later states NaN at every site.)"""
     from transformers import AutoModel
 
-    from tasks.corpus import Exclusion, batches
+    from tasks.corpus.shards import Exclusion, batches
 
     bad = 7
     cap = ShardCapturer(str(tiny_gpt2), "float32", [(0, "resid_post"), (1, "mlp_out")])

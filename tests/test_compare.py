@@ -7,9 +7,9 @@ from fractions import Fraction
 
 import pytest
 
-from tasks.compare_runs import align_layers, align_sites, config_differences
+from tasks.report.compare import align_layers, align_sites, config_differences
 from tasks.errors import UserError
-from tasks.report_page import ASSETS, embed_json, render
+from tasks.report.page import ASSETS, embed_json, render
 
 
 def fake_run(n_layers: int, layers, sites=("resid_post", "attn_out", "mlp_out")) -> dict:

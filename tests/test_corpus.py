@@ -8,17 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
-from tasks.corpus import (
-    Exclusion,
-    batches,
-    embedded_texts,
-    load_texts,
-    make_sequences,
-    make_shards,
-    special_ids,
-    special_tokens,
-    tokenize,
-)
+from tasks.corpus.documents import embedded_texts, load_texts, tokenize
+from tasks.corpus.shards import Exclusion, batches, make_sequences, make_shards, special_ids, special_tokens
 from tasks.errors import UserError
 from tests.conftest import TOKENIZER
 

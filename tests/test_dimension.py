@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from tasks.dimension import (
+from tasks.analysis.dimension import (
     all_pairs_cosine,
     components_for_variance,
     covariance_spectrum,
@@ -213,8 +213,8 @@ def test_standardized_covariance_is_the_correlation_matrix():
 def test_pair_cosine_variance_matches_the_pair_list():
     """The closed form against the variance over the explicit list of pairs i < j, zero rows (cosine 0) included,
     and against the tiled histogram's own sums."""
-    from tasks.analysis import pair_cosine_variance
-    from tasks.similarity import cosine_histogram, unit_rows
+    from tasks.analysis.site import pair_cosine_variance
+    from tasks.analysis.similarity import cosine_histogram, unit_rows
 
     rng = np.random.default_rng(6)
     x = rng.standard_normal((300, 12)) * np.linspace(0.1, 3, 12) + 0.7

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-import tasks.baselines
-from tasks.baselines import law_probabilities
-from tasks.distances import (
+import tasks.analysis.baselines
+from tasks.analysis.baselines import law_probabilities
+from tasks.analysis.distances import (
     baseline_counts,
     document_bootstrap,
     document_groups,
@@ -20,7 +20,7 @@ from tasks.distances import (
     wasserstein1,
     weighted_document_bootstrap,
 )
-from tasks.similarity import (
+from tasks.analysis.similarity import (
     bin_edges,
     cosine_histogram,
     grouped_cosine_counts,
@@ -43,7 +43,7 @@ def histograms(bins: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_wasserstein1_is_the_baselines_one():
-    assert wasserstein1 is tasks.baselines.wasserstein1
+    assert wasserstein1 is tasks.analysis.baselines.wasserstein1
 
 
 @pytest.mark.parametrize("bins,seed", [(20, 0), (200, 1)])
@@ -151,7 +151,7 @@ def test_weighted_bootstrap_of_a_pair_statistic_with_vector_output():
 def test_pair_moments_bootstrap_equals_brute_force_weighted_pairs(cache, monkeypatch):
     """Mean cosine and mean squared cosine of every replicate (two row blocks of the Gram matrix, G o G kept or
     recomputed) against the full weighted pair sums: pairs across documents weigh m_a m_b, inside one m_a."""
-    from tasks import analysis
+    from tasks.analysis import site as analysis
 
     monkeypatch.setattr(analysis, "GRAM_CACHE_BYTES", 1 << 30 if cache else 0)
     x, doc = grouped_tokens(2100, 40, 5, seed=4)
@@ -202,7 +202,7 @@ def brute_force_weighted_histogram(x: np.ndarray, unit: np.ndarray, m: np.ndarra
 def test_replicate_histogram_equals_brute_force_weighted_pairs(max_groups, bins, key_buffer, seed, monkeypatch):
     """Exact integer equality, several tiles (diagonal and off-diagonal), documents grouped or not, with empty low
     and high bins (100 bins), and with the grouped counts' key buffer counted many times over (1000 keys)."""
-    from tasks import similarity
+    from tasks.analysis import similarity
 
     monkeypatch.setattr(similarity, "KEY_BUFFER", key_buffer)
     x, doc = grouped_tokens(150, 9, 6, seed=seed)

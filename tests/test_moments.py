@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy import stats
 
-from tasks.moments import (
+from tasks.stats.moments import (
     Covariance,
     Moments,
     NormHistogram,

@@ -115,7 +115,8 @@ def test_nonfinite_states_are_counted_and_kept_out(ray_cluster, tiny_gpt2, wikit
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from tasks.corpus import load_texts, make_sequences, tokenize
+    from tasks.corpus.documents import load_texts, tokenize
+    from tasks.corpus.shards import make_sequences
 
     model = AutoModel.from_pretrained(tiny_gpt2)
     tok = AutoTokenizer.from_pretrained(tiny_gpt2)

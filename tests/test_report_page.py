@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.baselines import law_probabilities
+from tasks.analysis.baselines import law_probabilities
 from workflows.cli import main as cli_main
 from workflows.config import config_from_dict
 from workflows.driver import run

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from tasks.merge import merge_states
-from tasks.sampling import BottomKSample, candidate_threshold, context_ids, token_hash
+from tasks.merge.tree import merge_states
+from tasks.capture.sampling import BottomKSample, candidate_threshold, context_ids, token_hash
 
 
 def _tokens(n_docs=40, per_doc=50):

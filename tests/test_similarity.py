@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.similarity import CosineHistogram, bin_index, cosine_histogram, quantile_pairs, unit_rows
+from tasks.analysis.similarity import CosineHistogram, bin_index, cosine_histogram, quantile_pairs, unit_rows
 
 
 def brute_force(x: np.ndarray, bins: int):
@@ -75,7 +75,7 @@ def test_quantile_pairs_match_full_sort(tile, monkeypatch):
     b = bin_index(torch.from_numpy(cos), 40).numpy()
     order = np.lexsort((j, i, cos, b))
     for crowd_cap in (10**9, 50):  # second run forces the sub-binning path
-        monkeypatch.setattr("tasks.similarity.COLLECT_CAP", crowd_cap)
+        monkeypatch.setattr("tasks.analysis.similarity.COLLECT_CAP", crowd_cap)
         pairs = quantile_pairs(units, hist, qs, tile)
         for q, p in zip(qs, pairs):
             k = order[int(np.floor(q * (len(cos) - 1)))]

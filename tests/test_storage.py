@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.merge import corrupt_files, merge_statistics_files, split_statistics
-from tasks.moments import SiteStatistics, stack_states, unstack_states
+from tasks.merge.tree import corrupt_files, merge_statistics_files, split_statistics
+from tasks.stats.moments import SiteStatistics, stack_states, unstack_states
 from tasks.storage import RunStore
 
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from scipy import stats
 
-from tasks.analysis import analyze_site
-from tasks.moments import Moments, SiteStatistics
-from tasks.tails import (
+from tasks.analysis.site import analyze_site
+from tasks.stats.moments import Moments, SiteStatistics
+from tasks.analysis.tails import (
     KURTOSIS_SHARE_THRESHOLD,
     excess_kurtosis,
     kurtosis_summary,

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.analysis import analyze_site
-from tasks.baselines import matched_gaussian
-from tasks.moments import SiteStatistics
-from tasks.verdict import verdict
+from tasks.analysis.site import analyze_site
+from tasks.analysis.baselines import matched_gaussian
+from tasks.stats.moments import SiteStatistics
+from tasks.analysis.verdict import verdict
 
 
 def test_matched_gaussian_has_the_mean_and_covariance():
@@ -77,8 +77,8 @@ def isotropic_site(tmp_path, seed: int, d: int, n: int, n_boot: int) -> tuple[np
 def test_bootstrap_intervals_cover_the_truth(tmp_path):
     """Isotropic Gaussian tokens, each its own document: the mean cosine is 0 and the centred E[cos^2] equals the
     Gaussian prediction, so the 95 % intervals should contain 0 and 1; the point estimate is the histogram's."""
-    from tasks.analysis import pair_moments_bootstrap
-    from tasks.similarity import unit_rows
+    from tasks.analysis.site import pair_moments_bootstrap
+    from tasks.analysis.similarity import unit_rows
 
     n = 1000
     x, r = isotropic_site(tmp_path, seed=5, d=32, n=n, n_boot=200)
@@ -92,7 +92,7 @@ def test_bootstrap_intervals_cover_the_truth(tmp_path):
 
 
 def test_standardize_is_the_z_score_with_zero_for_constant_coordinates():
-    from tasks.analysis import standardize
+    from tasks.analysis.site import standardize
 
     rng = np.random.default_rng(7)
     x = rng.normal(size=(500, 5)) * [0.01, 1, 100, 3, 0] + [5, -2, 0, 1e3, 7]
@@ -150,7 +150,7 @@ def test_inverse_mean_cos2_of_isotropic_gaussian_is_d(tmp_path):
 
 def test_verdict_confident_reads_the_intervals():
     """Confident when every interval lies on one side of each threshold; not when one straddles it."""
-    from tasks.verdict import RATIO_HIGH, verdict_confident
+    from tasks.analysis.verdict import RATIO_HIGH, verdict_confident
 
     raw = {"kurtosis_max": 1.0, "w1_gaussian": 0.1, "w1_gaussian_ci_low": 0.09, "w1_gaussian_ci_high": 0.11}
     inside = {"cos2_over_gaussian": 1.0, "cos2_over_gaussian_ci_low": 0.95, "cos2_over_gaussian_ci_high": 1.05,

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tasks.errors import UserError
-from tasks.sampling import token_hash
+from tasks.capture.sampling import token_hash
 from workflows.cli import main as cli_main
 from workflows.config import config_from_dict, load_config
 from workflows.driver import run
@@ -104,7 +104,8 @@ def expected_sample(model: Path, text: Path, max_docs: int, k: int, seed: int, e
     <|endoftext|> (the tiny GPT-2's only special token)."""
     from transformers import AutoTokenizer
 
-    from tasks.corpus import load_texts, make_sequences, tokenize
+    from tasks.corpus.documents import load_texts, tokenize
+    from tasks.corpus.shards import make_sequences
 
     tok = AutoTokenizer.from_pretrained(model)
     docs = tokenize(load_texts("files", files=[str(text)]), tok, max_docs=max_docs)
@@ -168,7 +169,7 @@ def test_same_results_with_two_actors_and_other_shards(tiny_run, tiny_gpt2, wiki
 def test_plots_drawn_in_processes_are_the_same_bytes(tiny_run, tmp_path):
     import shutil
 
-    from tasks.plots import draw_plots
+    from tasks.report.plots import draw_plots
 
     copy = tmp_path / "copy"
     shutil.copytree(tiny_run, copy)
@@ -213,7 +214,8 @@ def all_states(model_dir: Path, text: Path, max_docs: int, layer: int) -> tuple[
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from tasks.corpus import load_texts, make_sequences, tokenize
+    from tasks.corpus.documents import load_texts, tokenize
+    from tasks.corpus.shards import make_sequences
 
     model = AutoModel.from_pretrained(model_dir).eval()
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -287,7 +289,7 @@ def test_corpus_numbers_equal_brute_force_over_every_token(tiny_run, layer0_stat
     zcos = (zu @ zu.T)[i, j]
     assert std.cos_mean == pytest.approx(zcos.mean(), abs=1e-5) and std.cos_std == pytest.approx(zcos.std(), abs=1e-5)
     corr = np.corrcoef(x, rowvar=False)
-    from tasks.dimension import gaussian_cosine_variance
+    from tasks.analysis.dimension import gaussian_cosine_variance
 
     assert std.predicted_cos_var == pytest.approx(gaussian_cosine_variance(np.clip(np.linalg.eigvalsh(corr), 0, None)), rel=1e-4)
     assert std.dim_inv_cos2 == pytest.approx(1 / (zcos**2).mean(), rel=1e-4) and std.verdict == raw.verdict

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
-from tasks.actor import ShardCapturer
+from tasks.capture.actor import ShardCapturer
 from tasks.errors import RunError, UserError, first_line
 from tasks.storage import RunStore
 from workflows.config import Config

@@ -33,9 +33,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _report(run_dir: str) -> None:
-    from tasks.plots import draw_plots
-    from tasks.report_data import check_run_dir
-    from tasks.report_page import write_report
+    from tasks.report.plots import draw_plots
+    from tasks.report.data import check_run_dir
+    from tasks.report.page import write_report
     from tasks.storage import RunStore
 
     store = RunStore(run_dir)
@@ -46,7 +46,7 @@ def _report(run_dir: str) -> None:
 
 
 def _compare(run_dirs: list[str], out: str) -> None:
-    from tasks.report_page import write_compare
+    from tasks.report.page import write_compare
 
     logging.getLogger("gpt_stats").info("wrote %s", write_compare(run_dirs, out))
 

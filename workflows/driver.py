@@ -25,13 +25,13 @@ import pyarrow as pa
 import yaml
 from tqdm.auto import tqdm
 
-from tasks import corpus as corpus_mod
-from tasks.analysis import analyze_site
-from tasks.baselines import empirical_gaussian, law_probabilities, wasserstein1
-from tasks.distances import DISTANCES
+from tasks.corpus import documents, shards as shard_mod
+from tasks.analysis.site import analyze_site
+from tasks.analysis.baselines import empirical_gaussian, law_probabilities, wasserstein1
+from tasks.analysis.distances import DISTANCES
 from tasks.errors import RunError, UserError, first_line
-from tasks.exemplars import exemplar_rows
-from tasks.merge import (
+from tasks.report.exemplars import exemplar_rows
+from tasks.merge.tree import (
     corrupt_files,
     merge_shard_files,
     merge_states,
@@ -39,7 +39,7 @@ from tasks.merge import (
     split_sites,
     split_statistics,
 )
-from tasks.models import (
+from tasks.capture.models import (
     d_model,
     load_model_config,
     load_tokenizer,
@@ -47,18 +47,18 @@ from tasks.models import (
     resolve_layers,
     site_table,
 )
-from tasks.plots import draw_plots
-from tasks.sampling import candidate_threshold
-from tasks.similarity import CosineHistogram, bin_edges
+from tasks.report.plots import draw_plots
+from tasks.capture.sampling import candidate_threshold
+from tasks.analysis.similarity import CosineHistogram, bin_edges
 from tasks.storage import RunStore, is_uri, shard_file
-from tasks.tables import (
+from tasks.report.tables import (
     EXEMPLAR_SCHEMA,
     SUMMARY_SCHEMA,
     histogram_rows,
     moments_table,
     rows_to_table,
 )
-from tasks.verdict import verdict, verdict_confident
+from tasks.analysis.verdict import verdict, verdict_confident
 from workflows.capture_pool import CaptureResult, run_capture
 from workflows.config import Config
 
@@ -420,14 +420,14 @@ def _run(cfg: Config, store: RunStore, manifest: dict, model_config, layers, tim
         trust = cfg.model.trust_remote_code == cfg.model.name
         tokenizer = load_tokenizer(cfg.model.name, cfg.model.revision, trust)
         c = cfg.corpus
-        texts = corpus_mod.load_texts(c.source, name=c.name, config=c.config, split=c.split, files=c.files, text_field=c.text_field)
-        docs = corpus_mod.tokenize(texts, tokenizer, max_docs=c.max_docs)
+        texts = documents.load_texts(c.source, name=c.name, config=c.config, split=c.split, files=c.files, text_field=c.text_field)
+        docs = documents.tokenize(texts, tokenizer, max_docs=c.max_docs)
         if not docs:
             raise UserError("the corpus has no non-empty document; check corpus.source, corpus.files or corpus.text_field")
-        seq_len = corpus_mod.context_length(model_config, c.max_length)
-        shards = corpus_mod.make_shards(corpus_mod.make_sequences(docs, tokenizer, seq_len, c.long_docs), c.shard_tokens)
+        seq_len = shard_mod.context_length(model_config, c.max_length)
+        shards = shard_mod.make_shards(shard_mod.make_sequences(docs, tokenizer, seq_len, c.long_docs), c.shard_tokens)
         total = sum(s.n_tokens for s in shards)
-        exclusion = corpus_mod.Exclusion.from_config(cfg.capture.exclude, tokenizer)
+        exclusion = shard_mod.Exclusion.from_config(cfg.capture.exclude, tokenizer)
         excluded = sum(exclusion.count(s) for s in shards) if exclusion else 0
     eligible = total - excluded  # the tokens that can be sampled: the threshold must count only these
     if eligible < k:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import time
 
-from tasks import sanity
-from tasks.report_page import write_report
+from tasks.capture import sanity
+from tasks.report.page import write_report
 from tasks.storage import RunStore
 from workflows.config import Config
 

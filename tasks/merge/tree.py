@@ -2,7 +2,7 @@
 
 Stage 3 of the data flow, run as CPU Ray tasks. The first level reads the shard samples that the capture actors
 wrote to the run directory (checking their checksums); later levels fold merged states. Because every shard sample is a bottom-k by hash
-(`tasks.sampling`), merging is "keep the k smallest", so the driver may reduce shard samples in any grouping (a
+(`tasks.capture.sampling`), merging is "keep the k smallest", so the driver may reduce shard samples in any grouping (a
 tree of `merge_states` calls of bounded fan-in) and get the same result as a single pass over the corpus.
 """
 
@@ -12,8 +12,8 @@ import itertools
 
 import numpy as np
 
-from tasks.moments import stack_states, unstack_states
-from tasks.sampling import KEYS, BottomKSample
+from tasks.stats.moments import stack_states, unstack_states
+from tasks.capture.sampling import KEYS, BottomKSample
 from tasks.storage import RunStore, shard_file
 
 

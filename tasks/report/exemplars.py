@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tasks.sampling import CONTEXT
+from tasks.capture.sampling import CONTEXT
 
 
 def context_text(tokenizer, context: np.ndarray) -> str:

@@ -14,13 +14,13 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from tasks.baselines import (
+from tasks.analysis.baselines import (
     fit_dimension,
     law_probabilities,
     matched_deviations,
     wasserstein1,
 )
-from tasks.dimension import (
+from tasks.analysis.dimension import (
     covariance_spectrum,
     dimension_report,
     gaussian_cosine_variance,
@@ -30,7 +30,7 @@ from tasks.dimension import (
     mean_squared_cosine,
     standardized_covariance,
 )
-from tasks.distances import (
+from tasks.analysis.distances import (
     DISTANCES,
     baseline_counts,
     document_groups,
@@ -39,8 +39,8 @@ from tasks.distances import (
     ks_statistic,
     weighted_document_bootstrap,
 )
-from tasks.moments import SiteStatistics
-from tasks.similarity import (
+from tasks.stats.moments import SiteStatistics
+from tasks.analysis.similarity import (
     CosineHistogram,
     cosine_histogram,
     grouped_cosine_counts,
@@ -48,8 +48,8 @@ from tasks.similarity import (
     unit_rows,
 )
 from tasks.storage import RunStore
-from tasks.tables import samples_table
-from tasks.tails import excess_kurtosis, kurtosis_summary, principal_components_kurtosis
+from tasks.report.tables import samples_table
+from tasks.analysis.tails import excess_kurtosis, kurtosis_summary, principal_components_kurtosis
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +299,7 @@ def pair_moments_bootstrap(units: np.ndarray, docs: np.ndarray, n_boot: int, see
 
 def corpus_numbers(stats: SiteStatistics) -> dict:
     """The corpus-wide numbers of one site from its streaming statistics (every token, no sampling): exact
-    all-pairs mean cosine and mean squared cosine, effective dimensions of the covariance (`tasks.dimension`),
+    all-pairs mean cosine and mean squared cosine, effective dimensions of the covariance (`tasks.analysis.dimension`),
     the cosine variance that a Gaussian with this covariance (and with the correlation matrix, for the
     standardized variant) would give, norms, the count and norms of the tokens kept out (`capture.exclude`),
     per-coordinate kurtosis, and the per-coordinate moments (returned as arrays for `moments.parquet`). The mean and

@@ -15,8 +15,8 @@ from typing import Sequence
 import pyarrow as pa
 import torch
 
-from tasks.models import load_tokenizer, resolve_name, torch_dtype
-from tasks.tables import SANITY_SCHEMA
+from tasks.capture.models import load_tokenizer, resolve_name, torch_dtype
+from tasks.report.tables import SANITY_SCHEMA
 
 log = logging.getLogger(__name__)
 

@@ -207,7 +207,7 @@ def grouped_cosine_counts(units: torch.Tensor, groups: np.ndarray, n_groups: int
     its counts exactly; the tiles' combined keys (a * n_groups + b) * bins + k are counted by `bincount` whenever
     as many as min(cells, KEY_BUFFER) have gathered. Memory: the count array (n_groups^2 * bins int64) plus that
     many keys. Used by the document bootstrap of the
-    histogram distances (`tasks.distances.replicate_histograms`): a resample of groups reweights whole cells of C.
+    histogram distances (`tasks.analysis.distances.replicate_histograms`): a resample of groups reweights whole cells of C.
     Given an empty `hist`, the same pass fills it, equal to `cosine_histogram`'s to the bit (one tile pass, not two).
     """
     g = torch.as_tensor(np.asarray(groups, dtype=np.int64), device=units.device)

@@ -131,7 +131,7 @@ SAMPLE_SCHEMA = pa.schema(
     ]
 )
 
-# The model sanity check (tasks/sanity.py): the top-k next tokens after each configured prompt, rank from 1.
+# The model sanity check (tasks/capture/sanity.py): the top-k next tokens after each configured prompt, rank from 1.
 SANITY_SCHEMA = pa.schema(
     [
         ("prompt", pa.string()),

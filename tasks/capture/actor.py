@@ -16,14 +16,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from tasks.batch_budget import CPU_BATCH_TOKENS
-from tasks.batch_budget import resolve as resolve_budget
-from tasks.capture import SiteRecorder, StatsFeed, forward_and_gather, pad_batch
-from tasks.corpus import Exclusion, Shard, batches
-from tasks.faults import maybe_fail
-from tasks.models import load_model, load_model_config, site_table
-from tasks.moments import SiteStatistics, stack_states
-from tasks.sampling import BottomKSample, context_ids, token_hash
+from tasks.capture.batch_budget import CPU_BATCH_TOKENS
+from tasks.capture.batch_budget import resolve as resolve_budget
+from tasks.capture.hooks import SiteRecorder, StatsFeed, forward_and_gather, pad_batch
+from tasks.corpus.shards import Exclusion, Shard, batches
+from tasks.capture.faults import maybe_fail
+from tasks.capture.models import load_model, load_model_config, site_table
+from tasks.stats.moments import SiteStatistics, stack_states
+from tasks.capture.sampling import BottomKSample, context_ids, token_hash
 from tasks.storage import RunStore, shard_file
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class ShardCapturer:
 
     def ready(self, batch_tokens: int | str = CPU_BATCH_TOKENS, seq_len: int = 0, k: int = 1, stats: bool = False,
               flush_every: int | None = None) -> dict:
-        """Called once by the driver: fixes this replica's forward budget (`auto`: see `tasks.batch_budget`, for
+        """Called once by the driver: fixes this replica's forward budget (`auto`: see `tasks.capture.batch_budget`, for
         sequences of `seq_len` tokens, a sample of `k` and statistics on or off) and how many shards' statistics
         make one partial (`flush_every`), and says where it lives, how long its model took to load and the budget
         it chose."""

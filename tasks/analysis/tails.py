@@ -7,7 +7,7 @@ can hide heavy tails that lie along rotated directions: mixing many coordinates 
 (central limit theorem), so the same states are also read in the basis of their principal components (eigenvectors
 of the corpus covariance), where a heavy-tailed direction with its own variance shows up as one component.
 
-Estimator (both bases, the same one as `tasks.moments.Moments` and `scipy.stats.kurtosis(bias=True)`):
+Estimator (both bases, the same one as `tasks.stats.moments.Moments` and `scipy.stats.kurtosis(bias=True)`):
     excess kurtosis = n sum (x - mean)^4 / (sum (x - mean)^2)^2 - 3.
 For Gaussian data its sampling standard deviation is about sqrt(24 / n) (0.11 for n = 2000, 0.014 over 128k
 tokens), so `KURTOSIS_SHARE_THRESHOLD` = 1.0 is 9 standard errors above 0 for a 2000-token sample: a Gaussian

@@ -129,7 +129,7 @@ def plot_overview(hists: dict, summary: dict, variant: str = "raw") -> bytes:
 
 
 def plot_verdicts(summary: dict) -> bytes:
-    """Layers (x) by sites (y), each cell coloured by its verdict (`tasks/verdict.py`), with the centred
+    """Layers (x) by sites (y), each cell coloured by its verdict (`tasks/analysis/verdict.py`), with the centred
     E[cos^2] / Gaussian ratio written in it."""
     from matplotlib.patches import Patch
 

@@ -1,6 +1,6 @@
 """Self-contained HTML pages: `report.html` for one run and the page of `gpt-stats compare`.
 
-A page is the template `report_assets/page.html` with the stylesheet and scripts inlined and the data embedded
+A page is the template `assets/page.html` with the stylesheet and scripts inlined and the data embedded
 as JSON in a `<script type="application/json">` element. Nothing is fetched: no CDN, no fonts, no images; the
 Content-Security-Policy allows only the page's own inline script (by its SHA-256) and forbids every request, so
 a page opened from disk, mailed, or put in a paper's supplement shows the same thing anywhere, offline.
@@ -24,7 +24,7 @@ from tasks.storage import RunStore
 
 log = logging.getLogger(__name__)
 
-ASSETS = Path(__file__).resolve().parent / "report_assets"
+ASSETS = Path(__file__).resolve().parent / "assets"
 SCRIPTS = {"report": ("common.js", "report.js"), "compare": ("common.js", "compare.js")}
 _PLACEHOLDER = re.compile(r"\{\{([A-Z]+)\}\}")
 
@@ -75,7 +75,7 @@ def render(kind: str, title: str, data: dict) -> str:
 
 def write_report(run_dir: str | Path | RunStore) -> str:
     """Write `RUN_DIR/report.html` from the run directory's Parquet files and manifest; returns its path."""
-    from tasks.report_data import run_data
+    from tasks.report.data import run_data
 
     store = run_dir if isinstance(run_dir, RunStore) else RunStore(str(run_dir))
     data = run_data(store)
@@ -88,7 +88,7 @@ def write_report(run_dir: str | Path | RunStore) -> str:
 
 def write_compare(run_dirs, out: str | Path) -> Path:
     """Write the comparison page of several runs to `out`; refuses runs that cannot be aligned (UserError)."""
-    from tasks.compare_runs import compare_data
+    from tasks.report.compare import compare_data
 
     data = compare_data(run_dirs)
     title = "gpt-stats comparison: " + " vs ".join(r["dir"] for r in data["runs"])

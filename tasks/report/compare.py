@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from tasks.errors import UserError
-from tasks.report_data import run_data
+from tasks.report.data import run_data
 
 IGNORED_KEYS = ("run.out", "cluster.", "report.")  # where and how a run ran, or its sanity prompts
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from scipy import optimize, stats
 
-from tasks.similarity import CosineHistogram, bin_edges, cosine_histogram, unit_rows
+from tasks.analysis.similarity import CosineHistogram, bin_edges, cosine_histogram, unit_rows
 
 
 def law_log_probabilities(d: float | np.ndarray, bins: int) -> np.ndarray:

@@ -4,7 +4,7 @@ intervals by a bootstrap over documents (issue 3).
 All three distances treat each bin's mass as sitting at bin resolution (a point mass at the bin centre), so that
 they equal the distances between the two weighted samples of bin centres that scipy computes (the tests check
 this): with F, G the cumulative probabilities at the right edges of the bins and w = 2 / bins the bin width,
-    Wasserstein-1   sum_k |F_k - G_k| * w                   (cosine units; `tasks.baselines.wasserstein1`),
+    Wasserstein-1   sum_k |F_k - G_k| * w                   (cosine units; `tasks.analysis.baselines.wasserstein1`),
     Kolmogorov      max_k |F_k - G_k|                       (probability units),
     energy          sqrt(2 * sum_k (F_k - G_k)^2 * w)       (sqrt of cosine units; Szekely & Rizzo 2013:
                                                              D^2 = 2 E|X-Y| - E|X-X'| - E|Y-Y'| = 2 int (F-G)^2).
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tasks.baselines import wasserstein1
-from tasks.similarity import grouped_cosine_counts
+from tasks.analysis.baselines import wasserstein1
+from tasks.analysis.similarity import grouped_cosine_counts
 
 __all__ = [
     "DISTANCES",
@@ -210,7 +210,7 @@ def replicate_histograms(counts: np.ndarray, multiplicity: np.ndarray, max_entri
     multiplicities m (k_rep, G) of the groups in each replicate:
         H_k = sum_{a != b} m_a m_b C[a, b, k] + sum_a m_a C[a, a, k],
     pairs between two drawn groups counted once per combination of their copies, pairs inside a group once per
-    copy (the convention of `tasks.analysis.pair_moments_bootstrap`: a replicate invents no within-group pairs).
+    copy (the convention of `tasks.analysis.site.pair_moments_bootstrap`: a replicate invents no within-group pairs).
     All replicates at once: X = m @ C (one GEMM over a), H = sum_b X[., b, .] m_b, minus (m^2 - m) C[a, a, .].
     float64 throughout; the result is exact integers while every partial sum stays below 2^53 (pair counts
     times m^2, far beyond any sample). Replicates in chunks of at most `max_entries` entries of X."""
@@ -258,7 +258,7 @@ def histogram_distance_bootstrap(
     `max_groups` documents they are the same draws (same seed) as the mean-cosine interval's.
 
     `counts`: the tokens' grouped pair counts if already made (`grouped_cosine_counts` over `document_groups(doc_ids,
-    max_groups)`, as `tasks.analysis.sample_numbers` does in the pass that makes its histogram).
+    max_groups)`, as `tasks.analysis.site.sample_numbers` does in the pass that makes its histogram).
 
     A baseline given as a histogram (a 1-D array: the exact law) is held fixed. A baseline given as the unit rows of
     a sample (a tensor: the matched Gaussian's draws, independent tokens), or as their grouped pair counts

@@ -14,8 +14,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from tasks.models import SiteTable
-from tasks.moments import row_norms
+from tasks.capture.models import SiteTable
+from tasks.stats.moments import row_norms
 
 
 def _module(model: torch.nn.Module, path: str) -> torch.nn.Module:

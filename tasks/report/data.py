@@ -4,7 +4,7 @@ Everything the page shows comes from here, so `gpt-stats report RUN_DIR` can red
 files alone. Histograms are regrouped per (layer, site, variant) as arrays of densities over the run's bins;
 exemplars per (layer, site, variant) sorted by quantile; the sanity check per prompt. For the dimension slider,
 the isotropic law's per-bin densities are precomputed on a log-spaced grid of d (plus every site's `d_model`
-and `d_fit`, so the slider can sit exactly on them) with `tasks.baselines.law_probabilities`: the same exact
+and `d_fit`, so the slider can sit exactly on them) with `tasks.analysis.baselines.law_probabilities`: the same exact
 Beta-CDF differences the run used, no second implementation in JavaScript.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.baselines import law_probabilities
+from tasks.analysis.baselines import law_probabilities
 from tasks.errors import UserError
 from tasks.storage import RunStore
 

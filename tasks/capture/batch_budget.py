@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tasks.corpus import Shard
+from tasks.corpus.shards import Shard
 
 log = logging.getLogger(__name__)
 
