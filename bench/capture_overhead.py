@@ -43,7 +43,7 @@ from tasks.corpus.shards import Exclusion, Shard  # noqa: E402
 from tasks.capture.sampling import candidate_threshold  # noqa: E402
 from workflows.config import StatsConfig  # noqa: E402
 
-SITES = ("resid_post", "attn_out", "mlp_out")
+from tasks.sites import SITES  # noqa: E402
 log = logging.getLogger("capture_overhead")
 
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tasks.capture.actor import ShardCapturer  # noqa: E402
 from tasks.corpus.shards import Shard  # noqa: E402
 
-SITES = ("resid_post", "attn_out", "mlp_out")
+from tasks.sites import SITES  # noqa: E402
 
 
 def shards(n: int, tokens: int, seq: int) -> list[Shard]:

@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tasks.capture.actor import ShardCapturer  # noqa: E402
-from tasks.capture.batch_budget import CudaMemory, OutputBytes, fit_sequences, probe  # noqa: E402
+from tasks.capture.batch_budget import CudaMemory, OutputBytes, fit_sequences  # noqa: E402
 from tasks.capture.hooks import SiteRecorder, forward_and_gather, pad_batch  # noqa: E402
 from tasks.corpus.shards import Shard  # noqa: E402
 from tasks.capture.models import site_table  # noqa: E402
@@ -44,7 +44,7 @@ from tasks.analysis.similarity import cosine_histogram, quantile_pairs, unit_row
 from workflows.config import StatsConfig  # noqa: E402
 
 BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "A10G": 125.0, "L4": 121.0}
-SITES = ("resid_post", "attn_out", "mlp_out")
+from tasks.sites import SITES  # noqa: E402
 DEVICE = "cuda"  # set by main from --device
 CPU_MEMORY = 1 << 34  # what `--device cpu` tells the budget probe it may fill (16 GiB; 64 MiB with --smoke)
 
@@ -210,7 +210,7 @@ def check_budget(cap: ShardCapturer, meter, seq: int, batch_tokens: int, fractio
     that budget against the fixed one on one shard of two auto-sized batches."""
     gib = 2.0**30
     t0 = time.perf_counter()
-    model = probe(cap, seq, 2000, stats=True, meter=meter)
+    model = cap.memory_model(seq, 2000, stats=True, meter=meter)
     t_probe = time.perf_counter() - t0
     n = fit_sequences(model)
     print(f"[budget] probe {t_probe:.1f} s: fixed {model.fixed / gib:.2f} GiB + {model.per_sequence / gib:.3f} GiB per "

@@ -55,7 +55,7 @@ def worker() -> dict:
     torch.manual_seed(0)
     cfg = GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=2048, n_positions=256)
     model = GPT2Model._from_config(cfg, attn_implementation="sdpa").eval()
-    sites = [(layer, s) for layer in range(2) for s in ("resid_post", "attn_out", "mlp_out")]
+    sites = [(layer, s) for layer in range(2) for s in ("resid_post", "attn_out", "mlp_out")]  # older checkouts lack tasks.sites
     rng = np.random.default_rng(0)
     ids = rng.integers(5, 2048, 4 * 128).astype(np.int32)
     shard = Shard(0, ids, np.arange(5, dtype=np.int64) * 128, np.arange(4), np.zeros(4, np.int64))

@@ -7,7 +7,7 @@ import pytest
 
 from tasks.capture import batch_budget
 from tasks.capture.actor import ShardCapturer
-from tasks.capture.batch_budget import MemoryModel, OutputBytes, fit_sequences, probe
+from tasks.capture.batch_budget import MemoryModel, OutputBytes, fit_sequences
 from tasks.corpus.shards import Shard
 
 
@@ -33,7 +33,7 @@ def test_probe_predicts_a_third_batch_and_leaves_no_statistics(tiny_gpt2, tmp_pa
     cap.flush_every = 1  # as `ready` may have set it: the probes' statistics must not be sealed for a flush
     meter = OutputBytes(cap.model, available=10**9)
     seq_len, k = 32, 40
-    model = probe(cap, seq_len, k, stats=True, meter=meter)
+    model = cap.memory_model(seq_len, k, stats=True, meter=meter)
     assert cap.stats is None and cap.stats_shards == [] and cap.flush(str(tmp_path), "h", "p") == []
     assert cap.flush_every == 1
     cap.flush_every = None
@@ -56,8 +56,10 @@ def test_probe_predicts_a_third_batch_and_leaves_no_statistics(tiny_gpt2, tmp_pa
 
 def test_resolve_on_a_cpu(tiny_gpt2):
     cap = ShardCapturer(str(tiny_gpt2), "float32", [(0, "resid_post")])
-    assert batch_budget.resolve(cap, "auto", 128, 10, True) == batch_budget.CPU_BATCH_TOKENS
-    assert batch_budget.resolve(cap, 512, 128, 10, True) == 512
+    assert batch_budget.resolve("auto", 128, None) == batch_budget.CPU_BATCH_TOKENS
+    assert batch_budget.resolve(512, 128, None) == 512
+    model = MemoryModel(fixed=100, per_sequence=10, available=1000)
+    assert batch_budget.resolve("auto", 128, lambda: model) == fit_sequences(model) * 128
     info = cap.ready("auto", 128, 10, True)
     assert info["batch_tokens"] == cap.batch_tokens == batch_budget.CPU_BATCH_TOKENS
 

@@ -13,7 +13,7 @@ from tasks.errors import UserError
 from tasks.capture.models import ARCHITECTURES, site_table
 from tasks.capture.sampling import token_hash
 
-SITES = ("resid_post", "attn_out", "mlp_out")
+from tasks.sites import SITES
 
 
 def _batch(vocab, lengths, seed=0):

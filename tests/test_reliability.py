@@ -140,7 +140,7 @@ def test_nonfinite_states_are_counted_and_kept_out(ray_cluster, tiny_gpt2, wikit
             hs = model(input_ids=torch.tensor([seq]), output_hidden_states=True).hidden_states
             expected += [int((~torch.isfinite(hs[layer + 1]).all(-1)).sum()) for layer in (0, 1)]
     per_site = m["nonfinite"]["per_site"]
-    assert [per_site["L0.resid_post"], per_site["L1.resid_post"]] == expected.tolist() and expected.min() > 0
+    assert [per_site["L000-resid_post"], per_site["L001-resid_post"]] == expected.tolist() and expected.min() > 0
     summary = pq.read_table(out / "summary.parquet").to_pandas()
     assert (summary.n_nonfinite > 0).all()
     assert np.isfinite(summary[["cos_mean", "cos_std", "d_fit"]].to_numpy()).all()

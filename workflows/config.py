@@ -19,8 +19,8 @@ from typing import Any, Literal
 import yaml
 
 from tasks.errors import UserError
+from tasks.sites import SITES
 
-SITES = ("resid_post", "attn_out", "mlp_out")
 EXCLUDE = ("position0", "special")  # tokens that can be kept out of the sample and the main statistics
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 

@@ -47,6 +47,7 @@ from tasks.analysis.similarity import (
     quantile_pairs,
     unit_rows,
 )
+from tasks.sites import site_key
 from tasks.storage import RunStore
 from tasks.report.tables import samples_table
 from tasks.analysis.tails import excess_kurtosis, kurtosis_summary, principal_components_kurtosis
@@ -58,7 +59,7 @@ GRAM_CACHE_BYTES = 256 << 20  # the bootstrap keeps G o G (n^2 float64) up to th
 
 def samples_part(layer: int, site: str) -> str:
     """This site's file inside the `samples.parquet` dataset folder."""
-    return f"samples.parquet/part-L{layer:03d}-{site}.parquet"
+    return f"samples.parquet/part-{site_key(layer, site)}.parquet"
 
 
 def standardize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -85,7 +86,7 @@ def analyze_site(
     """Histogram, exemplar pairs and fitted dimension for one site's sample (n x d); with the site's merged
     streaming statistics (`stats`, a `SiteStatistics` state), the corpus-wide numbers too, the `centered` and
     `standardized` variants with their matched Gaussians, and the statistics saved as
-    `statistics/L{layer}-{site}.npz`. `timings` holds the seconds spent per step (write, corpus, histogram,
+    `statistics/{site_key}.npz`. `timings` holds the seconds spent per step (write, corpus, histogram,
     bootstrap, baselines), which the driver sums over sites."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     seconds = dict.fromkeys(("write", "corpus", "histogram", "bootstrap", "baselines"), 0.0)
@@ -103,7 +104,7 @@ def analyze_site(
     if save_samples:
         store.write_parquet(samples_part(layer, site), samples_table(layer, site, keys, vectors))
     if stats is not None:
-        store.write_arrays(f"statistics/L{layer:03d}-{site}.npz", stats)
+        store.write_arrays(f"statistics/{site_key(layer, site)}.npz", stats)
     lap("write")
     corpus = {}
     variants = {"raw": vectors}

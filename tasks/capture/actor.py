@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from tasks.capture.batch_budget import CPU_BATCH_TOKENS
+from tasks.capture.batch_budget import CPU_BATCH_TOKENS, CudaMemory, MemoryModel, probe
 from tasks.capture.batch_budget import resolve as resolve_budget
 from tasks.capture.hooks import SiteRecorder, StatsFeed, forward_and_gather, pad_batch
 from tasks.corpus.shards import Exclusion, Shard, batches
@@ -86,11 +86,34 @@ class ShardCapturer:
         import ray
 
         t0 = time.perf_counter()
-        self.batch_tokens = resolve_budget(self, batch_tokens, seq_len, k, stats)
+        on_gpu = self.device.type == "cuda"
+        self.batch_tokens = resolve_budget(batch_tokens, seq_len, (lambda: self.memory_model(seq_len, k, stats)) if on_gpu else None)
         self.flush_every = flush_every
         node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
         return {"device": str(self.device), "node": node, "load_seconds": round(self.load_seconds, 3),
                 "batch_tokens": self.batch_tokens, "budget_seconds": round(time.perf_counter() - t0, 3)}
+
+    def memory_model(self, seq_len: int, k: int, stats: bool, meter=None) -> MemoryModel:
+        """This replica's peak memory against the sequences per batch (`tasks.capture.batch_budget.probe`), measured
+        by `meter` (default: the CUDA allocator's peak) on probe shards run through `process`. The probes' statistics
+        are discarded, never sealed into a partial."""
+        meter = meter or CudaMemory(self.device)
+
+        def measure(shard: Shard) -> int:
+            meter.reset()
+            self.process(shard, k, np.uint64(2**64 - 1), 0, shard.n_tokens, stats_fraction=1.0 if stats else None)
+            return meter.peak()
+
+        config = self.model.config
+        width = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0))
+        itemsize = next(self.model.parameters()).element_size()  # the sample stays on the device in the model's dtype
+        flush_every, self.flush_every = self.flush_every, None
+        try:
+            return probe(measure, seq_len, k, vocab=int(getattr(config, "vocab_size", 2)),
+                         sample_row_bytes=len(self.recorder.sites) * width * itemsize, available=meter.available())
+        finally:
+            self.stats, self.stats_shards, self.flush_every = None, [], flush_every
+            meter.reset()
 
     def process(self, shard: Shard, k: int, threshold: np.uint64, seed: int, batch_tokens: int | None = None,
                 store_root: str | None = None, config_hash: str = "", stats_fraction: float | None = None,

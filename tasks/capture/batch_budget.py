@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -96,45 +97,35 @@ class OutputBytes:
         return self._available
 
 
-def probe(capturer, seq_len: int, k: int, stats: bool, meter=None, vocab: int | None = None) -> MemoryModel:
-    """Measure the memory model of `capturer` (a `ShardCapturer`) for sequences of `seq_len` tokens: peak memory
-    of one shard of n1 and one of 2 n1 full-length sequences (random ids, every token a sample candidate, the d x d
-    statistics on every token when `stats`), n1 the fewest sequences that hold k tokens so that both probes gather
-    the sample's full k rows per batch. The sample may hold up to 3 k rows between trims (2 k kept, k arriving):
-    the 2 k the probes do not hold are added to `fixed`. (Sealed statistics wait for their write on the host, so
-    the device holds one set, which the probes include.) The capturer's statistics are discarded afterwards."""
-    meter = meter or CudaMemory(capturer.device)
-    vocab = vocab or int(getattr(capturer.model.config, "vocab_size", 2))
+def probe(measure: Callable[[Shard], int], seq_len: int, k: int, *, vocab: int, sample_row_bytes: int,
+          available: int) -> MemoryModel:
+    """The memory model for sequences of `seq_len` tokens, from the peak memory `measure(shard)` reports for one
+    shard of n1 and one of 2 n1 full-length sequences of random ids, run through the real capture code (every
+    token a sample candidate, the d x d statistics on every token). n1 is the fewest sequences that hold k tokens,
+    so that both probes gather the sample's full k rows per batch. The sample may hold up to 3 k rows between
+    trims (2 k kept, k arriving): the 2 k rows of `sample_row_bytes` each (all sites) that the probes do not hold
+    are added to `fixed`. `available` is the memory the process can have."""
     n1 = max(1, -(-k // seq_len))
     rng = np.random.default_rng(0)
     peaks = []
-    flush_every, capturer.flush_every = capturer.flush_every, None  # the probes' statistics are never sealed
-    try:
-        for n in (n1, 2 * n1):
-            shard = Shard(index=-1, ids=rng.integers(0, vocab, n * seq_len, dtype=np.int32),
-                          offsets=np.arange(n + 1, dtype=np.int64) * seq_len, doc=np.arange(n, dtype=np.int64),
-                          window=np.zeros(n, dtype=np.int64))
-            meter.reset()
-            capturer.process(shard, k, np.uint64(2**64 - 1), 0, n * seq_len, stats_fraction=1.0 if stats else None)
-            peaks.append(meter.peak())
-    finally:
-        capturer.stats, capturer.stats_shards, capturer.flush_every = None, [], flush_every
-    meter.reset()
+    for n in (n1, 2 * n1):
+        shard = Shard(index=-1, ids=rng.integers(0, vocab, n * seq_len, dtype=np.int32),
+                      offsets=np.arange(n + 1, dtype=np.int64) * seq_len, doc=np.arange(n, dtype=np.int64),
+                      window=np.zeros(n, dtype=np.int64))
+        peaks.append(measure(shard))
     per_sequence = max((peaks[1] - peaks[0]) // n1, 1)
-    width = int(getattr(capturer.model.config, "hidden_size", 0) or getattr(capturer.model.config, "n_embd", 0))
-    itemsize = next(capturer.model.parameters()).element_size()  # the sample stays on the device in the model's dtype
-    sample_rows = 2 * k * len(capturer.recorder.sites) * width * itemsize
-    fixed = peaks[0] - n1 * per_sequence + sample_rows
-    return MemoryModel(fixed=int(fixed), per_sequence=int(per_sequence), available=meter.available())
+    fixed = peaks[0] - n1 * per_sequence + 2 * k * sample_row_bytes
+    return MemoryModel(fixed=int(fixed), per_sequence=int(per_sequence), available=int(available))
 
 
-def resolve(capturer, batch_tokens: int | str, seq_len: int, k: int, stats: bool) -> int:
-    """The budget a capturer uses: an int as given; `auto` probed on a GPU, `CPU_BATCH_TOKENS` on a CPU."""
+def resolve(batch_tokens: int | str, seq_len: int, memory_model: Callable[[], MemoryModel] | None) -> int:
+    """The forward budget: an int as given; `auto` fitted to `memory_model()` (a GPU's, measured), or
+    `CPU_BATCH_TOKENS` where there is no device memory to measure (None: a CPU)."""
     if batch_tokens != "auto":
         return int(batch_tokens)
-    if capturer.device.type != "cuda":
+    if memory_model is None:
         return CPU_BATCH_TOKENS
-    model = probe(capturer, seq_len, k, stats)
+    model = memory_model()
     n = fit_sequences(model)
     gib = 2.0**30
     log.info("batch_tokens auto: %d sequences of %d tokens (fixed %.2f GiB + %.3f GiB per sequence; %.2f of %.2f GiB)",

@@ -19,9 +19,9 @@ import numpy as np
 
 from tasks.analysis.baselines import law_probabilities
 from tasks.errors import UserError
+from tasks.sites import site_order
 from tasks.storage import RunStore
 
-SITE_ORDER = ("resid_post", "attn_out", "mlp_out")
 REQUIRED = ("manifest.json", "summary.parquet", "histograms.parquet")
 
 
@@ -132,8 +132,7 @@ def law_grid(summary: list[dict], bins: int, grid: LawGrid = LawGrid()) -> dict:
 
 
 def ordered_sites(summary: list[dict]) -> list[str]:
-    present = {r["site"] for r in summary}
-    return [s for s in SITE_ORDER if s in present] + sorted(present - set(SITE_ORDER))
+    return site_order(r["site"] for r in summary)
 
 
 def default_selection(summary: list[dict]) -> dict:

@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from tasks.sites import site_key, site_order  # noqa: E402
 from tasks.storage import RunStore  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -102,8 +103,7 @@ def plot_site(sources: dict, row: dict) -> bytes:
 
 def plot_overview(hists: dict, summary: dict, variant: str = "raw") -> bytes:
     layers = sorted({k[0] for k in hists if k[2] == variant})
-    order = ("resid_post", "attn_out", "mlp_out")
-    sites = [s for s in order if any(k[1] == s for k in hists)]
+    sites = site_order(k[1] for k in hists)
     fig, axes = plt.subplots(len(layers), len(sites), figsize=(3.2 * len(sites), 1.3 * len(layers) + 0.8), squeeze=False, sharex=True)
     for r, layer in enumerate(layers):
         for c, site in enumerate(sites):
@@ -115,7 +115,7 @@ def plot_overview(hists: dict, summary: dict, variant: str = "raw") -> bytes:
             _draw(ax, hists[key], legend=False)
             ax.set_yticks([])
             ax.set_xticks([-1, -0.5, 0, 0.5, 1], ["−1", "−0.5", "0", "0.5", "1"], fontsize=7)
-            ax.text(0.02, 0.9, f"L{layer} {site}  d_fit {summary[key]['d_fit']:.3g}", transform=ax.transAxes, fontsize=7,
+            ax.text(0.02, 0.9, f"{site_key(layer, site)}  d_fit {summary[key]['d_fit']:.3g}", transform=ax.transAxes, fontsize=7,
                     va="top", bbox=dict(facecolor="white", edgecolor="none", alpha=0.75, pad=1))
             if r == 0:
                 ax.set_title(site, fontsize=9)
@@ -136,7 +136,7 @@ def plot_verdicts(summary: dict) -> bytes:
     raw = {(k[0], k[1]): r for k, r in summary.items() if k[2] == "raw"}
     cen = {(k[0], k[1]): r for k, r in summary.items() if k[2] == "centered"}
     layers = sorted({k[0] for k in raw})
-    sites = [s for s in ("resid_post", "attn_out", "mlp_out") if any(k[1] == s for k in raw)]
+    sites = site_order(k[1] for k in raw)
     fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(layers) + 2.5), 0.6 * len(sites) + 1.6))
     for y, site in enumerate(sites):
         for x, layer in enumerate(layers):
@@ -174,7 +174,7 @@ def draw_plots(run_dir: str | RunStore, workers: int | None = None) -> list[str]
     store = run_dir if isinstance(run_dir, RunStore) else RunStore(str(run_dir))
     hists, summary = _histograms(store), _summary(store)
     store.delete("plots")
-    jobs = [(f"plots/L{layer:02d}_{site}_{variant}.png", sources, summary[(layer, site, variant)])
+    jobs = [(f"plots/{site_key(layer, site)}-{variant}.png", sources, summary[(layer, site, variant)])
             for (layer, site, variant), sources in sorted(hists.items())]
     if workers is None:
         workers = min(os.cpu_count() or 1, PLOT_WORKERS, max(len(jobs) // MIN_PLOTS_PER_WORKER, 1))
