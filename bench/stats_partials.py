@@ -136,7 +136,7 @@ def main() -> None:
     print(f"extrapolation to {args.xl_sites} sites and {args.actors} actors (one partial each), linear in sites:")
     print(f"  partial = {mib:,.1f} MiB x {args.xl_sites}/{args.sites} = {xl_size:.2f} GiB; all partials "
           f"{xl_size:.2f} x {args.actors} = {xl_size * args.actors:,.0f} GiB")
-    from workflows.driver import stats_fan_in
+    from tasks.merge.reduce import stats_fan_in
 
     fan_in = stats_fan_in(args.actors)
     levels, width, folds = 0, args.actors, 0

@@ -31,6 +31,11 @@ def shard_file(index: int, suffix: str) -> str:
     return f"shards/shard-{index:06d}.{suffix}"
 
 
+def partial_file(name: str, suffix: str) -> str:
+    """Where a statistics partial (`npz`) and its record (`json`) live in the run directory."""
+    return f"stats/{name}.{suffix}"
+
+
 class _HashingWriter(io.RawIOBase):
     """A write-only, unseekable stream that hashes what passes through it: `zipfile` (under `np.savez`) then
     writes every member once, in order, with a data descriptor, so the hash is that of the file's bytes."""

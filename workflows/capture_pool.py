@@ -21,8 +21,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from tasks.capture.actor import ShardCapturer
+from tasks.corpus.shards import Exclusion, Shard
 from tasks.errors import RunError, UserError, first_line
-from tasks.storage import RunStore
+from tasks.storage import RunStore, partial_file
 from workflows.config import Config
 
 log = logging.getLogger(__name__)
@@ -30,10 +31,17 @@ log = logging.getLogger(__name__)
 FAULT_ENV = ("GPT_STATS_FAULTS", "GPT_STATS_FAULT_DIR")
 
 
-def _user_error(exc: BaseException) -> UserError | None:
-    """The UserError raised inside a Ray task or actor, if that is what `exc` carries."""
-    cause = getattr(exc, "cause", None)
-    return cause if isinstance(cause, UserError) else None
+@dataclass(frozen=True)
+class CaptureSpec:
+    """What every shard of a run is captured with."""
+
+    sites: list[tuple[int, str]]
+    k: int  # sample size
+    threshold: np.uint64  # a token is a sample candidate only if its hash is below this
+    config_hash: str
+    seq_len: int  # the longest sequence, for the actors' batch budget
+    attempt: int  # of this run directory: names the statistics partials
+    exclusion: Exclusion | None = None
 
 
 @dataclass
@@ -46,184 +54,242 @@ class CaptureResult:
     driver_cpu_s: float = 0.0  # CPU seconds of the driver process during the stage (scheduling overhead)
 
 
-def run_capture(cfg: Config, store: RunStore, todo, sites, k: int, threshold: np.uint64, config_hash: str,
-                total_tokens: int, done_tokens: int, attempt: int, exclusion=None, seq_len: int = 0) -> CaptureResult:
-    import ray
+def _user_error(exc: BaseException) -> UserError | None:
+    """The UserError raised inside a Ray task or actor, if that is what `exc` carries."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, UserError) else None
 
-    t0, cpu0 = time.perf_counter(), time.process_time()
-    cc = cfg.cluster
-    stats_fraction = cfg.stats.second_order_fraction if cfg.stats.enabled else None
-    env = {name: os.environ[name] for name in FAULT_ENV if name in os.environ}
-    options = dict(num_cpus=cc.cpus_per_actor, num_gpus=cc.gpus_per_actor, max_restarts=0)
-    if cc.resources:
-        options["resources"] = dict(cc.resources)
-    if env:
-        options["runtime_env"] = {"env_vars": env}
-    # `io`: one thread of its own per actor for statistics flushes, so a flush overlaps the next shards
-    actor_cls = ray.remote(concurrency_groups={"io": 1})(ShardCapturer).options(**options)
-    trust = cfg.model.trust_remote_code == cfg.model.name
 
-    def start():
-        return actor_cls.remote(cfg.model.name, cfg.model.dtype, sites, revision=cfg.model.revision,
-                                use_gpu=cc.gpus_per_actor > 0, trust_remote_code=trust)
+class CapturePool:
+    """Runs shards on a pool of `ShardCapturer` actors until every shard is done (and, with statistics on,
+    flushed), replacing actors that die or fail."""
 
-    by_index = {s.index: s for s in todo}
-    n_actors = min(cc.actors, len(todo))
-    actors = {slot: start() for slot in range(n_actors)}
-    generation: Counter = Counter()
-    # each actor fixes its own batch budget, and seals its statistics every `flush_every` shards
-    budget = (cfg.capture.batch_tokens, seq_len, k, stats_fraction is not None, cfg.stats.flush_every)
+    def __init__(self, cfg: Config, store: RunStore, spec: CaptureSpec):
+        import ray
 
-    starting = {actors[slot].ready.remote(*budget): (slot, 0) for slot in actors}
-    live: set[int] = set()
-    pending = deque(todo)
-    in_flight: dict = {}  # process ref -> (slot, generation, shard)
-    queued: Counter = Counter()  # (slot, generation) -> its shards in flight: O(1) per slot, not a scan of in_flight
-    flushing: dict = {}  # flush ref -> (slot, generation)
-    unflushed: dict[int, list[int]] = {slot: [] for slot in actors}  # shards whose statistics the actor holds
-    done: dict[int, dict] = {}  # shard index -> record, for shards whose statistics are not yet flushed
-    failures: Counter = Counter()
-    result = CaptureResult()
-    last_progress = time.monotonic()
-    flushes: Counter = Counter()
-    flushed_early: set[int] = set()
+        self.cfg, self.store, self.spec = cfg, store, spec
+        cc = cfg.cluster
+        self.stats_fraction = cfg.stats.second_order_fraction if cfg.stats.enabled else None
+        env = {name: os.environ[name] for name in FAULT_ENV if name in os.environ}
+        options = dict(num_cpus=cc.cpus_per_actor, num_gpus=cc.gpus_per_actor, max_restarts=0)
+        if cc.resources:
+            options["resources"] = dict(cc.resources)
+        if env:
+            options["runtime_env"] = {"env_vars": env}
+        # `io`: one thread of its own per actor for statistics flushes, so a flush overlaps the next shards
+        self.actor_cls = ray.remote(concurrency_groups={"io": 1})(ShardCapturer).options(**options)
+        # each actor fixes its own batch budget, and seals its statistics every `flush_every` shards
+        self.budget = (cfg.capture.batch_tokens, spec.seq_len, spec.k, self.stats_fraction is not None,
+                       cfg.stats.flush_every)
+        self.actors: dict = {}
+        self.generation: Counter = Counter()  # slot -> how many times its actor was replaced
+        self.live: set[int] = set()
+        self.starting: dict = {}  # ready ref -> (slot, generation)
+        self.in_flight: dict = {}  # process ref -> (slot, generation, shard)
+        self.queued: Counter = Counter()  # (slot, generation) -> its shards in flight
+        self.flushing: dict = {}  # flush ref -> (slot, generation)
+        self.flushes: Counter = Counter()
+        self.unflushed: dict[int, list[int]] = {}  # slot -> shards whose statistics its actor holds
+        self.done: dict[int, dict] = {}  # shard index -> record, for shards whose statistics are not yet flushed
+        self.flushed_early: set[int] = set()  # flushed before their own result reached the driver
+        self.failures: Counter = Counter()
+        self.pending: deque[Shard] = deque()
+        self.by_index: dict[int, Shard] = {}
+        self.result = CaptureResult()
 
-    def requeue(indices) -> None:
+    # -- the loop ---------------------------------------------------------------------------------------------
+
+    def run(self, todo: list[Shard], total_tokens: int, done_tokens: int) -> CaptureResult:
+        import ray
+
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        cc = self.cfg.cluster
+        self.by_index = {s.index: s for s in todo}
+        self.pending = deque(todo)
+        n_actors = min(cc.actors, len(todo))
+        for slot in range(n_actors):
+            self.unflushed[slot] = []
+            self.start(slot)
+        last_progress = time.monotonic()
+        bar = tqdm(total=total_tokens, initial=done_tokens, unit="tok", desc="capture", disable=None)
+        try:
+            while True:
+                self.dispatch()
+                if not self.pending and not self.in_flight:
+                    self.flush_remaining()
+                    if not self.flushing:
+                        break
+                waiting = list(self.in_flight) + list(self.flushing) + list(self.starting)
+                ready, _ = ray.wait(waiting, num_returns=1, timeout=10.0)
+                if not ready:
+                    if not self.live and time.monotonic() - last_progress > cc.actor_wait_s:
+                        raise RunError(f"no capture actor could be placed for {cc.actor_wait_s:g} s; the cluster lacks "
+                                       "the resources asked for (cluster.cpus_per_actor, gpus_per_actor, resources)")
+                    continue
+                ref = ready[0]
+                last_progress = time.monotonic()
+                if ref in self.starting:
+                    self.on_started(ref)
+                    if not self.result.startup_s and len(self.live) == n_actors:
+                        self.result.startup_s = time.perf_counter() - t0
+                elif ref in self.flushing:
+                    self.on_flushed(ref)
+                else:
+                    bar.update(self.on_shard(ref))
+        finally:
+            bar.close()
+            for actor in self.actors.values():
+                ray.kill(actor, no_restart=True)  # free CPUs/GPUs for merge and similarity; stop work on failure
+        self.result.retries = sum(v for key, v in self.failures.items() if isinstance(key, int))
+        self.result.driver_cpu_s = time.process_time() - cpu0
+        return self.result
+
+    def dispatch(self) -> None:
+        """Queue pending shards on live actors, up to `cluster.shards_in_flight` each."""
+        spec = self.spec
+        for slot in sorted(self.live):
+            key = (slot, self.generation[slot])
+            while self.pending and self.queued[key] < self.cfg.cluster.shards_in_flight:
+                shard = self.pending.popleft()
+                ref = self.actors[slot].process.remote(shard, spec.k, spec.threshold, self.cfg.run.seed, None,
+                                                       self.store.root, spec.config_hash, self.stats_fraction,
+                                                       spec.exclusion)
+                self.in_flight[ref] = (slot, self.generation[slot], shard)
+                self.queued[key] += 1
+
+    # -- actors ---------------------------------------------------------------------------------------------
+
+    def start(self, slot: int) -> None:
+        cfg = self.cfg
+        trust = cfg.model.trust_remote_code == cfg.model.name
+        self.actors[slot] = self.actor_cls.remote(cfg.model.name, cfg.model.dtype, self.spec.sites,
+                                                  revision=cfg.model.revision, use_gpu=cfg.cluster.gpus_per_actor > 0,
+                                                  trust_remote_code=trust)
+        self.starting[self.actors[slot].ready.remote(*self.budget)] = (slot, self.generation[slot])
+
+    def replace(self, slot: int) -> None:
+        """Kill the actor in this slot (if still there) and start another; its unflushed shards run again."""
+        import ray
+
+        self.live.discard(slot)
+        ray.kill(self.actors[slot], no_restart=True)
+        self.requeue(self.unflushed[slot])
+        self.unflushed[slot] = []
+        self.generation[slot] += 1
+        self.start(slot)
+
+    def requeue(self, indices) -> None:
         for i in indices:
-            done.pop(i, None)
-            pending.appendleft(by_index[i])
+            self.done.pop(i, None)
+            self.pending.appendleft(self.by_index[i])
 
-    def reply(table: dict, ref, key: str, what: str):
+    def reply(self, table: dict, ref, key: str, what: str):
         """(slot, generation, value) of an actor's start or flush reply; on failure the value is None, and unless
         the actor was replaced since (a replaced actor's calls fail as it is killed: its own failure was counted),
         the failure is counted (`key`, `what`: formats of the slot) and the actor replaced."""
+        import ray
+
         slot, gen = table.pop(ref)
         try:
             return slot, gen, ray.get(ref)
         except Exception as exc:
-            if gen == generation[slot]:
-                fail(key.format(slot=slot), what.format(slot=slot), exc)
-                replace(slot)
+            if gen == self.generation[slot]:
+                self.fail(key.format(slot=slot), what.format(slot=slot), exc)
+                self.replace(slot)
             return slot, gen, None
 
-    def replace(slot: int) -> None:
-        """Kill the actor in this slot (if still there) and start another; its unflushed shards run again."""
-        live.discard(slot)
-        ray.kill(actors[slot], no_restart=True)
-        requeue(unflushed[slot])
-        unflushed[slot] = []
-        generation[slot] += 1
-        actors[slot] = start()
-        starting[actors[slot].ready.remote(*budget)] = (slot, generation[slot])
+    def fail(self, key, what: str, exc: BaseException) -> None:
+        """Count a failure; past `cluster.max_retries` of the same key the run stops. A user's mistake found
+        inside an actor (a model that cannot load) stops it at once."""
+        if (user := _user_error(exc)) is not None:
+            raise user from None
+        self.failures[key] += 1
+        retries = self.cfg.cluster.max_retries
+        if self.failures[key] > retries:
+            raise RunError(f"{what} failed {self.failures[key]} times; last error: {first_line(exc)}; "
+                           "finished shards are kept: rerun the same command to resume") from None
+        log.warning("%s failed (%s); retrying (%d of %d)", what, first_line(exc), self.failures[key], retries)
 
-    def flush(slot: int, final: bool) -> None:
+    def on_started(self, ref) -> None:
+        slot, gen, info = self.reply(self.starting, ref, "actor {slot}", "capture actor {slot} start")
+        if info is not None and gen == self.generation[slot]:
+            self.live.add(slot)
+            self.result.actors.append(info)
+
+    # -- shards ---------------------------------------------------------------------------------------------
+
+    def on_shard(self, ref) -> int:
+        """Book a shard's reply; returns the tokens it captured (0 if it failed and was requeued)."""
+        import ray
+
+        slot, gen, shard = self.in_flight.pop(ref)
+        self.queued[(slot, gen)] -= 1
+        try:
+            rec = ray.get(ref)
+        except Exception as exc:
+            self.fail(shard.index, f"shard {shard.index}", exc)
+            self.pending.appendleft(shard)
+            # a dead actor, or one whose statistics may hold part of the failed shard (it fails after feeding
+            # some batches, as a GPU out of memory does): replaced, its unflushed shards run again
+            if gen == self.generation[slot] and (self.stats_fraction is not None
+                                                 or isinstance(exc, ray.exceptions.RayActorError)):
+                self.replace(slot)
+            return 0
+        if self.stats_fraction is None:
+            self.result.records.append(rec)
+        elif shard.index in self.flushed_early:
+            self.flushed_early.discard(shard.index)
+            self.result.records.append(rec)
+        elif gen == self.generation[slot]:
+            self.done[shard.index] = rec
+            self.unflushed[slot].append(shard.index)
+            if len(self.unflushed[slot]) >= self.cfg.stats.flush_every and not self.is_flushing(slot):
+                self.flush(slot, final=False)
+        else:
+            self.requeue([shard.index])  # finished on an actor since replaced: its statistics are gone
+        return rec["n_tokens"]
+
+    # -- statistics flushes -----------------------------------------------------------------------------------
+
+    def is_flushing(self, slot: int) -> bool:
+        return any(s == slot for s, _ in self.flushing.values())
+
+    def flush(self, slot: int, final: bool) -> None:
         """Ask an actor to write the statistics it sealed (every `stats.flush_every` shards; with `final`, also
         those since). It runs in the actor's own `io` thread while the next shards run; the partials it writes
         name the shards they cover, and the driver books them from those lists."""
-        flushes[slot] += 1
-        name = f"partial-a{attempt:03d}-s{slot:03d}-g{generation[slot]:03d}-{flushes[slot]:05d}"
-        flush_call = actors[slot].flush.options(concurrency_group="io")
-        flushing[flush_call.remote(store.root, config_hash, name, final)] = (slot, generation[slot])
+        self.flushes[slot] += 1
+        name = f"partial-a{self.spec.attempt:03d}-s{slot:03d}-g{self.generation[slot]:03d}-{self.flushes[slot]:05d}"
+        call = self.actors[slot].flush.options(concurrency_group="io")
+        self.flushing[call.remote(self.store.root, self.spec.config_hash, name, final)] = (slot, self.generation[slot])
 
-    def fail(key, what: str, exc: BaseException) -> None:
-        if (user := _user_error(exc)) is not None:
-            raise user from None
-        failures[key] += 1
-        if failures[key] > cc.max_retries:
-            raise RunError(f"{what} failed {failures[key]} times; last error: {first_line(exc)}; "
-                           "finished shards are kept: rerun the same command to resume") from None
-        log.warning("%s failed (%s); retrying (%d of %d)", what, first_line(exc), failures[key], cc.max_retries)
+    def flush_remaining(self) -> None:
+        """Once every shard ran: the final flush of each live actor that holds unflushed statistics."""
+        busy = {s for s, _ in self.flushing.values()}
+        for slot in sorted(self.live - busy):
+            if self.unflushed[slot]:
+                self.flush(slot, final=True)
 
-    bar = tqdm(total=total_tokens, initial=done_tokens, unit="tok", desc="capture", disable=None)
-    try:
-        while True:
-            for slot in sorted(live):
-                key = (slot, generation[slot])
-                while pending and queued[key] < cc.shards_in_flight:
-                    shard = pending.popleft()
-                    ref = actors[slot].process.remote(shard, k, threshold, cfg.run.seed, None, store.root,
-                                                      config_hash, stats_fraction, exclusion)
-                    in_flight[ref] = (slot, generation[slot], shard)
-                    queued[key] += 1
-            if not pending and not in_flight:
-                busy = {s for s, _ in flushing.values()}
-                for slot in sorted(live - busy):
-                    if unflushed[slot]:
-                        flush(slot, final=True)
-                if not flushing:
-                    break
-            ready, _ = ray.wait(list(in_flight) + list(flushing) + list(starting), num_returns=1, timeout=10.0)
-            if not ready:
-                if not live and time.monotonic() - last_progress > cc.actor_wait_s:
-                    raise RunError(f"no capture actor could be placed for {cc.actor_wait_s:g} s; the cluster lacks "
-                                   "the resources asked for (cluster.cpus_per_actor, gpus_per_actor, resources)")
-                continue
-            ref = ready[0]
-            last_progress = time.monotonic()
-            if ref in starting:
-                slot, gen, info = reply(starting, ref, "actor {slot}", "capture actor {slot} start")
-                if info is None:
-                    continue
-                if gen == generation[slot]:
-                    live.add(slot)
-                    result.actors.append(info)
-                    if not result.startup_s and len(live) == n_actors:
-                        result.startup_s = time.perf_counter() - t0
-                continue
-            if ref in flushing:
-                # on failure the actor's statistics are in an unknown state: it is replaced, its shards run again
-                slot, gen, partials = reply(flushing, ref, "flush {slot}", "statistics flush of actor {slot}")
-                if partials is None:
-                    continue
-                if gen != generation[slot]:
-                    # written by an actor replaced after it was asked (its flush ran on while a shard failed): its
-                    # shards went back to the queue at the replacement, so these partials must not count them again
-                    for partial in partials:
-                        store.delete(f"stats/{partial['name']}.json")
-                        store.delete(f"stats/{partial['name']}.npz")
-                    continue
-                for partial in partials:
-                    result.partials.append(partial)
-                    covered = set(partial["shards"])
-                    unflushed[slot] = [i for i in unflushed[slot] if i not in covered]
-                    for i in covered:
-                        if i in done:
-                            result.records.append(done.pop(i))
-                        else:
-                            flushed_early.add(i)  # its own result is still on its way to the driver
-                if partials and len(unflushed[slot]) >= cfg.stats.flush_every:
-                    flush(slot, final=False)  # sealed meanwhile, while this flush was writing
-                continue
-            slot, gen, shard = in_flight.pop(ref)
-            queued[(slot, gen)] -= 1
-            try:
-                rec = ray.get(ref)
-            except Exception as exc:
-                fail(shard.index, f"shard {shard.index}", exc)
-                pending.appendleft(shard)
-                # a dead actor, or one whose statistics may hold part of the failed shard (it fails after feeding
-                # some batches, as a GPU out of memory does): replaced, its unflushed shards run again
-                if gen == generation[slot] and (stats_fraction is not None or isinstance(exc, ray.exceptions.RayActorError)):
-                    replace(slot)
-                continue
-            bar.update(rec["n_tokens"])
-            if stats_fraction is None:
-                result.records.append(rec)
-                continue
-            if shard.index in flushed_early:
-                flushed_early.discard(shard.index)
-                result.records.append(rec)
-            elif gen == generation[slot]:
-                done[shard.index] = rec
-                unflushed[slot].append(shard.index)
-                if len(unflushed[slot]) >= cfg.stats.flush_every and not any(s == slot for s, _ in flushing.values()):
-                    flush(slot, final=False)
-            else:
-                requeue([shard.index])  # finished on an actor since replaced: its statistics are gone
-    finally:
-        bar.close()
-        for actor in actors.values():
-            ray.kill(actor, no_restart=True)  # free CPUs/GPUs for merge and similarity; stop work on failure
-    result.retries = sum(v for key, v in failures.items() if isinstance(key, int))
-    result.driver_cpu_s = time.process_time() - cpu0
-    return result
+    def on_flushed(self, ref) -> None:
+        # on failure the actor's statistics are in an unknown state: it is replaced, its shards run again
+        slot, gen, partials = self.reply(self.flushing, ref, "flush {slot}", "statistics flush of actor {slot}")
+        if partials is None:
+            return
+        if gen != self.generation[slot]:
+            # written by an actor replaced after it was asked (its flush ran on while a shard failed): its shards
+            # went back to the queue at the replacement, so these partials must not count them again
+            for partial in partials:
+                self.store.delete(partial_file(partial["name"], "json"))
+                self.store.delete(partial_file(partial["name"], "npz"))
+            return
+        for partial in partials:
+            self.result.partials.append(partial)
+            covered = set(partial["shards"])
+            self.unflushed[slot] = [i for i in self.unflushed[slot] if i not in covered]
+            for i in covered:
+                if i in self.done:
+                    self.result.records.append(self.done.pop(i))
+                else:
+                    self.flushed_early.add(i)  # its own result is still on its way to the driver
+        if partials and len(self.unflushed[slot]) >= self.cfg.stats.flush_every:
+            self.flush(slot, final=False)  # sealed meanwhile, while this flush was writing

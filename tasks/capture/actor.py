@@ -24,7 +24,7 @@ from tasks.capture.faults import maybe_fail
 from tasks.capture.models import load_model, load_model_config, site_table
 from tasks.stats.moments import SiteStatistics, stack_states
 from tasks.capture.sampling import BottomKSample, context_ids, token_hash
-from tasks.storage import RunStore, shard_file
+from tasks.storage import RunStore, partial_file, shard_file
 
 log = logging.getLogger(__name__)
 
@@ -272,8 +272,8 @@ class ShardCapturer:
             record = {"name": f"{name}-{k}", "config_hash": config_hash, "shards": sorted(shards)}
             store = RunStore(store_root)
             arrays = held if isinstance(held, dict) else stack_states(held, copy=False, packed=True)
-            record["sha256"] = store.write_arrays(f"stats/{record['name']}.npz", arrays)
-            store.write_json(f"stats/{record['name']}.json", record)
+            record["sha256"] = store.write_arrays(partial_file(record["name"], "npz"), arrays)
+            store.write_json(partial_file(record["name"], "json"), record)
             records.append(record)
             del arrays
             with self._state:

@@ -75,6 +75,21 @@ SUMMARY_SCHEMA = pa.schema(
     ]
 )
 
+# Where each summary column comes from. Every column is in exactly one group (`tests/test_tables.py`).
+RUN_COLUMNS = ("layer", "site", "variant", "d_model", "n_tokens", "n_sample", "n_pairs", "n_nonfinite")
+VERDICT_COLUMNS = ("verdict", "verdict_confident")  # from the site's rows by `tasks.analysis.verdict`
+# Site-level, from the streaming statistics over every token: the same on every variant's row, except where a
+# variant sets its own value (the standardized row's predicted_cos_var, from its correlation matrix).
+CORPUS_COLUMNS = ("n_tokens_stats", "n_tokens_second_order", "cos_mean_all", "cos2_mean_all", "pr_raw",
+                  "pr_corrected", "pc90", "pc95", "pc99", "predicted_cos_var", "mean_share", "kurtosis_max",
+                  "kurtosis_median", "kurtosis_share", "kurtosis_share_sample", "pc_kurtosis_max",
+                  "pc_kurtosis_median", "pc_kurtosis_share", "norm_mean_all", "norm_std_all", "n_excluded",
+                  "excluded_norm_mean", "excluded_norm_std", "rogue_dims", "rogue_share")
+# Corpus columns that describe the raw states' directions: null on the centred and standardized rows.
+RAW_ONLY = ("cos_mean_all", "cos2_mean_all", "mean_share", "rogue_dims", "rogue_share")
+# The rest: each variant's own numbers from its sample (histogram, fit, distances, intervals).
+VARIANT_COLUMNS = tuple(n for n in SUMMARY_SCHEMA.names if n not in (*RUN_COLUMNS, *VERDICT_COLUMNS, *CORPUS_COLUMNS))
+
 MOMENTS_SCHEMA = pa.schema(
     [
         ("layer", pa.int32()),
