@@ -94,7 +94,7 @@ def is_uri(root: str) -> bool:
 
 
 class RunStore:
-    """Files of one run directory, addressed by paths relative to its root (`shards/shard-00001.npz`)."""
+    """Files of one run directory, addressed by paths relative to its root (`shards/shard-000001.npz`)."""
 
     def __init__(self, root: str):
         self.root = str(root)

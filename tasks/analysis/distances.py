@@ -1,5 +1,5 @@
 """Distances between a data cosine histogram and a baseline on the same equal bins of [-1, 1], and confidence
-intervals by a bootstrap over documents (issue 3).
+intervals by a bootstrap over documents.
 
 All three distances treat each bin's mass as sitting at bin resolution (a point mass at the bin centre), so that
 they equal the distances between the two weighted samples of bin centres that scipy computes (the tests check

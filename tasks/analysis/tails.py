@@ -1,5 +1,4 @@
-"""Tails: per-coordinate excess kurtosis of the states, in the neuron basis and in the principal-component basis
-(issue 3).
+"""Tails: per-coordinate excess kurtosis of the states, in the neuron basis and in the principal-component basis.
 
 A Gaussian vector has excess kurtosis 0 along every direction; a Laplace coordinate has 3, and a coordinate that is
 usually small but now and then huge ("rogue" dimensions) has hundreds. The neuron basis (the model's coordinates)

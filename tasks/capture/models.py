@@ -98,7 +98,7 @@ def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bo
 
 
 def torch_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """`auto` is float32 on CPU (bf16 matmul is ~100x slower there) and bfloat16 on CUDA."""
+    """`auto` is float32 on CPU (bf16 matmul is much slower there) and bfloat16 on CUDA."""
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]

@@ -24,7 +24,7 @@ from tasks.storage import RunStore  # noqa: E402
 log = logging.getLogger(__name__)
 
 PLOT_WORKERS = 8  # most processes drawing the per-site plots
-MIN_PLOTS_PER_WORKER = 12  # a spawned process costs about a second of imports: only worth it for this many plots
+MIN_PLOTS_PER_WORKER = 12  # a spawned process pays for its imports: only worth it for this many plots
 
 STYLE = {
     "data": dict(color="C0", label="data (sampled states)"),
@@ -167,7 +167,7 @@ def _site_png(job: tuple[str, dict, dict]) -> tuple[str, bytes]:
 def draw_plots(run_dir: str | RunStore, workers: int | None = None) -> list[str]:
     """(Re)draw every plot of a run directory from its Parquet files; returns the files written (relative).
 
-    The per-site plots (three per site: 432 for GPT-2-XL, about 0.1 s each) are drawn by `workers` processes
+    The per-site plots (three per site: 432 for GPT-2-XL) are drawn by `workers` processes
     (default: the CPUs, at most PLOT_WORKERS and one per MIN_PLOTS_PER_WORKER plots; 1 draws them here), started
     with `spawn`, since the driver holds threads (torch, Ray) that a forked child must not inherit. The files are
     the same bytes either way."""

@@ -49,7 +49,7 @@ SUMMARY_SCHEMA = pa.schema(
         ("cos_mean_ci_high", pa.float64()),
         ("cos2_over_gaussian_ci_low", pa.float64()),
         ("cos2_over_gaussian_ci_high", pa.float64()),
-        # 95 % document-bootstrap intervals of the six distances (baselines held fixed)
+        # 95 % document-bootstrap intervals of the six distances (exact law held fixed, matched draws resampled)
         *[(f"{m}_{b}_ci_{end}", pa.float64()) for b in ("gaussian", "matched") for m in ("w1", "ks", "energy")
           for end in ("low", "high")],
         ("dim_inv_cos2", pa.float64()),
