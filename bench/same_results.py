@@ -21,11 +21,17 @@ FILES = ("summary", "histograms", "exemplars", "samples", "moments", "sanity")
 
 
 def column_bytes(col: pa.ChunkedArray) -> bytes:
-    """A column's values as bytes that are equal exactly when the values are bit-identical."""
-    return repr(col.to_pylist()).encode() if not pa.types.is_floating(col.type) else (
-        np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64).tobytes()
-        + np.asarray(col.is_null().to_numpy(zero_copy_only=False)).tobytes()
-    )
+    """A column's values as bytes that are equal exactly when the values are bit-identical (nulls included)."""
+    col = col.combine_chunks()
+    if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+        return column_bytes(pa.chunked_array([col.flatten()])) + np.asarray(col.offsets).tobytes() + nulls(col)
+    if pa.types.is_floating(col.type) or pa.types.is_integer(col.type):
+        return np.asarray(col.fill_null(0).to_numpy(zero_copy_only=False)).tobytes() + nulls(col)
+    return repr(col.to_pylist()).encode()
+
+
+def nulls(col: pa.Array) -> bytes:
+    return np.asarray(col.is_null().to_numpy(zero_copy_only=False)).tobytes()
 
 
 def differences(a: pa.Table, b: pa.Table) -> list[str]:
