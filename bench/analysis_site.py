@@ -39,7 +39,7 @@ def worker(code: str, n: int, d: int, repeats: int) -> None:
     import torch
 
     from tasks.analysis.site import analyze_site
-    from tasks.stats.moments import SiteStatistics
+    from tasks.stats.site import SiteStatistics
 
     rng = np.random.default_rng(0)
     mix = rng.standard_normal((d, d)) * np.linspace(0.05, 1.0, d)

@@ -38,7 +38,7 @@ from tasks.capture.batch_budget import CudaMemory, OutputBytes, fit_sequences  #
 from tasks.capture.hooks import SiteRecorder, forward_and_gather, pad_batch  # noqa: E402
 from tasks.corpus.shards import Shard  # noqa: E402
 from tasks.capture.models import site_table  # noqa: E402
-from tasks.stats.moments import stack_states  # noqa: E402
+from tasks.stats.site import stack_states  # noqa: E402
 from tasks.capture.sampling import candidate_threshold  # noqa: E402
 from tasks.analysis.similarity import cosine_histogram, quantile_pairs, unit_rows  # noqa: E402
 from workflows.config import StatsConfig  # noqa: E402

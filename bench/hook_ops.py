@@ -44,7 +44,11 @@ def worker() -> dict:
     import tasks.capture.hooks
     from tasks.capture.actor import ShardCapturer
     from tasks.corpus.shards import Exclusion, Shard
-    from tasks.stats.moments import SiteStatistics, row_norms
+    try:
+        from tasks.stats.reductions import row_norms
+        from tasks.stats.site import SiteStatistics
+    except ImportError:  # a checkout from before tasks/stats/moments.py was split (for --against)
+        from tasks.stats.moments import SiteStatistics, row_norms
     from workflows.config import StatsConfig
 
     torch.set_grad_enabled(False)
@@ -85,7 +89,7 @@ def worker() -> dict:
         t0 = time.perf_counter()
         for i, st in enumerate(all_stats):
             x = states[i % 6]
-            st.add(x, second, norms=row_norms(x))
+            st.add(x, second_order_rows=second, norms=row_norms(x))
         return time.perf_counter() - t0
 
     first = min(feed([SiteStatistics() for _ in range(36)]) for _ in range(5))

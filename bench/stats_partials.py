@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 def filled_statistics(n_sites: int, width: int, seed: int):
     import torch
 
-    from tasks.stats.moments import SiteStatistics
+    from tasks.stats.site import SiteStatistics
 
     gen = torch.Generator().manual_seed(seed)
     out = []
@@ -48,7 +48,7 @@ def filled_statistics(n_sites: int, width: int, seed: int):
 
 def write_partials(root: str, n_sites: int, width: int, n_partials: int) -> tuple[list[tuple[str, str]], float, float, int]:
     """Write `n_partials` partials as actors do; returns (files, state seconds, write seconds, bytes) per partial."""
-    from tasks.stats.moments import stack_states
+    from tasks.stats.site import stack_states
     from tasks.storage import RunStore
 
     store = RunStore(root)

@@ -238,7 +238,7 @@ def test_flush_from_another_thread_while_shards_run(tiny_gpt2, tmp_path):
     import threading
 
     from tasks.merge.tree import merge_statistics_files
-    from tasks.stats.moments import unstack_states
+    from tasks.stats.site import unstack_states
 
     shards = random_shards(8, 5, 100, seed=8)
     sites = [(0, "resid_post"), (1, "mlp_out")]

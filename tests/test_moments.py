@@ -5,17 +5,12 @@ import pytest
 import torch
 from scipy import stats
 
-from tasks.stats.moments import (
-    Covariance,
-    Moments,
-    NormHistogram,
-    SiteStatistics,
-    UnitSecondMoment,
-    UnitSums,
-    pack_symmetric,
-    row_norms,
-    unpack_symmetric,
-)
+from tasks.stats.base import pack_symmetric, unpack_symmetric
+from tasks.stats.moments import Moments
+from tasks.stats.norms import NormHistogram
+from tasks.stats.reductions import row_norms
+from tasks.stats.second_order import Covariance, UnitSecondMoment, UnitSums
+from tasks.stats.site import SiteStatistics
 
 
 def data(seed=0, n=3000, d=7):
@@ -115,8 +110,8 @@ def test_site_statistics_second_order_rows_and_cpu_blocks():
     x = (rng.standard_t(df=4, size=(1500, 6)) * [1, 2, 3, 4, 5, 6] + 20).astype(np.float32)
     rows = np.flatnonzero(rng.random(len(x)) < 0.3)
     s = SiteStatistics.load(SiteStatistics().state())
-    s.add(torch.from_numpy(x[:700]), torch.as_tensor(rows[rows < 700]))
-    s.add(torch.from_numpy(x[700:]), torch.as_tensor(rows[rows >= 700] - 700))
+    s.add(torch.from_numpy(x[:700]), second_order_rows=torch.as_tensor(rows[rows < 700]))
+    s.add(torch.from_numpy(x[700:]), second_order_rows=torch.as_tensor(rows[rows >= 700] - 700))
     s = SiteStatistics.load(s.state())
     xd = x.astype(np.float64)
     unit = xd / np.linalg.norm(xd, axis=1, keepdims=True)
@@ -258,7 +253,7 @@ def test_weighted_batches_equal_the_rows_they_keep():
                 np.testing.assert_allclose(got.state()[key], value, rtol=1e-9, atol=1e-9, err_msg=f"{cls.__name__} {key}")
     s = SiteStatistics()
     for q, m in zip(poisoned, masks):
-        s.add(torch.from_numpy(q), torch.arange(0, len(q), 2), weights=torch.from_numpy(m))
+        s.add(torch.from_numpy(q), second_order_rows=torch.arange(0, len(q), 2), weights=torch.from_numpy(m))
     every_other = np.concatenate([p[::2][m[::2]] for p, m in zip(parts, masks)])
     assert s.moments.n == s.norms.counts.sum() == len(kept) and s.covariance.n == len(every_other)
     np.testing.assert_allclose(s.moments.mean, kept.mean(0), rtol=1e-10)

@@ -5,7 +5,8 @@ import pytest
 from scipy import stats
 
 from tasks.merge.tree import merge_states
-from tasks.capture.sampling import BottomKSample, candidate_threshold, context_ids, token_hash
+from tasks.capture.sampling import candidate_threshold, context_ids, token_hash
+from tasks.stats.bottom_k import BottomKSample
 
 
 def _tokens(n_docs=40, per_doc=50):
@@ -51,7 +52,7 @@ def test_bottom_k_equals_global_smallest_hashes_in_any_grouping():
         states = []
         for part in np.split(perm, cuts):
             s = BottomKSample(k)
-            s.add({name: v[part] for name, v in keys.items()}, vectors[:, part])
+            s.add(vectors[:, part], keys={name: v[part] for name, v in keys.items()})
             states.append(s.state())
         rng.shuffle(states)
         # merge in a random tree: groups of random size, then their merges
@@ -72,11 +73,11 @@ def test_threshold_keeps_shard_samples_small_but_exact():
     states = []
     for part in np.array_split(np.arange(len(doc)), 50):
         s = BottomKSample(k, threshold)
-        s.add({name: v[part] for name, v in keys.items()}, vectors[:, part])
+        s.add(vectors[:, part], keys={name: v[part] for name, v in keys.items()})
         states.append(s)
-    kept = sum(len(s) for s in states)
+    kept = sum(s.n for s in states)
     assert k <= kept < 2 * k  # in proportion to the corpus share, not k per shard (50 k)
-    merged = merge_states(k, *[s.state() for s in states if len(s)])
+    merged = merge_states(k, *[s.state() for s in states if not s.is_empty])
     assert np.array_equal(merged["hash"], np.sort(keys["hash"])[:k])
 
 
@@ -91,7 +92,7 @@ def test_context_ids():
 def test_state_round_trip():
     doc, window, pos = _tokens(3, 5)
     s = BottomKSample(4)
-    s.add(_keys(0, doc, window, pos), np.ones((1, 15, 3), np.float32))
+    s.add(np.ones((1, 15, 3), np.float32), keys=_keys(0, doc, window, pos))
     again = BottomKSample.load(s.state())
     for name, v in s.state().items():
         assert np.array_equal(np.asarray(v), np.asarray(again.state()[name]))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tasks.merge.tree import corrupt_files, merge_statistics_files, split_statistics
-from tasks.stats.moments import SiteStatistics, stack_states, unstack_states
+from tasks.stats.site import SiteStatistics, stack_states, unstack_states
 from tasks.storage import RunStore
 
 

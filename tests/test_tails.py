@@ -8,7 +8,8 @@ import torch
 from scipy import stats
 
 from tasks.analysis.site import analyze_site
-from tasks.stats.moments import Moments, SiteStatistics
+from tasks.stats.moments import Moments
+from tasks.stats.site import SiteStatistics
 from tasks.analysis.tails import (
     KURTOSIS_SHARE_THRESHOLD,
     excess_kurtosis,

@@ -6,7 +6,7 @@ import torch
 
 from tasks.analysis.site import analyze_site
 from tasks.analysis.baselines import matched_gaussian
-from tasks.stats.moments import SiteStatistics
+from tasks.stats.site import SiteStatistics
 from tasks.analysis.verdict import verdict
 
 

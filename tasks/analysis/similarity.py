@@ -10,7 +10,7 @@ pairs in that bin are collected and ranked (with one finer sub-binning when a bi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -56,8 +56,14 @@ def iter_tiles(units: torch.Tensor, tile: int) -> Iterator[tuple[int, int, torch
 
 @dataclass
 class CosineHistogram:
-    """Exact integer counts of pair cosines in `bins` equal bins on [-1, 1], plus the exact float64 sum and sum
-    of squares of the (unclipped) cosines. Statistic interface: add / merge / state / load."""
+    """Exact integer counts of pair cosines in `bins` equal bins on [-1, 1], plus the float64 sum and sum of
+    squares of the (unclipped) cosines.
+
+    A `Statistic` (`tasks.stats.base`): counts merge exactly in any grouping and order, the sums up to float64
+    rounding. State: `counts` (int64) and `sums` ([total, total_sq]); `packed` is accepted and changes nothing (no
+    symmetric field). `copy=False` lets `state` return the counts array itself and `load` keep the given one,
+    which merges then add to in place: for a histogram about to be dropped, or one loaded only to be read or
+    merged from."""
 
     bins: int
     counts: np.ndarray | None = None
@@ -69,10 +75,21 @@ class CosineHistogram:
             self.counts = np.zeros(self.bins, dtype=np.int64)
 
     @property
-    def n_pairs(self) -> int:
+    def n(self) -> int:
+        """The number of pairs counted."""
         return int(self.counts.sum())
 
-    def add(self, values: torch.Tensor) -> None:
+    @property
+    def n_pairs(self) -> int:
+        """The number of pairs counted (`n`, by the name the tables use)."""
+        return self.n
+
+    @property
+    def is_empty(self) -> bool:
+        """True while nothing has been counted or summed."""
+        return not self.counts.any() and self.total == 0.0 and self.total_sq == 0.0
+
+    def add(self, values: torch.Tensor, /) -> None:
         """Count a tensor of cosines (a flat vector, or a 2-D tile whose every entry is a pair)."""
         if values.numel() == 0:
             return
@@ -89,7 +106,7 @@ class CosineHistogram:
             self.total += float(torch.sum(values, dtype=torch.float64))
             self.total_sq += float(values.double().pow(2).sum())
 
-    def merge(self, other: "CosineHistogram") -> "CosineHistogram":
+    def merge(self, other: CosineHistogram) -> CosineHistogram:
         if other.bins != self.bins:
             raise ValueError(f"cannot merge histograms with {self.bins} and {other.bins} bins")
         self.counts += other.counts
@@ -106,12 +123,13 @@ class CosineHistogram:
         n = self.n_pairs
         return float(np.sqrt(max(self.total_sq / n - self.mean**2, 0.0)))
 
-    def state(self) -> dict[str, np.ndarray]:
-        return {"counts": self.counts.copy(), "sums": np.array([self.total, self.total_sq], dtype=np.float64)}
+    def state(self, *, copy: bool = True, packed: bool = False) -> dict[str, np.ndarray]:
+        counts = self.counts.copy() if copy else self.counts
+        return {"counts": counts, "sums": np.array([self.total, self.total_sq], dtype=np.float64)}
 
     @classmethod
-    def load(cls, state: dict[str, np.ndarray]) -> "CosineHistogram":
-        counts = np.asarray(state["counts"], dtype=np.int64).copy()
+    def load(cls, state: Mapping[str, Any], *, copy: bool = True) -> CosineHistogram:
+        counts = np.array(state["counts"], dtype=np.int64, copy=True if copy else None)
         total, total_sq = (float(v) for v in state["sums"])
         return cls(len(counts), counts, total, total_sq)
 

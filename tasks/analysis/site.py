@@ -39,7 +39,7 @@ from tasks.analysis.distances import (
     ks_statistic,
     weighted_document_bootstrap,
 )
-from tasks.stats.moments import SiteStatistics
+from tasks.stats.site import SiteStatistics
 from tasks.analysis.similarity import (
     CosineHistogram,
     cosine_histogram,

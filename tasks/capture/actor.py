@@ -22,8 +22,9 @@ from tasks.capture.hooks import SiteRecorder, StatsFeed, forward_and_gather, pad
 from tasks.corpus.shards import Exclusion, Shard, batches
 from tasks.capture.faults import maybe_fail
 from tasks.capture.models import load_model, load_model_config, site_table
-from tasks.stats.moments import SiteStatistics, stack_states
-from tasks.capture.sampling import BottomKSample, context_ids, token_hash
+from tasks.stats.bottom_k import BottomKSample
+from tasks.stats.site import SiteStatistics, stack_states
+from tasks.capture.sampling import context_ids, token_hash
 from tasks.storage import RunStore, partial_file, shard_file
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,7 @@ class ShardCapturer:
                 if not finite.all():
                     keys = {name: v[finite] for name, v in keys.items()}
                     vectors = vectors[:, torch.as_tensor(finite, device=vectors.device)]
-                sample.add(keys, vectors)
+                sample.add(vectors, keys=keys)
         self.recorder.stats = None  # the statistics are ours until a flush takes them, not the recorder's
         record = {
             "shard": shard.index,
@@ -209,7 +210,7 @@ class ShardCapturer:
             "n_sequences": shard.n_sequences,
             "n_examined": examined,
             "n_excluded": n_excluded,
-            "n_kept": len(sample),
+            "n_kept": sample.n,
             "nonfinite": self.recorder.nonfinite.cpu().tolist(),
             "forward_batches": forwards,
             "batch_tokens": batch_tokens,
@@ -220,7 +221,7 @@ class ShardCapturer:
             record["stats_pending"] = True
             if self.flush_every and len(self.stats_shards) >= self.flush_every:
                 self._seal()
-        state = sample.state() if len(sample) else None
+        state = None if sample.is_empty else sample.state(copy=False)  # the sample is dropped next
         if store_root is None:
             return {**record, "state": state}
         store = RunStore(store_root)

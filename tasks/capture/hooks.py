@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from tasks.capture.models import SiteTable
-from tasks.stats.moments import row_norms
+from tasks.stats.reductions import row_norms
 
 
 def _module(model: torch.nn.Module, path: str) -> torch.nn.Module:
@@ -92,11 +92,11 @@ class SiteRecorder:
                 flat, flat_norms, ok = hidden.reshape(-1, hidden.shape[-1]), norms.reshape(-1), finite.reshape(-1)
                 if feed.excluded is not None:
                     out = feed.excluded
-                    stats.add_excluded(flat.index_select(0, out), flat_norms.index_select(0, out),
-                                       _fed(ok.index_select(0, out)))
+                    stats.add_excluded(flat.index_select(0, out), norms=flat_norms.index_select(0, out),
+                                       weights=_fed(ok.index_select(0, out)))
                 rows = feed.rows
-                stats.add(flat.index_select(0, rows), feed.second, norms=flat_norms.index_select(0, rows),
-                          weights=_fed(ok.index_select(0, rows)))
+                stats.add(flat.index_select(0, rows), second_order_rows=feed.second,
+                          norms=flat_norms.index_select(0, rows), weights=_fed(ok.index_select(0, rows)))
 
         return hook
 

@@ -1,9 +1,10 @@
 """Merge: fold shard samples into the run's sample, then split it into one vector array per site.
 
 Stage 3 of the data flow, run as CPU Ray tasks. The first level reads the shard samples that the capture actors
-wrote to the run directory (checking their checksums); later levels fold merged states. Because every shard sample is a bottom-k by hash
-(`tasks.capture.sampling`), merging is "keep the k smallest", so the driver may reduce shard samples in any grouping (a
-tree of `merge_states` calls of bounded fan-in) and get the same result as a single pass over the corpus.
+wrote to the run directory (checking their checksums); later levels fold merged states. Because every shard sample
+is a bottom-k by hash (`tasks.stats.bottom_k`), merging is "keep the k smallest", so the driver may reduce shard
+samples in any grouping (a tree of `merge_states` calls of bounded fan-in) and get the same result as a single pass
+over the corpus. Statistics partials merge the same way (`tasks.stats`), to the one-pass result up to rounding.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import itertools
 
 import numpy as np
 
-from tasks.stats.moments import stack_states, unstack_states
-from tasks.capture.sampling import KEYS, BottomKSample
+from tasks.stats.bottom_k import KEYS, BottomKSample
+from tasks.stats.site import stack_states, unstack_states
 from tasks.storage import RunStore, shard_file
 
 
@@ -23,7 +24,7 @@ def merge_states(k: int, *states: dict | None) -> dict | None:
     for state in states:
         if state is not None:
             merged.merge(BottomKSample.load(state))
-    return merged.state() if len(merged) else None
+    return None if merged.is_empty else merged.state(copy=False)
 
 
 def split_sites(state: dict) -> tuple:
@@ -40,7 +41,7 @@ def merge_shard_files(k: int, store_root: str, shards: list[tuple[int, str]]) ->
     merged = BottomKSample(k)
     for index, sha in shards:
         merged.merge(BottomKSample.load(store.read_arrays(shard_file(index, "npz"), sha)))
-    return merged.state() if len(merged) else None
+    return None if merged.is_empty else merged.state(copy=False)
 
 
 def corrupt_files(store_root: str, files: list[tuple[str, str]]) -> list[str]:
