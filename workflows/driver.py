@@ -61,6 +61,8 @@ from tasks.report.tables import (
 from tasks.analysis.verdict import verdict, verdict_confident
 from workflows.capture_pool import CaptureResult, run_capture
 from workflows.config import Config
+from workflows.interrupts import arm_sigterm, end_run, sigterm_interrupts
+from workflows.run_lock import run_lock
 
 log = logging.getLogger(__name__)
 
@@ -401,13 +403,13 @@ def run(cfg: Config, fresh: bool = False) -> Path | str:
         model_config = load_model_config(cfg.model.name, cfg.model.revision, trust)
         site_table(model_config.model_type)
         layers = resolve_layers(cfg.capture.layers, model_config)
-        manifest = prepare_run_dir(store, cfg, fresh)
-    try:
-        return _run(cfg, store, manifest, model_config, layers, timer, t_start)
-    except BaseException as exc:
-        manifest.update(status="failed", reason=first_line(exc), timings=timer.seconds)
-        store.write_json("manifest.json", manifest)
-        raise
+    with run_lock(store), sigterm_interrupts():  # one driver per run directory; SIGTERM ends it as Ctrl-C does
+        with timer.stage("validate"):
+            manifest = prepare_run_dir(store, cfg, fresh)
+        try:
+            return _run(cfg, store, manifest, model_config, layers, timer, t_start)
+        except BaseException as exc:
+            end_run(store, manifest, exc, timer.seconds)  # manifest `failed` or `interrupted`; raises
 
 
 def _run(cfg: Config, store: RunStore, manifest: dict, model_config, layers, timer: Timer, t_start: float) -> Path | str:
@@ -441,6 +443,7 @@ def _run(cfg: Config, store: RunStore, manifest: dict, model_config, layers, tim
 
     with timer.stage("cluster_start"):
         started = connect_ray(cfg)
+    arm_sigterm()  # again: ray.init installs its own SIGTERM handler
     try:
         wait_for_gpus(cfg)
         with timer.stage("resume_check"):
