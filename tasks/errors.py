@@ -18,3 +18,16 @@ def first_line(exc: BaseException) -> str:
     """`Type: message` on one line (the last line of a multi-line message, where Ray puts the cause)."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[-1] if text else ''}"
+
+
+def os_failure(exc: BaseException) -> RunError | None:
+    """A one-line RunError for an OSError (disk full, lost mount, permissions), raised in this process or inside a
+    Ray task or actor (a `RayTaskError` whose `cause` is one); None for anything else."""
+    cause = exc
+    while isinstance(getattr(cause, "cause", None), BaseException) and cause is not cause.cause:  # Ray's wrappers
+        cause = cause.cause
+    if not isinstance(cause, OSError):
+        return None
+    text = str(cause).strip().splitlines()
+    return RunError(f"{type(cause).__name__}: {text[-1] if text else ''}; free space or fix the storage, then rerun "
+                    "the same command: finished shards are kept and resume")

@@ -2,6 +2,7 @@
 mistakes, each run through the real command line in its own process."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,12 @@ CASES = [
     ("corpus file missing", ["corpus.source=files", "corpus.files=[/nope.txt]"], "does not exist"),
     ("corpus file empty", "empty", "is empty"),
     ("corpus file not text", "binary", "is not UTF-8 text"),
+    ("corpus file invalid past 64 KiB", "late_binary", "is not UTF-8 text: invalid byte 0xff at byte 70000 (line 3)"),
+    ("corpus file is a directory", "directory", "is a directory"),
+    ("corpus file is a FIFO", "fifo", "is not a regular file"),
+    ("jsonl lone surrogate", "surrogate", "line 2: lone surrogate"),
+    ("config not a mapping", "config_list", "the config must be a mapping of sections"),
+    ("config not a mapping, with --set", "config_list_set", "the config must be a mapping of sections"),
     ("text field missing", "jsonl", "has no column 'text'"),
     ("hub dataset unreachable", ["corpus.source=hub", "corpus.name=no-such-dataset-xyz"], "could not load dataset 'no-such-dataset-xyz'"),
     ("corpus smaller than sample", ["sample.size=10000000"], "usable tokens, fewer than sample.size=10000000"),
@@ -41,8 +48,20 @@ def _make(kind: str, tmp_path: Path) -> list[str]:
         folder.mkdir()
         (folder / "config.json").write_text(json.dumps({"model_type": "t5"}))
         return [f"model.name={folder}"]
-    path = tmp_path / {"empty": "e.txt", "binary": "b.txt", "jsonl": "d.jsonl"}[kind]
-    path.write_bytes({"empty": b"", "binary": b"\xff\xfe\x00\x81" * 64, "jsonl": b'{"body": "hello"}\n'}[kind])
+    if kind.startswith("config_list"):  # a YAML list where the mapping of sections belongs
+        (tmp_path / "c.yaml").write_text("- model\n- corpus\n")
+        return ["sample.size=5"] if kind.endswith("set") else []
+    if kind == "directory":
+        (tmp_path / "dir.txt").mkdir()
+        return ["corpus.source=files", f"corpus.files=[{tmp_path / 'dir.txt'}]"]
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "pipe.txt")
+        return ["corpus.source=files", f"corpus.files=[{tmp_path / 'pipe.txt'}]"]
+    path = tmp_path / {"empty": "e.txt", "binary": "b.txt", "jsonl": "d.jsonl", "late_binary": "late.txt",
+                       "surrogate": "s.jsonl"}[kind]
+    path.write_bytes({"empty": b"", "binary": b"\xff\xfe\x00\x81" * 64, "jsonl": b'{"body": "hello"}\n',
+                      "late_binary": b"a" * 60000 + b"\n" + b"b" * 9000 + b"\n" + b"c" * 998 + b"\xff rest\n",
+                      "surrogate": b'{"text": "fine"}\n{"text": "broken \\ud800 here"}\n'}[kind])
     return ["corpus.source=files", f"corpus.files=[{path}]"]
 
 
@@ -61,7 +80,7 @@ def test_user_mistake_is_one_line(name, overrides, message, tmp_path, tiny_gpt2,
         sets = _make(overrides, tmp_path) if isinstance(overrides, str) else overrides
         args = [str(cfg)] + [a for s in sets for a in ("--set", s)]
     res = subprocess.run([sys.executable, "-m", "workflows.run", *args], cwd=ROOT, capture_output=True, text=True,
-                         timeout=180, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+                         timeout=180, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
     assert res.returncode == 2, res.stderr[-2000:]
     lines = [line for line in res.stderr.splitlines() if line.startswith("gpt-stats: error:")]
     assert len(lines) == 1 and message in lines[0], res.stderr[-2000:]

@@ -127,3 +127,25 @@ def test_bad_files_are_named(tmp_path, make, kwargs, message):
         kwargs = {"files": [str(tmp_path / make)], **kwargs}
     with pytest.raises(UserError, match=message):
         load_texts("files", **kwargs)
+
+
+def test_multibyte_character_across_the_first_64_kib_is_read_whole(tmp_path):
+    """A valid file whose 4-byte character straddles byte 65,536 is UTF-8 text, not an error."""
+    first = "a" * 65534 + "\U0001F600" + " first"  # the emoji takes bytes 65,534 to 65,537
+    path = tmp_path / "long.txt"
+    path.write_text(first + "\nsecond\n", encoding="utf-8")
+    assert path.read_bytes()[65534:65538] == "\U0001F600".encode()
+    assert list(load_texts("files", files=[str(path)])) == [first, "second"]
+
+
+@pytest.mark.parametrize("suffix", ["txt", "jsonl", "json"])
+def test_byte_order_mark_is_encoding_not_text(tmp_path, suffix):
+    """A leading UTF-8 BOM gives the same documents as the same file without it (no document holding U+FEFF)."""
+    body = {"txt": "\nfirst doc\n\nsecond doc\n",
+            "jsonl": '{"text": "a b"}\n{"text": "c"}\n',
+            "json": json.dumps([{"text": "a b"}, {"text": "c"}])}[suffix]
+    (tmp_path / f"plain.{suffix}").write_bytes(body.encode())
+    (tmp_path / f"bom.{suffix}").write_bytes(b"\xef\xbb\xbf" + body.encode())
+    plain = list(load_texts("files", files=[str(tmp_path / f"plain.{suffix}")]))
+    assert list(load_texts("files", files=[str(tmp_path / f"bom.{suffix}")])) == plain
+    assert not any("\ufeff" in t for t in plain)

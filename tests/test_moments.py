@@ -279,3 +279,29 @@ def test_norm_moments_about_a_fixed_centre_hold_under_drift():
         np.testing.assert_allclose(got.variance, [r.var()], rtol=1e-9)
         np.testing.assert_allclose(got.skewness, [stats.skew(r)], rtol=1e-7)
         np.testing.assert_allclose(got.excess_kurtosis, [stats.kurtosis(r)], rtol=1e-7)
+
+
+def test_constant_coordinate_has_zero_variance_through_merges():
+    """A coordinate that never changes has variance 0, never the small negative number rounding can leave in M2
+    (here: batches whose first rows are all left out, so that their sums run about a centre of 0), and the
+    corpus numbers take its square root without a warning."""
+    import warnings
+
+    from tasks.analysis.site import corpus_numbers
+
+    rng = np.random.default_rng(0)
+    total = SiteStatistics()
+    for n in (700, 1300, 999):
+        x = rng.normal(size=(n, 4)).astype(np.float32)
+        x[:, 0] = np.float32(2.7)
+        kept = torch.ones(n, dtype=torch.bool)
+        kept[:256] = False
+        part = SiteStatistics()
+        part.add(torch.from_numpy(x), weights=kept)
+        total.merge(SiteStatistics.load(part.state()))
+    assert total.moments.variance[0] == 0.0
+    assert (total.moments.variance[1:] > 0.5).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        numbers = corpus_numbers(total)
+    assert numbers["moments_std"][0] == 0.0

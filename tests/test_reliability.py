@@ -195,3 +195,165 @@ def test_shard_failing_mid_way_is_not_counted_twice(reference, tiny_gpt2, wikite
     out = run(tiny_config(tiny_gpt2, wikitext, tmp_path / "run"))  # 3 forward passes per shard
     assert len(list((tmp_path / "faults").iterdir())) == 1 and manifest(out)["shards"]["retries"] == 1
     assert_same_results(reference, out)
+
+
+def _driver(cfg, tmp_path, name: str, *args: str):
+    """A driver process (`python -m workflows.run`) joined to the session's cluster; stderr to a file."""
+    import os
+    import subprocess
+    import sys
+
+    import ray
+    import yaml
+
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    err = open(tmp_path / f"{name}.err", "w")
+    return subprocess.Popen([sys.executable, "-m", "workflows.run", str(path), *args], cwd=root, env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=err, text=True)
+
+
+def _wait_for_shards(driver, out: Path, n: int, err: Path) -> None:
+    deadline = time.monotonic() + 120
+    while not (out / "stats").exists() or len(finished(out)) < n:
+        assert driver.poll() is None, f"driver ended early: {err.read_text()[-2000:]}"
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def _error_lines(text: str) -> list[str]:
+    assert "Traceback" not in text and "***" not in text, text[-3000:]
+    return [line for line in text.splitlines() if line.startswith("gpt-stats:")]
+
+
+def test_second_driver_on_the_same_run_directory_is_refused(reference, tiny_gpt2, wikitext, tmp_path):
+    """Two drivers on one run.out: the second refuses with one line naming the holder (exit 2) and touches
+    nothing; the first completes with the results of a lone run and releases the lock."""
+    import os
+    import signal
+    import socket
+
+    out = tmp_path / "run"
+    cfg = tiny_config(tiny_gpt2, wikitext, out)
+    first = second = _driver(cfg, tmp_path, "first")
+    try:
+        _wait_for_shards(first, out, 1, tmp_path / "first.err")
+        second = _driver(cfg, tmp_path, "second")
+        assert second.wait(timeout=120) == 2
+        lines = _error_lines((tmp_path / "second.err").read_text())
+        assert len(lines) == 1 and "is in use by another driver" in lines[0], lines
+        assert f"host {socket.gethostname()}, pid {first.pid}, started " in lines[0]
+        assert manifest(out)["status"] == "running" and manifest(out)["attempt"] == 1
+        assert first.wait(timeout=300) == 0, (tmp_path / "first.err").read_text()[-3000:]
+    finally:
+        for driver in {first, second}:
+            if driver.poll() is None:
+                os.killpg(driver.pid, signal.SIGKILL)
+                driver.wait(timeout=30)
+    assert manifest(out)["status"] == "complete" and manifest(out)["shards"]["reused"] == 0
+    assert not (out / ".run.lock").exists()
+    assert_same_results(reference, out)
+
+
+def test_lock_of_a_driver_that_is_gone_is_taken_over(tmp_path, caplog):
+    import socket
+    import subprocess
+
+    from tasks.storage import RunStore
+    from workflows.run_lock import LOCK, run_lock
+
+    store = RunStore(str(tmp_path / "run"))
+    (tmp_path / "run").mkdir()
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that no longer runs
+    lock = tmp_path / "run" / LOCK
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": gone.pid, "started": "then", "token": "x"}))
+    with caplog.at_level("WARNING"), run_lock(store) as me:
+        assert json.loads(lock.read_text())["token"] == me["token"]
+        assert f"pid {gone.pid}, started then" in caplog.text
+        with pytest.raises(UserError, match=rf"in use by another driver \(host .*, pid {me['pid']}, started "):
+            with run_lock(store):
+                pass
+    assert not lock.exists()  # released
+    lock.write_text(json.dumps({"host": "elsewhere", "pid": gone.pid, "started": "then", "token": "x"}))
+    with pytest.raises(UserError, match=r"host elsewhere, pid \d+, started then\); .* delete .*\.run\.lock"):
+        with run_lock(store):
+            pass
+
+
+def test_disk_full_after_capture_is_one_line_and_resumes(reference, tiny_gpt2, wikitext, tmp_path, monkeypatch, capsys):
+    """A write failing after capture, in the driver (disk full writing the tables) or in a site task on the cluster
+    (an OSError inside Ray), ends in one line, exit status 1, manifest `failed` with the reason; the rerun reuses
+    every shard and gives the results of an uninterrupted run."""
+    import errno
+
+    import yaml
+
+    from tasks.storage import RunStore
+    from workflows.cli import main
+
+    out = tmp_path / "run"
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(tiny_gpt2, wikitext, out).to_dict()))
+    write_parquet = RunStore.write_parquet
+
+    def full(self, rel, table):
+        if rel == "summary.parquet":
+            raise OSError(errno.ENOSPC, "No space left on device", self.path(rel))
+        return write_parquet(self, rel, table)
+
+    monkeypatch.setattr(RunStore, "write_parquet", full)
+    capsys.readouterr()
+    assert main(["run", str(path)]) == 1
+    lines = _error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and "run failed: OSError: [Errno 28] No space left on device" in lines[0], lines
+    m = manifest(out)
+    assert m["status"] == "failed" and "No space left on device" in m["reason"] and m["failed"]
+    assert not (out / ".run.lock").exists()
+    monkeypatch.undo()
+    # the same in a site task: its statistics file cannot be written (a directory squats on its name)
+    squat = out / "statistics" / "L001-mlp_out.npz"
+    squat.unlink()  # written by the attempt above
+    (squat / "x").mkdir(parents=True)
+    assert main(["run", str(path)]) == 1
+    lines = _error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and "run failed: IsADirectoryError: [Errno 21]" in lines[0], lines
+    assert manifest(out)["status"] == "failed" and "IsADirectoryError" in manifest(out)["reason"]
+    (squat / "x").rmdir()
+    squat.rmdir()
+    run(tiny_config(tiny_gpt2, wikitext, out))
+    m = manifest(out)
+    assert m["status"] == "complete" and m["attempt"] == 3 and m["shards"]["reused"] == m["shards"]["total"]
+    assert_same_results(reference, out)
+
+
+def test_sigterm_interrupts_like_ctrl_c_and_resumes(reference, tiny_gpt2, wikitext, tmp_path):
+    """SIGTERM (`ray job stop`, a batch scheduler) mid-capture: one line, exit status 143, manifest `interrupted`
+    with the time, lock released; the same command resumes to the results of an uninterrupted run."""
+    import os
+    import signal
+
+    out = tmp_path / "run"
+    cfg = tiny_config(tiny_gpt2, wikitext, out)
+    driver = _driver(cfg, tmp_path, "driver")
+    try:
+        _wait_for_shards(driver, out, 2, tmp_path / "driver.err")
+        os.kill(driver.pid, signal.SIGTERM)
+        assert driver.wait(timeout=120) == 143
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait(timeout=30)
+    lines = _error_lines((tmp_path / "driver.err").read_text())
+    assert lines == ["gpt-stats: interrupted (SIGTERM); rerun the same command to resume"]
+    m = manifest(out)
+    assert m["status"] == "interrupted" and m["interrupted"] and m["reason"].startswith("SIGTERM")
+    assert not (out / ".run.lock").exists()
+    time.sleep(1.0)
+    saved = len(finished(out))
+    run(cfg)
+    m = manifest(out)
+    assert m["status"] == "complete" and m["shards"]["reused"] == saved >= 2
+    assert_same_results(reference, out)

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 
-from tasks.errors import RunError, UserError
+from tasks.errors import RunError, UserError, os_failure
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -77,9 +77,16 @@ def main(argv: list[str] | None = None) -> int:
     except RunError as exc:
         print(f"gpt-stats: run failed: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("gpt-stats: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM during a run (workflows/interrupts.py)
+        from workflows.interrupts import exit_status, received
+
+        print(f"gpt-stats: interrupted ({received().name}); rerun the same command to resume", file=sys.stderr)
+        return exit_status()
+    except Exception as exc:
+        if (failure := os_failure(exc)) is None:
+            raise
+        print(f"gpt-stats: run failed: {failure}", file=sys.stderr)  # disk full or the like, in any stage
+        return 1
     return 0
 
 

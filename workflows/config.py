@@ -341,6 +341,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def config_from_dict(data: dict[str, Any], overrides: typing.Sequence[str] = ()) -> Config:
     """Build and validate a Config from a nested dict plus `--set` overrides."""
+    if not isinstance(data or {}, dict):
+        raise UserError(f"the config must be a mapping of sections (model:, corpus:, ...), got {type(data).__name__} "
+                        f"{json.dumps(data, default=str)[:60]}; write it as `section: {{key: value}}`")
     data = json.loads(json.dumps(data or {}))
     for text in overrides:
         path, value = parse_override(text)

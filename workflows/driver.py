@@ -24,7 +24,7 @@ from tasks.analysis.site import analyze_site
 from tasks.capture.models import d_model, load_model_config, load_tokenizer, n_layers, resolve_layers, site_table
 from tasks.capture.sampling import candidate_threshold
 from tasks.corpus.plan import CorpusPlan, plan_corpus
-from tasks.errors import RunError, UserError, first_line
+from tasks.errors import RunError, UserError
 from tasks.merge.reduce import merge_samples, merge_statistics
 from tasks.report.plots import draw_plots
 from tasks.report.results import write_results
@@ -33,6 +33,8 @@ from tasks.storage import RunStore, is_uri
 from workflows.capture_pool import CapturePool, CaptureResult, CaptureSpec
 from workflows.cluster import connect_ray, wait_for_gpus
 from workflows.config import Config
+from workflows.interrupts import arm_sigterm, end_run, sigterm_interrupts
+from workflows.run_lock import run_lock
 from workflows.run_dir import prepare_run_dir, reusable_shards
 
 log = logging.getLogger(__name__)
@@ -64,13 +66,13 @@ def run(cfg: Config, fresh: bool = False) -> Path | str:
         model_config = load_model_config(cfg.model.name, cfg.model.revision, trust)
         site_table(model_config.model_type)
         layers = resolve_layers(cfg.capture.layers, model_config)
-        manifest = prepare_run_dir(store, cfg, fresh)
-    try:
-        return _run(cfg, store, manifest, model_config, layers, timer, t_start)
-    except BaseException as exc:
-        manifest.update(status="failed", reason=first_line(exc), timings=timer.seconds)
-        store.write_json("manifest.json", manifest)
-        raise
+    with run_lock(store), sigterm_interrupts():  # one driver per run directory; SIGTERM ends it as Ctrl-C does
+        with timer.stage("validate"):
+            manifest = prepare_run_dir(store, cfg, fresh)
+        try:
+            return _run(cfg, store, manifest, model_config, layers, timer, t_start)
+        except BaseException as exc:
+            end_run(store, manifest, exc, timer.seconds)  # manifest `failed` or `interrupted`; raises
 
 
 def _run(cfg: Config, store: RunStore, manifest: dict, model_config, layers, timer: Timer, t_start: float) -> Path | str:
@@ -94,6 +96,7 @@ def _run(cfg: Config, store: RunStore, manifest: dict, model_config, layers, tim
 
     with timer.stage("cluster_start"):
         started = connect_ray(cfg)
+    arm_sigterm()  # again: ray.init installs its own SIGTERM handler
     try:
         wait_for_gpus(cfg)
         # capture: shards -> actor pool -> shard samples and statistics partials in the run directory
@@ -197,3 +200,121 @@ def run_summary(cfg: Config, model_config, layers, corpus: CorpusPlan, spec: Cap
         "actors": captured.actors,
         "throughput": {"capture_tokens_per_s": rate, "forward_batches": sum(r["forward_batches"] for r in records)},
     }
+
+
+def run(cfg: Config, fresh: bool = False) -> Path | str:
+    """Execute a whole run (resuming finished shards of an earlier attempt); returns the run directory.
+    Raises UserError for problems the user can fix, RunError for a run that could not finish."""
+    timer = Timer()
+    t_start = time.perf_counter()
+    store = RunStore(cfg.run.out)
+    with timer.stage("validate"):
+        trust = cfg.model.trust_remote_code == cfg.model.name
+        model_config = load_model_config(cfg.model.name, cfg.model.revision, trust)
+        site_table(model_config.model_type)
+        layers = resolve_layers(cfg.capture.layers, model_config)
+    with run_lock(store), sigterm_interrupts():  # one driver per run directory; SIGTERM ends it as Ctrl-C does
+        with timer.stage("validate"):
+            manifest = prepare_run_dir(store, cfg, fresh)
+        try:
+            return _run(cfg, store, manifest, model_config, layers, timer, t_start)
+        except BaseException as exc:
+            end_run(store, manifest, exc, timer.seconds)  # manifest `failed` or `interrupted`; raises
+
+
+def _run(cfg: Config, store: RunStore, manifest: dict, model_config, layers, timer: Timer, t_start: float) -> Path | str:
+    import ray
+
+    sites = [(layer, site) for layer in layers for site in cfg.capture.sites]
+    k = cfg.sample.size
+    config_hash = cfg.result_hash()
+    with timer.stage("corpus"):
+        trust = cfg.model.trust_remote_code == cfg.model.name
+        tokenizer = load_tokenizer(cfg.model.name, cfg.model.revision, trust)
+        c = cfg.corpus
+        texts = documents.load_texts(c.source, name=c.name, config=c.config, split=c.split, files=c.files, text_field=c.text_field)
+        docs = documents.tokenize(texts, tokenizer, max_docs=c.max_docs)
+        if not docs:
+            raise UserError("the corpus has no non-empty document; check corpus.source, corpus.files or corpus.text_field")
+        seq_len = shard_mod.context_length(model_config, c.max_length)
+        shards = shard_mod.make_shards(shard_mod.make_sequences(docs, tokenizer, seq_len, c.long_docs), c.shard_tokens)
+        total = sum(s.n_tokens for s in shards)
+        exclusion = shard_mod.Exclusion.from_config(cfg.capture.exclude, tokenizer)
+        excluded = sum(exclusion.count(s) for s in shards) if exclusion else 0
+    eligible = total - excluded  # the tokens that can be sampled: the threshold must count only these
+    if eligible < k:
+        hint = ", or set capture.exclude=[] to keep position 0 and special tokens" if excluded else ""
+        raise UserError(
+            f"the corpus has {eligible} usable tokens, fewer than sample.size={k}; lower sample.size or add documents{hint}"
+        )
+    threshold = candidate_threshold(k, eligible)
+    log.info("corpus: %d documents, %d sequences, %d tokens (%d excluded: %s) in %d shards", len(docs),
+             sum(s.n_sequences for s in shards), total, excluded, ", ".join(cfg.capture.exclude) or "none", len(shards))
+
+    with timer.stage("cluster_start"):
+        started = connect_ray(cfg)
+    arm_sigterm()  # again: ray.init installs its own SIGTERM handler
+    try:
+        wait_for_gpus(cfg)
+        with timer.stage("resume_check"):
+            reused, partials = reusable_shards(store, shards, config_hash, cfg.stats.enabled)
+        if reused:
+            log.info("resuming: %d of %d shards already done", len(reused), len(shards))
+        todo = [s for s in shards if s.index not in reused]
+        captured = CaptureResult()
+        if todo:
+            with timer.stage("capture"):
+                done_tokens = sum(r["n_tokens"] for r in reused.values())
+                captured = run_capture(cfg, store, todo, sites, k, threshold, config_hash, total, done_tokens,
+                                       manifest["attempt"], exclusion, seq_len)
+            # the driver's own share of the stage: its CPU seconds, and the wall time before every actor was ready
+            timer.seconds["capture_driver_cpu"] = round(captured.driver_cpu_s, 3)
+            timer.seconds["capture_startup"] = round(captured.startup_s, 3)
+        new_records, infos, retries = captured.records, captured.actors, captured.retries
+        records = sorted([*reused.values(), *new_records], key=lambda r: r["shard"])
+        with timer.stage("merge"):
+            keys_ref, vector_refs = merge(store, k, records, len(sites))
+            stats_refs = merge_statistics(store, [*partials, *captured.partials], len(sites)) if cfg.stats.enabled else [None] * len(sites)
+            keys = ray.get(keys_ref)
+        n = len(keys["hash"])
+        if n < k:
+            raise RunError(f"only {n} finite candidate tokens for sample.size={k}; lower sample.size or use another run.seed")
+        with timer.stage("similarity"):
+            results, empirical = analyze(cfg, store, sites, keys_ref, vector_refs, stats_refs, n, d_model(model_config))
+        # Flat keys (timings stay one number each, as the report page shows them).
+        timer.seconds.update({f"similarity_parts.{step}": s for step, s in similarity_parts(results).items()})
+    finally:
+        if started:
+            ray.shutdown()
+    nonfinite = np.sum([r["nonfinite"] for r in records], axis=0)
+    with timer.stage("report"):
+        checks = write_results(cfg, store, results, empirical, keys, tokenizer, total, nonfinite)
+        draw_plots(store)
+    timer.seconds["total"] = round(time.perf_counter() - t_start, 3)
+    capture_s = timer.seconds.get("capture", 0.0)
+    examined = sum(r["n_examined"] for r in records)
+    manifest.update(
+        status="complete",
+        finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        model={"name": cfg.model.name, "model_type": model_config.model_type, "d_model": d_model(model_config),
+               "n_layers": n_layers(model_config), "layers": list(layers), "sites": list(cfg.capture.sites)},
+        corpus={"documents": len(docs), "sequences": sum(s.n_sequences for s in shards), "tokens": total,
+                "tokens_excluded": excluded, "excluded_kinds": list(cfg.capture.exclude),
+                "special_ids": list(exclusion.special_ids), "shards": len(shards), "sequence_length": seq_len},
+        shards={"total": len(shards), "reused": len(reused), "computed": len(new_records), "retries": retries},
+        sample={"size": n, "candidate_threshold": int(threshold), "candidates": sum(r["n_kept"] for r in records),
+                "vectors_saved": cfg.sample.save_vectors},
+        nonfinite={"tokens_examined": examined,
+                   "per_site": {f"L{layer}.{site}": int(v) for (layer, site), v in zip(sites, nonfinite)}},
+        actors=infos,
+        throughput={"capture_tokens_per_s": round(sum(r["n_tokens"] for r in new_records) / capture_s, 1) if capture_s else None,
+                    "forward_batches": sum(r["forward_batches"] for r in records)},
+        checks=checks,
+        timings=timer.seconds,
+    )
+    # model sanity check, final manifest and report.html (workflows/finish.py)
+    from workflows.finish import finish_run
+
+    finish_run(cfg, store, manifest, model_config.model_type, timer.seconds, t_start)
+    log.info("run complete: %s (%.1f s; %d of %d shards reused)", store.root, timer.seconds["total"], len(reused), len(shards))
+    return store.root if is_uri(store.root) else Path(store.local_path())

@@ -6,8 +6,11 @@ its place among the non-empty documents kept, in source order (`tasks.corpus.sha
 
 from __future__ import annotations
 
+import codecs
 import glob
+import json
 import logging
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -16,6 +19,10 @@ from tasks.errors import UserError
 log = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = {".txt": "text", ".text": "text", ".parquet": "parquet", ".json": "json", ".jsonl": "json"}
+CHECK_CHUNK = 1 << 20  # bytes per read of the UTF-8 check
+# A \uD800-\uDFFF escape that is not part of a high-low pair: JSON allows it, but it stands for no character.
+LONE_SURROGATE = re.compile(r"(?<!\\)\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+                            r"|(?<![dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}")
 
 
 def embedded_texts() -> list[str]:
@@ -34,6 +41,11 @@ def _expand_files(patterns: Sequence[str]) -> list[Path]:
             raise UserError(f"corpus.files pattern {pattern!r} matches no file; check the path")
         for m in matches:
             p = Path(m)
+            if p.is_dir():
+                raise UserError(f"corpus file {m!r} is a directory; name the files in it, e.g. {m.rstrip('/') + '/*.txt'!r}")
+            if p.exists() and not p.is_file():
+                raise UserError(f"corpus file {m!r} is not a regular file (a pipe, socket or device); "
+                                "copy its text into a file and name that")
             if not p.is_file():
                 raise UserError(f"corpus file {m!r} does not exist; check corpus.files")
             if p.stat().st_size == 0:
@@ -46,6 +58,56 @@ def _expand_files(patterns: Sequence[str]) -> list[Path]:
     if len(kinds) > 1:
         raise UserError("corpus.files mixes file types; give files of one type (.txt, .parquet or .jsonl)")
     return paths
+
+
+def check_utf8(path: Path) -> None:
+    """Raise UserError unless the whole file is UTF-8, naming the byte offset and line of the first error. Read in
+    chunks through an incremental decoder, so a character split across two chunks is no error."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = lines = 0  # bytes and newlines of the chunks decoded so far
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(CHECK_CHUNK)
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as exc:
+                held = len(exc.object) - len(chunk)  # bytes of a character begun in the previous chunk
+                at = offset - held + exc.start
+                line = lines + exc.object[max(held, 0) : exc.start].count(b"\n") + 1
+                what = (f"a character cut off by the end of the file at byte {at}" if exc.reason == "unexpected end of data"
+                        else f"invalid byte 0x{exc.object[exc.start]:02x} at byte {at}")
+                raise UserError(f"corpus file {str(path)!r} is not UTF-8 text: {what} (line {line}); "
+                                "convert it to UTF-8 or remove it") from None
+            if not chunk:
+                return
+            offset += len(chunk)
+            lines += chunk.count(b"\n")
+
+
+def _json_problem(path: Path) -> str | None:
+    """What is wrong with a JSON or JSON Lines file that `datasets` could not read, with the line where known."""
+    check_utf8(path)
+    text = path.read_text(encoding="utf-8-sig")
+    try:
+        json.loads(text)
+        rows = [(None, text)]  # one JSON document
+    except ValueError:
+        rows = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    for n, row in rows:
+        try:
+            obj = json.loads(row)
+        except ValueError as exc:
+            return f"line {n}: not valid JSON ({exc})" if n else f"not valid JSON ({exc})"
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            found = LONE_SURROGATE.search(row)
+            escape = f" {found.group(0)}" if found else ""
+            if n is None and found:
+                n = text.count("\n", 0, found.start()) + 1
+            where = f"line {n}: " if n else ""
+            return f"{where}lone surrogate escape{escape} (half of a UTF-16 pair, no character); fix or remove it"
+    return None
 
 
 def _column(ds, text_field: str, where: str) -> list[str]:
@@ -66,15 +128,17 @@ def load_texts(source: str, *, name=None, config=None, split="train", files=(), 
     if source == "files":
         paths = _expand_files(files)
         kind = TEXT_SUFFIXES[paths[0].suffix.lower()]
+        options = {}
         if kind == "text":
             for p in paths:
-                try:
-                    p.read_bytes()[:65536].decode("utf-8")
-                except UnicodeDecodeError:
-                    raise UserError(f"corpus file {str(p)!r} is not UTF-8 text; convert it or remove it") from None
+                check_utf8(p)
+            options["encoding"] = "utf-8-sig"  # a leading byte order mark is encoding, not text
         try:
-            ds = datasets.load_dataset(kind, data_files=[str(p) for p in paths], split="train")
+            ds = datasets.load_dataset(kind, data_files=[str(p) for p in paths], split="train", **options)
         except Exception as exc:  # datasets raises many types for unreadable files
+            for p in paths if kind == "json" else ():
+                if (problem := _json_problem(p)) is not None:
+                    raise UserError(f"corpus file {str(p)!r} {problem}") from None
             raise UserError(f"could not read corpus files ({type(exc).__name__}: {exc}); check their format") from None
         return _column(ds, text_field if kind != "text" else "text", "corpus files")
     if source == "hub":

@@ -142,8 +142,8 @@ class Moments(FieldStatistic):
 
     @property
     def variance(self) -> np.ndarray:
-        """Population variance per coordinate (M2 / n)."""
-        return self.m2 / self.n
+        """Population variance per coordinate (M2 / n; at least 0, which rounding can take M2 a hair below)."""
+        return np.maximum(self.m2 / self.n, 0.0)
 
     @property
     def skewness(self) -> np.ndarray:
