@@ -1,5 +1,5 @@
-"""Shared fixtures: one Ray cluster per test session, a tiny random GPT-2 with a locally trained tokenizer, and
-the shared WikiText-2 text."""
+"""Shared fixtures: one Ray cluster per test session, a tiny random GPT-2 with a locally trained tokenizer, the
+shared WikiText-2 text, and one tiny run of it that every module compares against (`tiny_run`)."""
 
 from __future__ import annotations
 
@@ -76,3 +76,31 @@ def ray_cluster():
     # Anything of this cluster still running (e.g. after a crashed test) is named by its temp dir: stop it.
     subprocess.run(["pkill", "-f", temp], check=False)
     shutil.rmtree(temp, ignore_errors=True)
+
+
+def tiny_config(model: Path, text: Path, out: Path, *overrides: str):
+    """The tests' run: the tiny GPT-2 over 300 WikiText documents, every layer and site, a sample of 300."""
+    from workflows.config import config_from_dict
+
+    data = {
+        "model": {"name": str(model), "dtype": "float32"},
+        "corpus": {"source": "files", "files": [str(text)], "max_docs": 300, "shard_tokens": 3000},
+        "capture": {"layers": "all", "batch_tokens": 1024},
+        "sample": {"size": 300},
+        "similarity": {"bins": 60, "tile": 128},
+        # statistics written per shard (resume tests reason shard by shard); d x d statistics on every token (the
+        # brute-force checks compare with all of them; tests/test_capture.py covers a fraction)
+        "stats": {"flush_every": 1, "second_order_fraction": 1.0},
+        "cluster": {"actors": 1, "shards_in_flight": 1},  # with flush_every 1: one shard per statistics partial
+        "run": {"seed": 1, "out": str(out)},
+    }
+    return config_from_dict(data, list(overrides))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(ray_cluster, tiny_gpt2, wikitext, tmp_path_factory) -> Path:
+    """One uninterrupted run of `tiny_config`, shared by the session: the workflow tests read it, the reliability
+    tests compare every interrupted or faulty run with it. Tests may redraw its plots, never its tables."""
+    from workflows.driver import run
+
+    return run(tiny_config(tiny_gpt2, wikitext, tmp_path_factory.mktemp("runs") / "tiny"))

@@ -21,7 +21,7 @@ def main(model: str, text: str, out: str, temp: str) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
-    from tests.test_workflow import tiny_config
+    from tests.conftest import tiny_config
     from workflows.driver import run
 
     Path(temp, "ray").mkdir(parents=True, exist_ok=True)  # RAY_TMPDIR=temp: Ray's address file goes here

@@ -10,13 +10,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from tasks.errors import RunError, UserError
-from tests.test_workflow import tiny_config
+from tests.conftest import tiny_config
 from workflows.driver import run
 
 
-@pytest.fixture(scope="module")
-def reference(ray_cluster, tiny_gpt2, wikitext, tmp_path_factory):
-    return run(tiny_config(tiny_gpt2, wikitext, tmp_path_factory.mktemp("ref") / "run"))
+@pytest.fixture
+def reference(tiny_run):
+    """The uninterrupted run every run here must equal (the session's `tiny_run`)."""
+    return tiny_run
 
 
 def manifest(run_dir):

@@ -11,7 +11,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from tasks.storage import RunStore
-from tests.test_workflow import tiny_config
+from tests.conftest import tiny_config
 from workflows.cli import main as cli_main
 from workflows.driver import run
 

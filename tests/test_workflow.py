@@ -10,35 +10,14 @@ import pytest
 
 from tasks.errors import UserError
 from tasks.capture.sampling import token_hash
+from tests.conftest import tiny_config
 from workflows.cli import main as cli_main
-from workflows.config import config_from_dict, load_config
+from workflows.config import load_config
 from workflows.driver import run
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUTS = ["manifest.json", "config.yaml", "summary.parquet", "histograms.parquet", "exemplars.parquet",
            "samples.parquet", "plots/overview.png"]
-
-
-def tiny_config(model: Path, text: Path, out: Path, *overrides: str):
-    data = {
-        "model": {"name": str(model), "dtype": "float32"},
-        "corpus": {"source": "files", "files": [str(text)], "max_docs": 300, "shard_tokens": 3000},
-        "capture": {"layers": "all", "batch_tokens": 1024},
-        "sample": {"size": 300},
-        "similarity": {"bins": 60, "tile": 128},
-        # statistics written per shard (resume tests reason shard by shard); d x d statistics on every token (the
-        # brute-force checks below compare with all of them; tests/test_capture.py covers a fraction)
-        "stats": {"flush_every": 1, "second_order_fraction": 1.0},
-        "cluster": {"actors": 1, "shards_in_flight": 1},  # with flush_every 1: one shard per statistics partial
-        "run": {"seed": 1, "out": str(out)},
-    }
-    return config_from_dict(data, list(overrides))
-
-
-@pytest.fixture(scope="module")
-def tiny_run(ray_cluster, tiny_gpt2, wikitext, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "tiny"
-    return run(tiny_config(tiny_gpt2, wikitext, out))
 
 
 def _samples(run_dir: Path):
@@ -71,7 +50,7 @@ def test_outputs_and_schema(tiny_run):
     assert set(hist.source) == {"data", "gaussian_exact", "gaussian_fit", "gaussian_empirical", "gaussian_matched"}
     for _, group in hist.groupby(["layer", "site", "variant", "source"]):
         assert len(group) == 60 and group.probability.sum() == pytest.approx(1.0, abs=1e-9)
-    assert len(list((tiny_run / "plots").glob("L*_*.png"))) == 18
+    assert len(list((tiny_run / "plots").glob("L*.png"))) == 18
     full = pq.read_table(tiny_run / "summary.parquet").to_pandas()
     assert set(full.verdict) <= {"near-gaussian", "gaussian-shaped-low-dim", "non-gaussian"} and full.verdict.notna().all()
     assert (tiny_run / "plots" / "verdicts.png").exists()
@@ -183,7 +162,7 @@ def test_report_redraws_plots_from_parquet(tiny_run):
         png.unlink()
     assert cli_main(["report", str(tiny_run)]) == 0
     assert (tiny_run / "plots" / "overview.png").stat().st_size > 10_000
-    assert len(list((tiny_run / "plots").glob("L*_*.png"))) == 18
+    assert len(list((tiny_run / "plots").glob("L*.png"))) == 18
 
 
 def test_run_dir_safety_and_small_corpus(tiny_run, tiny_gpt2, wikitext, tmp_path):
