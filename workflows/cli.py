@@ -62,9 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             from workflows.config import load_config
-            from workflows.driver import run
 
             cfg = load_config(args.config, args.overrides)
+            from workflows.driver import run  # after the config: its mistakes are found without loading torch and Ray
             out = run(cfg, fresh=args.fresh)
             logging.getLogger("gpt_stats").info("results in %s", out)
         elif args.command == "compare":
