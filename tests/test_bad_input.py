@@ -3,6 +3,7 @@ mistakes, each run through the real command line in its own process."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ CASES = [
     ("model not found", ["model.name=/nonexistent/model"], "cannot be found or loaded"),
     ("unsupported architecture", "t5", "architecture 't5' is not supported; supported: bert, gpt2"),
     ("remote code not opted in by name", ["model.trust_remote_code=someone/else"], "must repeat model.name"),
+    ("model needs remote code", "remote", "needs remote code"),
     ("corpus file missing", ["corpus.source=files", "corpus.files=[/nope.txt]"], "does not exist"),
     ("corpus file empty", "empty", "is empty"),
     ("corpus file not text", "binary", "is not UTF-8 text"),
@@ -47,6 +49,12 @@ def _make(kind: str, tmp_path: Path) -> list[str]:
         folder = tmp_path / "t5"
         folder.mkdir()
         (folder / "config.json").write_text(json.dumps({"model_type": "t5"}))
+        return [f"model.name={folder}"]
+    if kind == "remote":  # a config whose model_type only its own code knows
+        folder = tmp_path / "custom"
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({
+            "model_type": "my-custom", "auto_map": {"AutoConfig": "configuration_my.MyConfig", "AutoModel": "modeling_my.MyModel"}}))
         return [f"model.name={folder}"]
     if kind.startswith("config_list"):  # a YAML list where the mapping of sections belongs
         (tmp_path / "c.yaml").write_text("- model\n- corpus\n")
@@ -89,3 +97,55 @@ def test_user_mistake_is_one_line(name, overrides, message, tmp_path, tiny_gpt2,
     if manifest.exists():  # a run that got as far as its directory says it failed, and why
         m = json.loads(manifest.read_text())
         assert m["status"] == "failed" and message.split("'")[0].strip() in m["reason"]
+
+
+def test_remote_code_line_names_the_key(tmp_path, tiny_gpt2, wikitext):
+    """The line for a model that needs remote code names the key that allows it, and that it repeats model.name."""
+    folder = _make("remote", tmp_path)[0].split("=", 1)[1]
+    res = subprocess.run([sys.executable, "-m", "workflows.run", "configs/demo.yaml", "--set", f"model.name={folder}",
+                          "--set", f"run.out={tmp_path / 'out'}"], cwd=ROOT, capture_output=True, text=True, timeout=180,
+                         env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"}, stdin=subprocess.DEVNULL)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    line = [ln for ln in res.stderr.splitlines() if ln.startswith("gpt-stats: error:")][0]
+    assert f"model.trust_remote_code={folder}" in line and "model.name" in line, line
+
+
+class _Payload:
+    """Pickles as a call of os.system: what an unsafe loader would run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (__import__("os").system, (f"touch {self.marker}",))
+
+
+def test_unsafe_model_weights_stop_the_run_at_once(tmp_path, tiny_gpt2, wikitext):
+    """A pytorch_model.bin whose pickle carries code is refused by the weights-only loader (the code never runs);
+    the run stops on the first refusal with one line, exit 2, and no actor restarts."""
+    import torch
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "unsafe"
+    shutil.copytree(tiny_gpt2, folder)
+    marker = tmp_path / "payload-ran"
+    state = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    torch.save({**state, "payload": _Payload(marker)}, folder / "pytorch_model.bin")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "model": {"name": str(folder)},
+        "corpus": {"source": "files", "files": [str(wikitext)], "max_docs": 20},
+        "capture": {"layers": [0]},
+        "sample": {"size": 50},
+        "cluster": {"actors": 2, "max_retries": 3},
+        "run": {"out": str(tmp_path / "out")},
+    }))
+    res = subprocess.run([sys.executable, "-m", "workflows.run", str(cfg)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr and "retrying" not in res.stderr, res.stderr[-3000:]
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("gpt-stats: error:")]
+    assert len(lines) == 1, res.stderr[-3000:]
+    assert f"model weights in {folder} cannot be loaded safely" in lines[0] and "use safetensors weights" in lines[0]
+    assert not marker.exists()

@@ -325,3 +325,48 @@ def test_resampled_baseline_sample_widens_the_interval_to_the_seed_to_seed_sprea
         fixed.append(held.standard_error[0, 0])
     assert 1 / 1.5 < np.mean(resampled) / spread < 1.5, (np.mean(resampled), spread)
     assert np.mean(fixed) < np.mean(resampled)
+
+
+def test_large_bins_keep_only_the_non_empty_cells_with_the_same_intervals(monkeypatch):
+    """Past DENSE_CELLS (a large similarity.bins) the grouped pair counts keep only their non-empty cells: at most
+    one per pair, not groups^2 x bins; the replicate histograms and the bootstrap intervals (data and resampled
+    matched sample, replicates in several chunks) are the dense path's to the bit."""
+    import torch
+
+    from tasks.analysis import distances, similarity
+
+    bins = 20000
+    x, doc = grouped_tokens(150, 9, 6, seed=5)
+    units = unit_rows(x)
+    groups = document_groups(doc)
+    n_units = int(groups.max()) + 1
+    dense = grouped_cosine_counts(units, groups, n_units, bins, tile=64)
+    hist = similarity.CosineHistogram(bins)
+    sparse = grouped_cosine_counts(units, groups, n_units, bins, tile=64, hist=hist, max_dense=0)
+    assert isinstance(sparse, similarity.SparseGroupedCounts)
+    assert len(sparse.keys) <= len(x) * (len(x) - 1) // 2 < dense.size
+    assert np.array_equal(sparse.total(), dense.sum((0, 1))) and np.array_equal(hist.counts, dense.sum((0, 1)))
+    m = np.random.default_rng(3).multinomial(n_units, np.full(n_units, 1 / n_units), size=7).astype(float)
+    assert np.array_equal(replicate_histograms(sparse, m), replicate_histograms(dense, m))
+    matched = unit_rows(torch.randn(len(x), x.shape[1], generator=torch.Generator().manual_seed(1)))
+    baselines = [law_probabilities(6, bins), matched]
+    want = histogram_distance_bootstrap(units, doc, baselines, bins, 64, n_boot=50, seed=2, counts=dense)
+    monkeypatch.setattr(similarity, "DENSE_CELLS", 0)  # the matched sample's counts sparse too
+    monkeypatch.setattr(distances, "REPLICATE_ENTRIES", 7 * bins)  # replicates 7 at a time
+    got = histogram_distance_bootstrap(units, doc, baselines, bins, 64, n_boot=50, seed=2, counts=sparse)
+    for field in ("estimate", "low", "high", "standard_error"):
+        assert np.array_equal(getattr(got, field), getattr(want, field)), field
+
+
+def test_site_task_memory_does_not_grow_with_bins():
+    """A demo-sized site (300 states) at similarity.bins=20000 fits in 3 GiB of address space (it needed over
+    6 GiB when the grouped pair counts were dense: groups^2 x bins; bench/site_memory.py for 100000)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, str(root / "bench" / "site_memory.py"), "--worker", str(root), "--n", "300",
+                          "--d", "64", "--bins", "20000", "--limit-gb", "3"], capture_output=True, text=True, timeout=600)
+    result = __import__("json").loads(out.stdout.strip().splitlines()[-1])
+    assert result["ok"], result

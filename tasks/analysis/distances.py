@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from tasks.analysis.baselines import wasserstein1
-from tasks.analysis.similarity import grouped_cosine_counts
+from tasks.analysis.similarity import SparseGroupedCounts, grouped_cosine_counts
 
 __all__ = [
     "DISTANCES",
@@ -43,7 +43,9 @@ __all__ = [
     "weighted_document_bootstrap",
 ]
 
-DOCUMENT_GROUPS = 256  # most resampling units of the distance bootstrap (memory: DOCUMENT_GROUPS^2 * bins counts)
+DOCUMENT_GROUPS = 256  # most resampling units of the distance bootstrap (memory: DOCUMENT_GROUPS^2 * bins counts,
+# or, past `tasks.analysis.similarity.DENSE_CELLS`, one count per non-empty cell: at most one per pair)
+REPLICATE_ENTRIES = 1 << 22  # most (replicate x bin) entries of replicate histograms held at once (32 MiB float64)
 DISTANCES = ("w1", "ks", "energy")  # the order of `histogram_distances`' last axis
 
 
@@ -205,7 +207,8 @@ def document_groups(doc_ids: np.ndarray, max_groups: int = DOCUMENT_GROUPS) -> n
     return codes if int(codes.max()) < max_groups else codes % max_groups
 
 
-def replicate_histograms(counts: np.ndarray, multiplicity: np.ndarray, max_entries: int = 1 << 23) -> np.ndarray:
+def replicate_histograms(counts: np.ndarray | SparseGroupedCounts, multiplicity: np.ndarray,
+                         max_entries: int = 1 << 23) -> np.ndarray:
     """Histograms of resampled data from the grouped pair counts C[a, b, k] (`grouped_cosine_counts`) and the
     multiplicities m (k_rep, G) of the groups in each replicate:
         H_k = sum_{a != b} m_a m_b C[a, b, k] + sum_a m_a C[a, a, k],
@@ -213,7 +216,10 @@ def replicate_histograms(counts: np.ndarray, multiplicity: np.ndarray, max_entri
     copy (the convention of `tasks.analysis.site.pair_moments_bootstrap`: a replicate invents no within-group pairs).
     All replicates at once: X = m @ C (one GEMM over a), H = sum_b X[., b, .] m_b, minus (m^2 - m) C[a, a, .].
     float64 throughout; the result is exact integers while every partial sum stays below 2^53 (pair counts
-    times m^2, far beyond any sample). Replicates in chunks of at most `max_entries` entries of X."""
+    times m^2, far beyond any sample). Replicates in chunks of at most `max_entries` entries of X. Given the counts
+    as their non-empty cells (`SparseGroupedCounts`), the same sums over those cells only (the same integers)."""
+    if isinstance(counts, SparseGroupedCounts):
+        return _sparse_replicate_histograms(counts, multiplicity, max_entries)
     c = np.asarray(counts, dtype=np.float64)
     m = np.asarray(multiplicity, dtype=np.float64)
     g, _, bins = c.shape
@@ -229,6 +235,28 @@ def replicate_histograms(counts: np.ndarray, multiplicity: np.ndarray, max_entri
         mr = m[r : r + rows]
         x = (mr @ flat).reshape(len(mr), g, width)
         out[r : r + rows, lo:hi] = np.einsum("rbk,rb->rk", x, mr) - (mr * mr - mr) @ diag
+    return out
+
+
+def _sparse_replicate_histograms(counts: SparseGroupedCounts, multiplicity: np.ndarray, max_entries: int) -> np.ndarray:
+    """`replicate_histograms` over the non-empty cells: each (a, b) pair of groups that has a cell gets its weight
+    m_a m_b (m_a when a = b) per replicate, and H = W @ S with S the sparse (group pairs x bins) counts."""
+    from scipy import sparse
+
+    m = np.asarray(multiplicity, dtype=np.float64)
+    g, bins = counts.n_groups, counts.bins
+    pair, k = np.divmod(counts.keys, bins)
+    used, row = np.unique(pair, return_inverse=True)  # the group pairs with at least one cell
+    a, b = np.divmod(used, g)
+    s = sparse.csr_matrix((counts.counts.astype(np.float64), (row.reshape(-1), k)), shape=(len(used), bins))
+    diagonal = a == b
+    out = np.zeros((len(m), bins))
+    rows = max(1, max_entries // max(len(used), 1))
+    for r in range(0, len(m), rows):
+        mr = m[r : r + rows]
+        w = mr[:, a] * mr[:, b]
+        w[:, diagonal] = mr[:, a[diagonal]]
+        out[r : r + rows] = np.asarray(s.T @ w.T).T
     return out
 
 
@@ -272,17 +300,23 @@ def histogram_distance_bootstrap(
     n_groups = int(groups.max()) + 1
     if counts is None:
         counts = grouped_cosine_counts(units, groups, n_groups, bins, tile)
-    counts = counts.astype(np.float64)  # once, not per replicate call
+    if not isinstance(counts, SparseGroupedCounts):
+        counts = counts.astype(np.float64)  # once, not per replicate call
     first = np.unique(groups, return_index=True)[1]  # one token of each group: its weight is the group's m
     refs = [_baseline_replicates(b, bins, tile, n_boot, seed, i) for i, b in enumerate(baselines)]
     done = 0  # replicates handed out so far: `weighted_document_bootstrap` asks for them in order, then the estimate
+    chunk = max(1, REPLICATE_ENTRIES // bins)  # replicate histograms at once: memory bounded whatever `bins`
 
     def statistic(weights: np.ndarray) -> np.ndarray:
         nonlocal done
-        hist = replicate_histograms(counts, weights[:, first])
-        rows = slice(done, done + len(weights)) if done < n_boot else None  # None: the estimate
-        done += len(weights)
-        return np.stack([histogram_distances(hist, ref(rows)) for ref in refs], axis=1)
+        parts = []
+        for r in range(0, len(weights), chunk):
+            w = weights[r : r + chunk]
+            hist = replicate_histograms(counts, w[:, first])
+            rows = slice(done, done + len(w)) if done < n_boot else None  # None: the estimate
+            done += len(w)
+            parts.append(np.stack([histogram_distances(hist, ref(rows)) for ref in refs], axis=1))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     return weighted_document_bootstrap(statistic, groups, n_boot=n_boot, seed=seed, level=level)
 
@@ -295,10 +329,14 @@ def _baseline_replicates(baseline: np.ndarray | torch.Tensor, bins: int, tile: i
         fixed = np.asarray(baseline, dtype=np.float64)
         return lambda rows: fixed
     grouped = baseline_counts(baseline, bins, tile) if isinstance(baseline, torch.Tensor) else baseline
-    counts = np.asarray(grouped, dtype=np.float64)
-    g = len(counts)
+    if isinstance(grouped, SparseGroupedCounts):
+        counts, g = grouped, grouped.n_groups
+        full = grouped.total().astype(np.float64)
+    else:
+        counts = np.asarray(grouped, dtype=np.float64)
+        g = len(counts)
+        full = counts.sum((0, 1))
     m = _multiplicities(np.random.default_rng([seed, 1 + index]).integers(0, g, size=(n_boot, g)))
-    full = counts.sum((0, 1))
     return lambda rows: full if rows is None else replicate_histograms(counts, m[rows])
 
 

@@ -18,6 +18,8 @@ import torch
 COLLECT_CAP = 2_000_000  # most pairs gathered at once when ranking inside one bin
 SUB_BINS = 4096
 KEY_BUFFER = 1 << 24  # most keys (int32: 64 MiB) that the grouped pair counts hold before counting them
+DENSE_CELLS = 1 << 24  # most cells (n_groups^2 x bins, int64: 128 MiB) of grouped pair counts kept as a dense array;
+# beyond (bins far above the default 200), only the non-empty cells are kept (`SparseGroupedCounts`)
 
 
 def unit_rows(x: np.ndarray | torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
@@ -216,8 +218,27 @@ def quantile_pairs(
     return out
 
 
+@dataclass
+class SparseGroupedCounts:
+    """The grouped pair counts C[a, b, k] of `grouped_cosine_counts` as their non-empty cells: sorted flat keys
+    (a * n_groups + b) * bins + k and their counts (int64). At most one cell per pair of sampled states, whatever
+    `bins`, where the dense array has n_groups^2 x bins."""
+
+    n_groups: int
+    bins: int
+    keys: np.ndarray
+    counts: np.ndarray
+
+    def total(self) -> np.ndarray:
+        """C.sum((0, 1)): the histogram of all pairs (int64)."""
+        out = np.zeros(self.bins, dtype=np.int64)
+        np.add.at(out, self.keys % self.bins, self.counts)
+        return out
+
+
 def grouped_cosine_counts(units: torch.Tensor, groups: np.ndarray, n_groups: int, bins: int, tile: int,
-                          hist: CosineHistogram | None = None) -> np.ndarray:
+                          hist: CosineHistogram | None = None,
+                          max_dense: int | None = None) -> np.ndarray | SparseGroupedCounts:
     """Pair counts split by the groups of the two tokens: C[a, b, k] = number of pairs i < j with group(i) = a,
     group(j) = b and cos(i, j) in bin k (int64, shape (n_groups, n_groups, bins)).
 
@@ -227,11 +248,16 @@ def grouped_cosine_counts(units: torch.Tensor, groups: np.ndarray, n_groups: int
     many keys. Used by the document bootstrap of the
     histogram distances (`tasks.analysis.distances.replicate_histograms`): a resample of groups reweights whole cells of C.
     Given an empty `hist`, the same pass fills it, equal to `cosine_histogram`'s to the bit (one tile pass, not two).
+    When n_groups^2 x bins exceeds `max_dense` cells (a large `similarity.bins`), the counts come back as their
+    non-empty cells (`SparseGroupedCounts`, the same numbers): memory bounded by the pairs, not by bins.
+    `max_dense` defaults to `DENSE_CELLS`.
     """
     g = torch.as_tensor(np.asarray(groups, dtype=np.int64), device=units.device)
     if g.shape != (units.shape[0],) or (len(g) and (int(g.min()) < 0 or int(g.max()) >= n_groups)):
         raise ValueError(f"groups must hold one code in [0, {n_groups}) per row")
     size = n_groups * n_groups * bins
+    if size > (DENSE_CELLS if max_dense is None else max_dense):
+        return _sparse_grouped_counts(units, g, n_groups, bins, tile, hist)
     key_type = torch.int32 if size < 2**31 else torch.int64  # half the memory traffic of int64 keys where they fit
     row_key = (g * (n_groups * bins)).to(key_type)  # key = row_key[i] + col_key[j] + bin
     col_key = (g * bins).to(key_type)
@@ -261,4 +287,40 @@ def grouped_cosine_counts(units: torch.Tensor, groups: np.ndarray, n_groups: int
     out = counts.cpu().numpy().reshape(n_groups, n_groups, bins)
     if hist is not None:
         hist.counts += out.sum((0, 1))
+    return out
+
+
+def _sparse_grouped_counts(units: torch.Tensor, g: torch.Tensor, n_groups: int, bins: int, tile: int,
+                           hist: CosineHistogram | None) -> SparseGroupedCounts:
+    """`grouped_cosine_counts` keeping only the non-empty cells: the same keys (int64), merged by `unique` whenever
+    KEY_BUFFER have gathered."""
+    row_key = g * (n_groups * bins)
+    col_key = g * bins
+    keys = torch.zeros(0, dtype=torch.int64, device=units.device)
+    counts = torch.zeros(0, dtype=torch.int64, device=units.device)
+    pending, held = [], 0
+
+    def merge() -> None:
+        nonlocal keys, counts, pending, held
+        fresh = torch.cat(pending)
+        everything, inverse = torch.unique(torch.cat([keys, fresh]), return_inverse=True)
+        weights = torch.cat([counts, torch.ones(len(fresh), dtype=torch.int64, device=units.device)])
+        keys, counts = everything, torch.zeros(len(everything), dtype=torch.int64, device=units.device).scatter_add_(0, inverse, weights)
+        pending, held = [], 0
+
+    for i0, j0, block, mask in iter_tiles(units, tile):
+        key = bin_index(block, bins).to(torch.int64)
+        key += row_key[i0 : i0 + block.shape[0], None]
+        key += col_key[None, j0 : j0 + block.shape[1]]
+        pending.append(key[mask] if mask is not None else key.reshape(-1))
+        if hist is not None:
+            hist.add_sums(block[mask] if mask is not None else block)
+        held += pending[-1].numel()
+        if held >= KEY_BUFFER:
+            merge()
+    if pending:
+        merge()
+    out = SparseGroupedCounts(n_groups, bins, keys.cpu().numpy(), counts.cpu().numpy())
+    if hist is not None:
+        hist.counts += out.total()
     return out

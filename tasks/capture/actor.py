@@ -21,6 +21,7 @@ from tasks.capture.batch_budget import resolve as resolve_budget
 from tasks.capture.hooks import SiteRecorder, StatsFeed, forward_and_gather, pad_batch
 from tasks.corpus.shards import Exclusion, Shard, batches
 from tasks.capture.faults import maybe_fail
+from tasks.errors import UserError
 from tasks.capture.models import load_model, load_model_config, site_table
 from tasks.stats.bottom_k import BottomKSample
 from tasks.stats.site import SiteStatistics, stack_states
@@ -48,8 +49,15 @@ class ShardCapturer:
         torch.set_grad_enabled(False)
         device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         t0 = time.perf_counter()
-        config = load_model_config(model_name, revision, trust_remote_code)
-        model = load_model(model_name, dtype, device, revision, trust_remote_code)
+        self._error: UserError | None = None
+        try:
+            config = load_model_config(model_name, revision, trust_remote_code)
+            model = load_model(model_name, dtype, device, revision, trust_remote_code)
+        except UserError as exc:
+            # Raised from `ready` instead: Ray reports an error in __init__ as a bare ActorDiedError (no cause), which
+            # the driver would retry as a crash; from a method it arrives as the UserError, and the run stops at once.
+            self._error = exc
+            return
         self._attach(model, config.model_type, sites, time.perf_counter() - t0)
 
     @classmethod
@@ -86,6 +94,8 @@ class ShardCapturer:
         it chose."""
         import ray
 
+        if getattr(self, "_error", None) is not None:
+            raise self._error
         t0 = time.perf_counter()
         on_gpu = self.device.type == "cuda"
         self.batch_tokens = resolve_budget(batch_tokens, seq_len, (lambda: self.memory_model(seq_len, k, stats)) if on_gpu else None)

@@ -78,6 +78,12 @@ def load_model_config(name: str, revision: str | None = None, trust_remote_code:
     try:
         return AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     except Exception as exc:
+        if not trust_remote_code and "trust_remote_code" in str(exc):
+            raise UserError(
+                f"model {name!r} needs remote code (its config maps its model_type to code shipped with the model); "
+                f"to run that code, set model.trust_remote_code={name} (it must repeat model.name exactly), or use a "
+                "model whose architecture transformers has built in"
+            ) from None
         raise UserError(
             f"model {name!r} cannot be found or loaded ({type(exc).__name__}); give a hub name that is cached or "
             "reachable, or a local model folder"
@@ -116,8 +122,28 @@ def load_model(
             path, revision=revision, dtype=torch_dtype(dtype, device), trust_remote_code=trust_remote_code
         )
     except Exception as exc:
+        if (unsafe := _unsafe_weights(exc)) is not None:
+            raise UserError(
+                f"model weights in {path} cannot be loaded safely: {unsafe}; use safetensors weights "
+                "(model.safetensors: load the model where its source is trusted and save_pretrained it)"
+            ) from None
         raise UserError(f"model {name!r} cannot be loaded ({type(exc).__name__}: {exc}); check model.name") from None
     return model.to(device).eval()
+
+
+def _unsafe_weights(exc: BaseException) -> str | None:
+    """The reason, on one line, when `exc` (or its cause) is torch's weights-only loader refusing a pickled
+    checkpoint (`pytorch_model.bin` holding more than tensors: possibly code, which was never run). Retrying
+    cannot change that, so it is the user's to fix, not a crash to retry."""
+    import pickle
+
+    while exc is not None:
+        if isinstance(exc, pickle.UnpicklingError):
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            detail = next((line for line in lines if "GLOBAL" in line or "unsupported" in line.lower()), None)
+            return "the weights-only loader refused the pickle" + (f" ({detail.rstrip('.')})" if detail else "")
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def n_layers(model_config) -> int:

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from tasks.analysis.baselines import law_probabilities
-from tasks.errors import UserError
+from tasks.errors import UserError, first_line
 from tasks.sites import site_order
 from tasks.storage import RunStore
 
@@ -57,27 +59,77 @@ def _clean(value: Any) -> Any:
     return value
 
 
+# The tables the report reads, with the columns it needs of each (optional ones only when present).
+COLUMNS = {
+    "summary.parquet": ("layer", "site", "variant", "d_model"),
+    "histograms.parquet": ("layer", "site", "variant", "source", "bin_left", "bin_right", "density"),
+    "exemplars.parquet": ("layer", "site", "variant", "quantile", "rank", "cos"),
+    "sanity.parquet": ("prompt", "rank", "token", "token_id", "probability"),
+}
+
+
+def damaged(run_dir: RunStore, name: str, what: str) -> UserError:
+    """The one line for a damaged file of a run directory: which file, what is wrong, and the command that rebuilds
+    it (a rerun of the same config into the same directory recomputes every table from the saved shards)."""
+    return UserError(
+        f"{run_dir.path(name)} is damaged ({what}); rerun the same config to rebuild it: "
+        f"gpt-stats run {run_dir.path('config.yaml')}"
+    )
+
+
+def read_table(run_dir: RunStore, name: str, columns: tuple[str, ...] | None = None):
+    """A table of the run directory, or a UserError naming the file when it is not Parquet (truncated,
+    overwritten) or lacks a column the report needs."""
+    try:
+        table = run_dir.read_parquet(name)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise damaged(run_dir, name, f"not a readable Parquet file: {first_line(exc)}") from None
+    for column in columns if columns is not None else COLUMNS.get(name, ()):
+        if column not in table.column_names:
+            raise damaged(run_dir, name, f"has no column {column!r}")
+    return table
+
+
 def check_run_dir(run_dir: RunStore) -> None:
-    """Refuse a directory that is not a finished run, naming the missing file."""
+    """Refuse a directory that is not a finished run, naming the missing file, or one whose manifest or tables
+    are damaged, naming the file (before anything is drawn or written). The tables are checked by their footers and
+    schemas; a damage inside a table's data is caught when it is read (`read_table`)."""
     missing = [f for f in REQUIRED if not run_dir.exists(f)]
     if missing:
         raise UserError(
             f"{run_dir.root!r} is not a finished run directory (no {missing[0]}); give the run.out of a completed run"
         )
+    load_manifest(run_dir)
+    for name, columns in COLUMNS.items():
+        if not run_dir.exists(name):
+            continue
+        try:
+            schema = pq.read_schema(run_dir.path(name), filesystem=run_dir.fs)
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            raise damaged(run_dir, name, f"not a readable Parquet file: {first_line(exc)}") from None
+        for column in columns:
+            if column not in schema.names:
+                raise damaged(run_dir, name, f"has no column {column!r}")
 
 
 def load_manifest(run_dir: RunStore) -> dict:
-    return run_dir.read_json("manifest.json")
+    try:
+        manifest = run_dir.read_json("manifest.json")
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise damaged(run_dir, "manifest.json", f"not readable JSON: {first_line(exc)}") from None
+    if not isinstance(manifest, dict):
+        raise damaged(run_dir, "manifest.json", f"not a JSON object but a {type(manifest).__name__}")
+    return manifest
 
 
 def load_summary(run_dir: RunStore) -> list[dict]:
-    rows = run_dir.read_parquet("summary.parquet").to_pylist()
+    rows = read_table(run_dir, "summary.parquet").to_pylist()
     return [{k: _clean(v) for k, v in r.items()} for r in rows]
 
 
 def load_histograms(run_dir: RunStore) -> tuple[list[float], dict[str, dict[str, list]]]:
     """(bin edges, {key: {source: densities}}), bins in order of `bin_left`."""
-    table = run_dir.read_parquet("histograms.parquet").select(["layer", "site", "variant", "source", "bin_left", "bin_right", "density"])
+    table = read_table(run_dir, "histograms.parquet").select(["layer", "site", "variant", "source", "bin_left", "bin_right", "density"])
     df = table.to_pandas().sort_values(["layer", "site", "variant", "source", "bin_left"], kind="stable")
     hists: dict[str, dict[str, list]] = {}
     edges: list[float] | None = None
@@ -94,7 +146,7 @@ def load_exemplars(run_dir: RunStore) -> dict[str, list[dict]]:
     if not run_dir.exists(path):
         return {}
     out: dict[str, list[dict]] = {}
-    rows = sorted(run_dir.read_parquet(path).to_pylist(), key=lambda r: (r["layer"], r["site"], r["variant"], r["quantile"]))
+    rows = sorted(read_table(run_dir, path).to_pylist(), key=lambda r: (r["layer"], r["site"], r["variant"], r["quantile"]))
     for r in rows:
         pair = {"quantile": r["quantile"], "rank": r["rank"], "cos": r["cos"]}
         for side in ("a", "b"):
@@ -112,7 +164,7 @@ def load_sanity(run_dir: RunStore, manifest: dict) -> dict:
         entry.setdefault("reason", "this run has no sanity.parquet (it predates the check, or the check did not run)")
         return entry
     prompts: dict[str, list] = {}
-    for r in sorted(run_dir.read_parquet(path).to_pylist(), key=lambda r: r["rank"]):
+    for r in sorted(read_table(run_dir, path).to_pylist(), key=lambda r: r["rank"]):
         prompts.setdefault(r["prompt"], []).append(
             {"rank": r["rank"], "token": r["token"], "token_id": r["token_id"], "probability": r["probability"]}
         )
@@ -180,7 +232,7 @@ def run_data(run_dir: str | Path | RunStore, with_laws: bool = True) -> dict:
     data = {
         "identity": identity(run_dir, manifest),
         "summary": summary,
-        "summary_columns": list(run_dir.read_parquet("summary.parquet").schema.names),
+        "summary_columns": list(read_table(run_dir, "summary.parquet").schema.names),
         "sites": ordered_sites(summary),
         "layers": sorted({r["layer"] for r in summary}),
         "variants": sorted({r["variant"] for r in summary}, key=lambda v: (v != "raw", v)),  # raw first

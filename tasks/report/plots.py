@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from tasks.report.data import read_table  # noqa: E402
 from tasks.sites import site_key, site_order  # noqa: E402
 from tasks.storage import RunStore  # noqa: E402
 
@@ -37,7 +38,7 @@ VERDICT_COLORS = {"near-gaussian": "#4c9a2a", "gaussian-shaped-low-dim": "#e0a03
 
 
 def _histograms(store: RunStore) -> dict[tuple[int, str, str], dict[str, dict[str, np.ndarray]]]:
-    table = store.read_parquet("histograms.parquet").to_pydict()
+    table = read_table(store, "histograms.parquet").to_pydict()
     out: dict = {}
     for i in range(len(table["layer"])):
         key = (table["layer"][i], table["site"][i], table["variant"][i])
@@ -49,7 +50,7 @@ def _histograms(store: RunStore) -> dict[tuple[int, str, str], dict[str, dict[st
 
 
 def _summary(store: RunStore) -> dict[tuple[int, str, str], dict]:
-    rows = store.read_parquet("summary.parquet").to_pylist()
+    rows = read_table(store, "summary.parquet").to_pylist()
     return {(r["layer"], r["site"], r["variant"]): r for r in rows}
 
 
