@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -72,11 +73,15 @@ def load_texts(source: str, *, name=None, config=None, split="train", files=(), 
                     p.read_bytes()[:65536].decode("utf-8")
                 except UnicodeDecodeError:
                     raise UserError(f"corpus file {str(p)!r} is not UTF-8 text; convert it or remove it") from None
-        try:
-            ds = datasets.load_dataset(kind, data_files=[str(p) for p in paths], split="train")
-        except Exception as exc:  # datasets raises many types for unreadable files
-            raise UserError(f"could not read corpus files ({type(exc).__name__}: {exc}); check their format") from None
-        return _column(ds, text_field if kind != "text" else "text", "corpus files")
+        # A cache of its own, deleted once read: `datasets` keys its cache on path and mtime, so a file rewritten in
+        # place with its mtime kept (`cp -p`, `rsync -t`) would be read stale from the shared cache. Local files are
+        # read as they are; the conversion to Arrow that a cache would save costs about as much as hashing them.
+        with tempfile.TemporaryDirectory(prefix="gpt-stats-corpus-") as cache:
+            try:
+                ds = datasets.load_dataset(kind, data_files=[str(p) for p in paths], split="train", cache_dir=cache)
+            except Exception as exc:  # datasets raises many types for unreadable files
+                raise UserError(f"could not read corpus files ({type(exc).__name__}: {exc}); check their format") from None
+            return list(_column(ds, text_field if kind != "text" else "text", "corpus files"))
     if source == "hub":
         try:
             ds = datasets.load_dataset(name, config, split=split)
