@@ -36,6 +36,25 @@ def partial_file(name: str, suffix: str) -> str:
     return f"stats/{name}.{suffix}"
 
 
+def record_checksum(record: dict) -> str:
+    """SHA-256 of a record's own content: the canonical JSON (sorted keys, no spaces) of every field but
+    `record_sha256`. A shard's record holds its sample file's checksum too, so the pair is covered."""
+    body = {k: v for k, v in record.items() if k != "record_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def seal_record(record: dict) -> dict:
+    """Set the record's `record_sha256` (last, once every other field is in place); returns the record."""
+    record["record_sha256"] = record_checksum(record)
+    return record
+
+
+def record_intact(record: dict) -> bool:
+    """Whether a record read back is the one written: its `record_sha256` matches its content (a record without
+    one, or edited since, is not trusted)."""
+    return isinstance(record, dict) and record.get("record_sha256") == record_checksum(record)
+
+
 class _HashingWriter(io.RawIOBase):
     """A write-only, unseekable stream that hashes what passes through it: `zipfile` (under `np.savez`) then
     writes every member once, in order, with a data descriptor, so the hash is that of the file's bytes."""

@@ -41,6 +41,10 @@ CASES = [
     ("corpus smaller than sample", ["sample.size=10000000"], "usable tokens, fewer than sample.size=10000000"),
     ("GPU asked for, none there", ["cluster.gpus_per_actor=1"], "but the Ray cluster has no GPU"),
     ("output not writable", ["run.out=/proc/forbidden"], "cannot write to run.out"),
+    ("sample of two", ["sample.size=2"], "'sample.size' must be at least 3"),
+    ("negative seed", ["run.seed=-1"], "'run.seed' must be an integer from 0 to"),
+    ("seed past 64 bits", [f"run.seed={2**70}"], "'run.seed' must be an integer from 0 to"),
+    ("bins too coarse for the width", ["similarity.bins=1"], "similarity.bins=1 is too coarse for d_model=64"),
 ]
 
 
@@ -149,3 +153,39 @@ def test_unsafe_model_weights_stop_the_run_at_once(tmp_path, tiny_gpt2, wikitext
     assert len(lines) == 1, res.stderr[-3000:]
     assert f"model weights in {folder} cannot be loaded safely" in lines[0] and "use safetensors weights" in lines[0]
     assert not marker.exists()
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "workflows.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=180, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})})
+
+
+def _one_error_line(res: subprocess.CompletedProcess, message: str) -> None:
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = [line for line in res.stderr.splitlines() if line.startswith("gpt-stats: error:")]
+    assert len(lines) == 1 and message in lines[0], res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("content", [bytes(range(256)) * 4, b"[1, 2, 3]\n"], ids=["random bytes", "a JSON list"])
+def test_damaged_manifest_is_named(content, tmp_path, tiny_gpt2, wikitext):
+    """A manifest.json that is not a JSON object, with no config.yaml of this config beside it: the directory's
+    owner cannot be told, so the run stops naming the manifest and the two ways out, and touches nothing."""
+    out = tmp_path / "out"
+    (out / "shards").mkdir(parents=True)
+    (out / "manifest.json").write_bytes(content)
+    (out / "shards" / "shard-000000.json").write_text("{}")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"model": {"name": str(tiny_gpt2)}, "corpus": {"source": "files", "files": [str(wikitext)]},
+                                   "run": {"out": str(out)}}))
+    res = _cli("run", str(cfg))
+    _one_error_line(res, "manifest.json is unreadable")
+    assert "--fresh" in res.stderr and "restore" in res.stderr
+    assert (out / "manifest.json").read_bytes() == content and sorted(p.name for p in out.iterdir()) == ["manifest.json", "shards"]
+
+
+def test_compare_out_existing_directory_is_one_line(tmp_path):
+    res = _cli("compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path))
+    _one_error_line(res, "is a directory")

@@ -149,3 +149,17 @@ def test_byte_order_mark_is_encoding_not_text(tmp_path, suffix):
     plain = list(load_texts("files", files=[str(tmp_path / f"plain.{suffix}")]))
     assert list(load_texts("files", files=[str(tmp_path / f"bom.{suffix}")])) == plain
     assert not any("\ufeff" in t for t in plain)
+
+
+def test_local_file_rewritten_in_place_is_read_anew(tmp_path):
+    """`datasets` keys its cache on path and mtime: a file rewritten with its mtime kept (`cp -p`, `rsync -t`) must
+    still be read as it is now, not from a stale cache."""
+    import os
+
+    path = tmp_path / "c.txt"
+    path.write_text("alpha beta\ngamma delta\n")
+    before = os.stat(path)
+    assert load_texts("files", files=[str(path)]) == ["alpha beta", "gamma delta"]
+    path.write_text("omega sigm\nkappa zeta \n")  # same size, other text
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert load_texts("files", files=[str(path)]) == ["omega sigm", "kappa zeta "]

@@ -358,3 +358,88 @@ def test_sigterm_interrupts_like_ctrl_c_and_resumes(reference, tiny_gpt2, wikite
     m = manifest(out)
     assert m["status"] == "complete" and m["shards"]["reused"] == saved >= 2
     assert_same_results(reference, out)
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _copy(reference: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    return out
+
+
+def test_input_mistake_leaves_a_finished_run_untouched(reference, tiny_gpt2, wikitext, tmp_path):
+    """A rerun into a complete run directory that stops on an input mistake found late (GPUs asked for, none in
+    the cluster) leaves every file of the finished run byte for byte, its manifest `complete` included."""
+    out = _copy(reference, tmp_path)
+    before = _snapshot(out)
+    with pytest.raises(UserError, match="but the Ray cluster has no GPU"):
+        run(tiny_config(tiny_gpt2, wikitext, out, "cluster.gpus_per_actor=1"))
+    after = _snapshot(out)
+    assert sorted(after) == sorted(before)
+    assert [name for name in before if before[name] != after[name]] == []
+
+
+def test_tampered_records_are_recomputed(reference, tiny_gpt2, wikitext, tmp_path):
+    """Records are checked against their own checksum: a shard record whose `n_kept` or `nonfinite` was edited, and a
+    statistics partial whose `shards` list was edited, are not trusted; those shards run again and the results equal
+    an uninterrupted run's (no dropped sample, no changed non-finite count, no statistics counted twice)."""
+    out = _copy(reference, tmp_path)
+    total = manifest(out)["shards"]["total"]
+    assert total >= 4
+    shard0, shard1 = out / "shards" / "shard-000000.json", out / "shards" / "shard-000001.json"
+    rec = json.loads(shard0.read_text())
+    rec["n_kept"] = 0
+    shard0.write_text(json.dumps(rec))
+    rec = json.loads(shard1.read_text())
+    rec["nonfinite"] = [5] * len(rec["nonfinite"])
+    shard1.write_text(json.dumps(rec))
+    partials = {json.loads(p.read_text())["shards"][0]: p for p in (out / "stats").glob("*.json")}
+    rec = json.loads(partials[2].read_text())
+    rec["shards"] = [3]  # the partial of shard 2 now claims shard 3: shard 2 would run again and count twice
+    partials[2].write_text(json.dumps(rec))
+    run(tiny_config(tiny_gpt2, wikitext, out))
+    m = manifest(out)
+    assert m["status"] == "complete" and m["shards"]["computed"] == 3 and m["shards"]["reused"] == total - 3
+    assert sum(m["nonfinite"]["per_site"].values()) == 0
+    summary = pq.read_table(out / "summary.parquet").to_pandas()
+    assert (summary.n_tokens_stats + summary.n_excluded + summary.n_nonfinite == summary.n_tokens).all()
+    assert_same_results(reference, out)
+
+
+def test_results_breaking_the_token_count_are_refused():
+    from tasks.report.results import check_counts
+
+    result = {"layer": 0, "site": "resid_post", "n_tokens_stats": 90, "n_excluded": 10}
+    check_counts([result], 100, np.array([0]))
+    with pytest.raises(RunError, match="L000-resid_post: 90 tokens in the statistics"):
+        check_counts([result], 100, np.array([3]))
+    check_counts([{"layer": 0, "site": "resid_post"}], 100, np.array([3]))  # statistics off: nothing to check
+
+
+def test_damaged_manifest_resumes_from_config_yaml(reference, tmp_path):
+    """A manifest.json of random bytes beside the run's own config.yaml: the directory is this config's, and the
+    finished shards vouch for themselves (records with their checksums and config hash), so the rerun resumes them
+    all through the real command line and completes with identical results."""
+    import os
+    import subprocess
+    import sys
+
+    import ray
+
+    out = _copy(reference, tmp_path)
+    total = manifest(out)["shards"]["total"]
+    (out / "manifest.json").write_bytes(bytes(range(256)) * 4)
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    res = subprocess.run([sys.executable, "-m", "workflows.run", str(out / "config.yaml"), "--set", f"run.out={out}"],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "manifest.json is unreadable" in res.stderr and "Traceback" not in res.stderr
+    m = manifest(out)
+    assert m["status"] == "complete" and m["shards"]["reused"] == total and m["attempt"] >= 2
+    assert_same_results(reference, out)

@@ -192,3 +192,60 @@ def test_matched_gaussian_ignores_the_last_bits_of_the_statistics(tmp_path):
         r1, r2 = (r["variants"][variant] for r in results)
         assert np.array_equal(r1["matched_counts"], r2["matched_counts"]), variant
         assert r1["w1_matched"] == r2["w1_matched"] and r1["ks_matched"] == r2["ks_matched"], variant
+
+
+def _summary_with_verdicts(r: dict) -> list[dict]:
+    from tasks.report.results import add_verdicts, summary_row
+
+    rows = [summary_row(r, variant, 1, 20_000, 0) for variant in r["variants"]]
+    add_verdicts(rows)
+    return rows
+
+
+@pytest.mark.parametrize("n, n_docs", [(400, 1), (400, 19), (3, 3)], ids=["one document", "19 documents", "sample of 3"])
+def test_intervals_from_too_few_documents_are_missing_and_not_confident(tmp_path, n, n_docs):
+    """A bootstrap over fewer than MIN_BOOTSTRAP_DOCS documents (one document: every replicate is the sample itself,
+    zero-width intervals; a sample of 3: NaN ends) supports no interval: every one is missing (None), and so is
+    `verdict_confident`, however far the numbers sit from a threshold."""
+    from tasks.analysis.site import MIN_BOOTSTRAP_DOCS
+
+    assert n_docs < MIN_BOOTSTRAP_DOCS == 20
+    x = np.random.default_rng(5).normal(size=(20_000, 64))
+    stats = SiteStatistics()
+    stats.add(torch.from_numpy(x))
+    r = analyze_site(0, "mlp_out", x[:n].astype(np.float32), {"doc": np.arange(n) % n_docs}, bins=100, tile=512,
+                     quantiles=(0.5,), store_root=str(tmp_path), save_samples=False, stats=stats.state(),
+                     matched_seed=3, n_boot=20)
+    for variant, v in r["variants"].items():
+        ends = {k: val for k, val in v.items() if k.endswith(("_ci_low", "_ci_high"))}
+        assert ends and all(val is None for val in ends.values()), (variant, ends)
+    rows = _summary_with_verdicts(r)
+    assert all(row["verdict"] is not None and row["verdict_confident"] is None for row in rows)
+    assert all(row[f"{m}_{b}_ci_low"] is None for row in rows for m in ("w1", "ks", "energy") for b in ("gaussian", "matched"))
+
+
+def test_enough_documents_keep_their_intervals(tmp_path):
+    x = np.random.default_rng(5).normal(size=(20_000, 64))
+    stats = SiteStatistics()
+    stats.add(torch.from_numpy(x))
+    r = analyze_site(0, "mlp_out", x[:400].astype(np.float32), {"doc": np.arange(400) % 20}, bins=100, tile=512,
+                     quantiles=(0.5,), store_root=str(tmp_path), save_samples=False, stats=stats.state(),
+                     matched_seed=3, n_boot=20)
+    rows = _summary_with_verdicts(r)
+    assert all(row["w1_gaussian_ci_low"] <= row["w1_gaussian_ci_high"] for row in rows)
+    assert rows[0]["verdict_confident"] in (True, False)
+
+
+def test_nan_interval_end_is_missing_and_not_confident():
+    from tasks.analysis.site import drop_unsupported_intervals
+    from tasks.analysis.verdict import verdict_confident
+
+    numbers = {"w1_gaussian": 0.1, "w1_gaussian_ci_low": float("nan"), "w1_gaussian_ci_high": 0.2,
+               "ks_matched": 0.01, "ks_matched_ci_low": 0.0, "ks_matched_ci_high": 0.02}
+    drop_unsupported_intervals(numbers, n_docs=100)
+    assert numbers["w1_gaussian_ci_low"] is None and numbers["w1_gaussian_ci_high"] is None
+    assert numbers["ks_matched_ci_low"] == 0.0 and numbers["ks_matched_ci_high"] == 0.02
+    raw = {"kurtosis_max": 1.0, "w1_gaussian": 0.005, "w1_gaussian_ci_low": float("nan"), "w1_gaussian_ci_high": 0.01}
+    cen = {"cos2_over_gaussian": 1.0, "cos2_over_gaussian_ci_low": 0.99, "cos2_over_gaussian_ci_high": 1.01,
+           "ks_matched": 0.01, "ks_matched_ci_low": 0.0, "ks_matched_ci_high": 0.02}
+    assert verdict(raw, cen) == "near-gaussian" and verdict_confident(raw, cen) is None

@@ -46,8 +46,12 @@ def _report(run_dir: str) -> None:
 
 
 def _compare(run_dirs: list[str], out: str) -> None:
+    from pathlib import Path
+
     from tasks.report.page import write_compare
 
+    if Path(out).is_dir():
+        raise UserError(f"--out {out!r} is a directory; give the page's file name, e.g. --out {Path(out) / 'compare.html'}")
     logging.getLogger("gpt_stats").info("wrote %s", write_compare(run_dirs, out))
 
 

@@ -23,6 +23,10 @@ from tasks.sites import SITES
 
 EXCLUDE = ("position0", "special")  # tokens that can be kept out of the sample and the main statistics
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+MIN_SAMPLE = 3  # two states make one pair: no spread of cosines, and every number divided by it fails
+# Seeds feed numpy (non-negative only) and torch generators (at most 64 bits), also as run.seed * 1_000_003 + site
+# index (the matched Gaussians' seeds, held in a numpy generator: any size); int64 keeps every use in range.
+MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -290,8 +294,11 @@ def _validate(cfg: Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise UserError(f"config key {key!r} must be positive, got {value}")
-    if cfg.sample.size < 2:
-        raise UserError(f"config key 'sample.size' must be at least 2 to form a pair, got {cfg.sample.size}")
+    if cfg.sample.size < MIN_SAMPLE:
+        raise UserError(f"config key 'sample.size' must be at least {MIN_SAMPLE} (a spread of cosines needs two "
+                        f"pairs), got {cfg.sample.size}")
+    if not 0 <= cfg.run.seed <= MAX_SEED:
+        raise UserError(f"config key 'run.seed' must be an integer from 0 to {MAX_SEED} (2**63 - 1), got {cfg.run.seed}")
     if cfg.cluster.gpus_per_actor < 0 or cfg.cluster.cpus_per_actor < 0:
         raise UserError("config keys 'cluster.gpus_per_actor' and 'cluster.cpus_per_actor' must be >= 0")
     if cfg.model.dtype not in DTYPES:

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from tasks.analysis.baselines import empirical_gaussian
-from tasks.analysis.site import analyze_site
+from tasks.analysis.baselines import check_bins, empirical_gaussian
+from tasks.analysis.site import analyze_site, samples_part
 from tasks.capture.models import d_model, load_model_config, load_tokenizer, n_layers, resolve_layers, site_table
 from tasks.capture.sampling import candidate_threshold
 from tasks.corpus.plan import CorpusPlan, plan_corpus
@@ -34,7 +34,7 @@ from workflows.capture_pool import CapturePool, CaptureResult, CaptureSpec
 from workflows.cluster import connect_ray, wait_for_gpus
 from workflows.config import Config
 from workflows.interrupts import arm_sigterm, end_run, sigterm_interrupts
-from workflows.run_dir import prepare_run_dir, reusable_shards
+from workflows.run_dir import check_run_dir, prepare_run_dir, prune_samples, reusable_shards
 from workflows.run_lock import run_lock
 
 log = logging.getLogger(__name__)
@@ -66,16 +66,19 @@ def run(cfg: Config, fresh: bool = False) -> Path | str:
         model_config = load_model_config(cfg.model.name, cfg.model.revision, trust)
         site_table(model_config.model_type)
         layers = resolve_layers(cfg.capture.layers, model_config)
+        check_bins(cfg.similarity.bins, d_model(model_config))
     with run_lock(store), sigterm_interrupts():  # one driver per run directory; SIGTERM ends it as Ctrl-C does
-        with timer.stage("validate"):
-            manifest = prepare_run_dir(store, cfg, fresh)
+        check_run_dir(store, cfg, fresh)  # changes nothing: the directory is taken over once every check passed
+        manifest: dict = {}
         try:
-            return _run(cfg, store, manifest, model_config, layers, timer, t_start)
+            return _run(cfg, store, fresh, manifest, model_config, layers, timer, t_start)
         except BaseException as exc:
-            end_run(store, manifest, exc, timer.seconds)  # manifest `failed` or `interrupted`; raises
+            # the manifest says `failed` or `interrupted` once the directory was taken over (`prepare_run_dir`)
+            end_run(store, manifest, exc, timer.seconds)
 
 
-def _run(cfg: Config, store: RunStore, manifest: dict, model_config, layers, timer: Timer, t_start: float) -> Path | str:
+def _run(cfg: Config, store: RunStore, fresh: bool, manifest: dict, model_config, layers, timer: Timer,
+         t_start: float) -> Path | str:
     import ray
 
     sites = [(layer, site) for layer in layers for site in cfg.capture.sites]
@@ -88,8 +91,6 @@ def _run(cfg: Config, store: RunStore, manifest: dict, model_config, layers, tim
         hint = ", or set capture.exclude=[] to keep position 0 and special tokens" if corpus.excluded else ""
         raise UserError(f"the corpus has {corpus.eligible} usable tokens, fewer than sample.size={k}; lower "
                         f"sample.size or add documents{hint}")
-    spec = CaptureSpec(sites, k, candidate_threshold(k, corpus.eligible), cfg.result_hash(), corpus.seq_len,
-                       manifest["attempt"], corpus.exclusion)
     log.info("corpus: %d documents, %d sequences, %d tokens (%d excluded: %s) in %d shards", corpus.documents,
              corpus.sequences, corpus.tokens, corpus.excluded, ", ".join(cfg.capture.exclude) or "none",
              len(corpus.shards))
@@ -99,6 +100,10 @@ def _run(cfg: Config, store: RunStore, manifest: dict, model_config, layers, tim
     arm_sigterm()  # again: ray.init installs its own SIGTERM handler
     try:
         wait_for_gpus(cfg)
+        with timer.stage("validate"):  # every input check passed: only now is the run directory changed
+            manifest.update(prepare_run_dir(store, cfg, fresh))
+        spec = CaptureSpec(sites, k, candidate_threshold(k, corpus.eligible), cfg.result_hash(), corpus.seq_len,
+                           manifest["attempt"], corpus.exclusion)
         # capture: shards -> actor pool -> shard samples and statistics partials in the run directory
         with timer.stage("resume_check"):
             reused, partials = reusable_shards(store, corpus.shards, spec.config_hash, cfg.stats.enabled)
@@ -126,6 +131,7 @@ def _run(cfg: Config, store: RunStore, manifest: dict, model_config, layers, tim
         # similarity and baselines: a task per site
         with timer.stage("similarity"):
             results, empirical = analyze(cfg, store, sites, keys_ref, vector_refs, stats_refs, n, d_model(model_config))
+            prune_samples(store, {samples_part(*s) for s in sites} if cfg.sample.save_vectors else set())
         timer.seconds.update({f"similarity_parts.{step}": s for step, s in similarity_parts(results).items()})
     finally:
         if started:

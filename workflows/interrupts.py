@@ -63,8 +63,8 @@ def sigterm_interrupts():
 
 
 def end_run(store: RunStore, manifest: dict, exc: BaseException, timings: dict):
-    """Record in the manifest how the run ended (`interrupted` or `failed` and why), then raise what the command
-    line reports: the same exception, or for an OSError from any stage (disk full), a one-line RunError."""
+    """Record in the manifest how the run ended (`interrupted` or `failed` and why; not when the run stopped before it
+    took the directory over, `manifest` still empty), then raise what the command line reports: the same exception, or for an OSError from any stage (disk full), a one-line RunError."""
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     failure = os_failure(exc)
     if isinstance(exc, KeyboardInterrupt):
@@ -73,8 +73,9 @@ def end_run(store: RunStore, manifest: dict, exc: BaseException, timings: dict):
     else:
         manifest.update(status="failed", failed=now, reason=first_line(failure or exc), timings=timings)
     try:
-        manifest.pop("finished", None)
-        store.write_json("manifest.json", manifest)
+        if manifest.get("config_hash"):  # only a run directory this attempt took over is told
+            manifest.pop("finished", None)
+            store.write_json("manifest.json", manifest)
     except OSError as write_error:
         log.warning("could not record the run's end in %s (%s)", store.path("manifest.json"), write_error)
     if failure is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import re
 import sys
 import time
 
@@ -14,7 +15,7 @@ import yaml
 
 from tasks.errors import UserError
 from tasks.merge.reduce import find_corrupt, sample_files
-from tasks.storage import RunStore, partial_file, shard_file
+from tasks.storage import RunStore, partial_file, record_intact, shard_file
 from workflows.config import Config
 
 log = logging.getLogger(__name__)
@@ -43,31 +44,82 @@ def versions() -> dict[str, str]:
     }
 
 
-def prepare_run_dir(store: RunStore, cfg: Config, fresh: bool) -> dict:
-    """Refuse a run directory holding another config's results (or clear it when `fresh`), check that it is
-    writable, and mark the run `running`. Finished shards of the same config are kept for resume."""
+def read_manifest(store: RunStore) -> dict | None:
+    """The run directory's manifest: {} when there is none, None when it is unreadable (not a JSON object)."""
+    if not store.exists("manifest.json"):
+        return {}
+    try:
+        old = store.read_json("manifest.json")
+    except (OSError, ValueError):  # ValueError: not JSON, not UTF-8
+        return None
+    return old if isinstance(old, dict) else None
+
+
+def _dir_config_hash(store: RunStore) -> str | None:
+    """The result hash of the run directory's own `config.yaml`, None when it is missing or unreadable."""
+    from workflows.config import config_from_dict
+
+    try:
+        return config_from_dict(yaml.safe_load(store.read_bytes("config.yaml"))).result_hash()
+    except (OSError, ValueError, yaml.YAMLError, UserError):
+        return None
+
+
+def check_run_dir(store: RunStore, cfg: Config, fresh: bool) -> dict:
+    """Whether this config may run into `run.out`, changing nothing there (a probe file comes and goes): refuse
+    a directory holding another config's results unless `fresh`. Returns the earlier manifest ({} if none).
+
+    A manifest that is not a JSON object (damaged) says nothing about whose results the directory holds. Its own
+    `config.yaml` can: when that is this config, the directory is this config's and resumes (every finished shard
+    is checked against its own record's checksum and config hash, not against the manifest); otherwise the run
+    stops, since overwriting could destroy another config's results."""
     store.check_writable()
-    old = {}
-    if store.exists("manifest.json"):
-        try:
-            old = store.read_json("manifest.json")
-        except ValueError:
-            old = {}
-        if old.get("config_hash") != cfg.result_hash() and not fresh:
+    old = read_manifest(store)
+    if fresh:
+        return {}
+    if old is None:
+        if _dir_config_hash(store) != cfg.result_hash():
             raise UserError(
-                f"run directory {store.root!r} holds results of another config (hash {old.get('config_hash')}); "
-                "set run.out to a new directory, or pass --fresh to replace them"
+                f"run directory {store.root!r}: manifest.json is unreadable (not a JSON object) and config.yaml does "
+                "not show this config; restore manifest.json, or pass --fresh to replace the directory's results"
             )
+        log.warning("run directory %s: manifest.json is unreadable; its config.yaml is this config's, so the run "
+                    "resumes (finished shards are checked against their own records) and writes a new manifest",
+                    store.root)
+        return {"config_hash": cfg.result_hash()}
+    if old and old.get("config_hash") != cfg.result_hash():
+        raise UserError(
+            f"run directory {store.root!r} holds results of another config (hash {old.get('config_hash')}); "
+            "set run.out to a new directory, or pass --fresh to replace them"
+        )
+    return old
+
+
+def _last_attempt(store: RunStore, old: dict) -> int:
+    """The latest attempt that wrote into the directory: the manifest's, or the newest statistics partial's name
+    (`partial-aNNN-...`) where that is later (a lost or damaged manifest), so that a new attempt never writes a
+    partial under the name of one it reuses."""
+    attempts = [int(m.group(1)) for name in store.list("stats") if (m := re.match(r"partial-a(\d+)-", name))]
+    try:
+        last = int(old.get("attempt", 0))
+    except (TypeError, ValueError):
+        last = 0
+    return max([last, *attempts])
+
+
+def prepare_run_dir(store: RunStore, cfg: Config, fresh: bool) -> dict:
+    """Take the run directory over for this attempt, once every input check has passed: check it again
+    (`check_run_dir`), clear it when `fresh`, write `config.yaml` and mark the run `running`. Finished shards of
+    the same config are kept for resume, and a finished run's results stay until new ones replace them."""
+    old = check_run_dir(store, cfg, fresh)
     if fresh:
         for name in OUTPUTS:
             store.delete(name)
-        old = {}
-    store.delete("samples.parquet")
     store.write_text("config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     manifest = {
         "status": "running",
         "config_hash": cfg.result_hash(),
-        "attempt": int(old.get("attempt", 0)) + 1,
+        "attempt": _last_attempt(store, old) + 1,
         "config": cfg.to_dict(),
         "versions": versions(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -77,15 +129,25 @@ def prepare_run_dir(store: RunStore, cfg: Config, fresh: bool) -> dict:
     return manifest
 
 
-def _records(store: RunStore, folder: str) -> list[dict]:
-    """The readable JSON records in a folder of the run directory."""
+def prune_samples(store: RunStore, parts: set[str]) -> None:
+    """Delete the files of `samples.parquet` that are not among this run's `parts` (written by the site tasks),
+    once those are in place: a stale part never mixes into the dataset, and nothing is deleted before."""
+    for name in store.list("samples.parquet"):
+        if f"samples.parquet/{name}" not in parts:
+            store.delete(f"samples.parquet/{name}")
+
+
+def _records(store: RunStore, folder: str) -> list[tuple[str, dict]]:
+    """The readable JSON records (objects) in a folder of the run directory, each with its file's name."""
     out = []
     for name in store.list(folder):
         if name.endswith(".json"):
             try:
-                out.append(store.read_json(f"{folder}/{name}"))
+                record = store.read_json(f"{folder}/{name}")
             except (OSError, ValueError):
                 continue
+            if isinstance(record, dict):
+                out.append((name, record))
     return out
 
 
@@ -96,14 +158,26 @@ def reusable_shards(store: RunStore, shards, config_hash: str, with_stats: bool)
     again, and partials that cannot be used are deleted so that no statistic is ever counted twice."""
     by_index = {s.index: s for s in shards}
     records = {}
-    for rec in _records(store, "shards"):
+    for _, rec in _records(store, "shards"):
         shard = by_index.get(rec.get("shard"))
         if shard is None or rec.get("config_hash") != config_hash or rec.get("fingerprint") != shard.fingerprint():
+            continue
+        if not record_intact(rec):
+            log.warning("shard %d: its record does not match its own checksum; recomputing the shard", shard.index)
             continue
         records[shard.index] = rec
     partials = []
     if with_stats:
-        partials = [p for p in _records(store, "stats") if p.get("config_hash") == config_hash and p.get("sha256")]
+        for file, p in _records(store, "stats"):
+            if p.get("config_hash") != config_hash or not p.get("sha256"):
+                continue
+            if not record_intact(p) or p.get("name") != file[: -len(".json")]:
+                log.warning("statistics partial %s: its record does not match its own checksum; deleted, its shards "
+                            "run again", file)
+                store.delete(partial_file(file[: -len(".json")], "json"))
+                store.delete(partial_file(file[: -len(".json")], "npz"))
+                continue
+            partials.append(p)
     files = sample_files(records) + [(partial_file(p["name"], "npz"), p["sha256"]) for p in partials]
     bad = find_corrupt(store.root, files)
     for index in [i for i in records if shard_file(i, "npz") in bad]:

@@ -18,6 +18,24 @@ import torch
 from scipy import optimize, stats
 
 from tasks.analysis.similarity import CosineHistogram, bin_edges, cosine_histogram, unit_rows
+from tasks.errors import UserError
+
+BINS_PER_STD = 2  # bins across one standard deviation (1 / sqrt(d)) of the isotropic law, at least
+
+
+def min_bins(d: int) -> int:
+    """The fewest equal bins on [-1, 1] that resolve the isotropic law's width at d: a bin (2 / bins wide) no
+    wider than half its standard deviation 1 / sqrt(d), so bins >= 4 sqrt(d) (32 at d = 64, 111 at 768, 160 at
+    1600). On coarser bins the data and every baseline fall into the same few bins around 0 and every distance
+    reads about 0 whatever the states are (one bin: exactly 0), so no verdict could rest on them."""
+    return int(np.ceil(2.0 * BINS_PER_STD * np.sqrt(d)))
+
+
+def check_bins(bins: int, d: int) -> None:
+    """Refuse `similarity.bins` too coarse for the model width d (`min_bins`), with one line saying the minimum."""
+    if bins < min_bins(d):
+        raise UserError(f"similarity.bins={bins} is too coarse for d_model={d}: the cosine histogram cannot resolve "
+                        f"the Gaussian baseline's width 1/sqrt(d); set similarity.bins to at least {min_bins(d)}")
 
 
 def law_log_probabilities(d: float | np.ndarray, bins: int) -> np.ndarray:

@@ -54,6 +54,7 @@ from tasks.analysis.tails import excess_kurtosis, kurtosis_summary, principal_co
 
 log = logging.getLogger(__name__)
 
+MIN_BOOTSTRAP_DOCS = 20  # fewer sampled documents than this support no bootstrap interval (reported missing)
 GRAM_CACHE_BYTES = 256 << 20  # the bootstrap keeps G o G (n^2 float64) up to this size: n <= 5,792
 
 
@@ -159,9 +160,29 @@ def analyze_site(
             low, high = c["cos2_ci"]
             c["cos2_over_gaussian_ci_low"], c["cos2_over_gaussian_ci_high"] = low / prediction, high / prediction
             c["dim_inv_cos2_ci_low"], c["dim_inv_cos2_ci_high"] = 1.0 / high, 1.0 / low
+    if docs is not None and n_boot > 0:
+        n_docs = len(np.unique(docs))
+        for numbers in out.values():
+            drop_unsupported_intervals(numbers, n_docs)
     lap("histogram")
     timings = {k: round(v, 4) for k, v in seconds.items()}
     return {**corpus, "layer": layer, "site": site, "d_model": d, "n_sample": n, "variants": out, "timings": timings}
+
+
+def drop_unsupported_intervals(numbers: dict, n_docs: int) -> None:
+    """Report as missing (None) every bootstrap interval that nothing supports: all of them when the sample's
+    tokens come from fewer than MIN_BOOTSTRAP_DOCS documents (the resampled units: one document gives every
+    replicate the sample itself, a zero-width interval; a few give a handful of distinct replicates), and any
+    interval with a NaN or infinite end (a replicate without pairs). A verdict reading a missing interval is not
+    marked confident (`tasks.analysis.verdict.verdict_confident`). In place, on one variant's numbers."""
+    few = n_docs < MIN_BOOTSTRAP_DOCS
+    for key in [k for k in numbers if k.endswith("_ci_low")]:
+        high = key[: -len("low")] + "high"
+        ends = (numbers[key], numbers.get(high))
+        if few or any(e is None or not np.isfinite(e) for e in ends):
+            numbers[key] = numbers[high] = None
+    if "cos2_ci" in numbers and (few or not np.all(np.isfinite(numbers["cos2_ci"]))):
+        numbers["cos2_ci"] = None
 
 
 def pair_cosine_variance(x: np.ndarray) -> float:

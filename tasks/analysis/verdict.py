@@ -50,14 +50,16 @@ def verdict_confident(raw: dict, centered: dict | None) -> bool | None:
     """Whether the verdict holds across the 95 % intervals of the sampled numbers it reads: the same label at every
     combination of the interval ends of `w1_gaussian` (raw), `cos2_over_gaussian` and `ks_matched` (centred).
     False marks a site whose numbers sit within sampling error of a threshold, where another seed may give the
-    other label (`kurtosis_max` comes from every token and has no sampling error). None without the intervals."""
+    other label (`kurtosis_max` comes from every token and has no sampling error). None, not confident, without the
+    intervals: the bootstrap off, or an interval reported missing (from fewer than 20 documents, or with a NaN end:
+    `tasks.analysis.site.drop_unsupported_intervals`), since nothing then supports confidence."""
     label = verdict(raw, centered)
     names = [("raw", "w1_gaussian"), ("centered", "cos2_over_gaussian"), ("centered", "ks_matched")]
     rows = {"raw": raw, "centered": centered}
     ends = []
     for row, name in names:
         low, high = rows[row].get(f"{name}_ci_low"), rows[row].get(f"{name}_ci_high")
-        if label is None or low is None or high is None:
+        if label is None or low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
             return None
         ends.append((row, name, (low, high)))
     for corner in range(2 ** len(ends)):

@@ -26,7 +26,7 @@ from tasks.capture.models import load_model, load_model_config, site_table
 from tasks.stats.bottom_k import BottomKSample
 from tasks.stats.site import SiteStatistics, stack_states
 from tasks.capture.sampling import context_ids, token_hash
-from tasks.storage import RunStore, partial_file, shard_file
+from tasks.storage import RunStore, partial_file, seal_record, shard_file
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ class ShardCapturer:
         if state is not None:
             record["sha256"] = store.write_arrays(shard_file(shard.index, "npz"), state)
         record["write_seconds"] = round(time.perf_counter() - t_write, 4)  # `seconds` above ends before the write
-        store.write_json(shard_file(shard.index, "json"), record)  # written last: its presence means done
+        store.write_json(shard_file(shard.index, "json"), seal_record(record))  # written last: its presence means done
         return record
 
     def _regather(self, input_ids: np.ndarray, mask: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> torch.Tensor:
@@ -284,7 +284,7 @@ class ShardCapturer:
             store = RunStore(store_root)
             arrays = held if isinstance(held, dict) else stack_states(held, copy=False, packed=True)
             record["sha256"] = store.write_arrays(partial_file(record["name"], "npz"), arrays)
-            store.write_json(partial_file(record["name"], "json"), record)
+            store.write_json(partial_file(record["name"], "json"), seal_record(record))
             records.append(record)
             del arrays
             with self._state:

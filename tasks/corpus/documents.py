@@ -11,6 +11,7 @@ import glob
 import json
 import logging
 import re
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -133,14 +134,19 @@ def load_texts(source: str, *, name=None, config=None, split="train", files=(), 
             for p in paths:
                 check_utf8(p)
             options["encoding"] = "utf-8-sig"  # a leading byte order mark is encoding, not text
-        try:
-            ds = datasets.load_dataset(kind, data_files=[str(p) for p in paths], split="train", **options)
-        except Exception as exc:  # datasets raises many types for unreadable files
-            for p in paths if kind == "json" else ():
-                if (problem := _json_problem(p)) is not None:
-                    raise UserError(f"corpus file {str(p)!r} {problem}") from None
-            raise UserError(f"could not read corpus files ({type(exc).__name__}: {exc}); check their format") from None
-        return _column(ds, text_field if kind != "text" else "text", "corpus files")
+        # A cache of its own, deleted once read: `datasets` keys its cache on path and mtime, so a file rewritten in
+        # place with its mtime kept (`cp -p`, `rsync -t`) would be read stale from the shared cache. Local files are
+        # read as they are; the conversion to Arrow that a cache would save costs about as much as hashing them.
+        with tempfile.TemporaryDirectory(prefix="gpt-stats-corpus-") as cache:
+            try:
+                ds = datasets.load_dataset(kind, data_files=[str(p) for p in paths], split="train", cache_dir=cache,
+                                           **options)
+            except Exception as exc:  # datasets raises many types for unreadable files
+                for p in paths if kind == "json" else ():
+                    if (problem := _json_problem(p)) is not None:
+                        raise UserError(f"corpus file {str(p)!r} {problem}") from None
+                raise UserError(f"could not read corpus files ({type(exc).__name__}: {exc}); check their format") from None
+            return list(_column(ds, text_field if kind != "text" else "text", "corpus files"))
     if source == "hub":
         try:
             ds = datasets.load_dataset(name, config, split=split)

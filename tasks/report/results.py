@@ -25,6 +25,8 @@ from tasks.report.tables import (
     moments_table,
     rows_to_table,
 )
+from tasks.errors import RunError
+from tasks.sites import site_key
 from tasks.storage import RunStore
 
 
@@ -52,10 +54,25 @@ def add_verdicts(summary: list[dict]) -> None:
         r["verdict"], r["verdict_confident"] = verdict(*site_rows), verdict_confident(*site_rows)
 
 
+def check_counts(results: list[dict], n_tokens: int, nonfinite: np.ndarray) -> None:
+    """Refuse results whose token counts do not add up, a check a run gets for free: per site, the tokens in the
+    statistics, the excluded ones and the non-finite ones are every token of the corpus, each once (a shard
+    counted twice or lost on the way from the records would break it). RunError, one line."""
+    for r, bad in zip(results, nonfinite):
+        if r.get("n_tokens_stats") is None:  # statistics off
+            continue
+        n_stats, n_excluded = int(round(r["n_tokens_stats"])), int(round(r.get("n_excluded") or 0))
+        if n_stats + n_excluded + int(bad) != n_tokens:
+            raise RunError(f"{site_key(r['layer'], r['site'])}: {n_stats} tokens in the statistics + {n_excluded} "
+                           f"excluded + {int(bad)} non-finite != the corpus's {n_tokens}; the run directory's shard "
+                           "records disagree with their statistics: rerun with --fresh")
+
+
 def write_results(store: RunStore, results: list[dict], empirical: CosineHistogram, keys: dict, tokenizer,
                   bins: int, n_tokens: int, nonfinite: np.ndarray) -> dict:
-    """Write the result tables; returns the consistency checks for the manifest (the empirical Gaussian baseline
-    against the exact law it estimates)."""
+    """Write the result tables (once `check_counts` passed); returns the consistency checks for the manifest (the
+    empirical Gaussian baseline against the exact law it estimates)."""
+    check_counts(results, n_tokens, nonfinite)
     edges = bin_edges(bins)
     emp_prob = empirical.counts / empirical.n_pairs
     summary, hist_tables, exemplars, moment_tables = [], [], [], []
