@@ -33,7 +33,7 @@ from tasks.storage import RunStore, is_uri
 from workflows.capture_pool import CapturePool, CaptureResult, CaptureSpec
 from workflows.cluster import connect_ray, wait_for_gpus
 from workflows.config import Config
-from workflows.run_dir import check_run_dir, prepare_run_dir, prune_samples, reusable_shards
+from workflows.run_dir import check_run_dir, failed_manifest, prepare_run_dir, prune_samples, reusable_shards
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,8 @@ def run(cfg: Config, fresh: bool = False) -> Path | str:
         if manifest:  # the directory was taken over (`prepare_run_dir`): this attempt failed
             manifest.update(status="failed", reason=first_line(exc), timings=timer.seconds)
             store.write_json("manifest.json", manifest)
+        elif not store.exists("manifest.json"):  # a new directory: say why, where no earlier run is overwritten
+            store.write_json("manifest.json", failed_manifest(cfg, first_line(exc), timer.seconds))
         raise
 
 
