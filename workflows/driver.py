@@ -34,7 +34,7 @@ from workflows.capture_pool import CapturePool, CaptureResult, CaptureSpec
 from workflows.cluster import connect_ray, wait_for_gpus
 from workflows.config import Config
 from workflows.interrupts import arm_sigterm, end_run, sigterm_interrupts
-from workflows.run_dir import check_run_dir, prepare_run_dir, prune_samples, reusable_shards
+from workflows.run_dir import check_run_dir, failed_manifest, prepare_run_dir, prune_samples, reusable_shards
 from workflows.run_lock import run_lock
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,10 @@ def run(cfg: Config, fresh: bool = False) -> Path | str:
         try:
             return _run(cfg, store, fresh, manifest, model_config, layers, timer, t_start)
         except BaseException as exc:
-            # the manifest says `failed` or `interrupted` once the directory was taken over (`prepare_run_dir`)
+            if not manifest and not store.exists("manifest.json"):  # a new directory: say why it stopped
+                manifest.update(failed_manifest(cfg, "", timer.seconds))
+            # the manifest says `failed` or `interrupted`, unless this attempt stopped before taking over a
+            # directory that holds an earlier run's manifest (`prepare_run_dir`)
             end_run(store, manifest, exc, timer.seconds)
 
 

@@ -129,6 +129,13 @@ def prepare_run_dir(store: RunStore, cfg: Config, fresh: bool) -> dict:
     return manifest
 
 
+def failed_manifest(cfg: Config, reason: str, timings: dict) -> dict:
+    """The manifest of a run that stopped on its input before taking a new directory over (attempt 0: it wrote
+    nothing else). Written only where no manifest is, so never over a finished run's."""
+    return {"status": "failed", "config_hash": cfg.result_hash(), "attempt": 0, "config": cfg.to_dict(),
+            "reason": reason, "timings": timings, "command": " ".join(sys.argv)}
+
+
 def prune_samples(store: RunStore, parts: set[str]) -> None:
     """Delete the files of `samples.parquet` that are not among this run's `parts` (written by the site tasks),
     once those are in place: a stale part never mixes into the dataset, and nothing is deleted before."""
