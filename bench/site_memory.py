@@ -34,7 +34,10 @@ def worker(code: str, n: int, d: int, bins: int, limit_gb: float) -> None:
     import torch
 
     from tasks.analysis.site import analyze_site
-    from tasks.stats.moments import SiteStatistics
+    try:
+        from tasks.stats.site import SiteStatistics
+    except ImportError:  # a checkout from before tasks/stats/moments.py was split (for --against)
+        from tasks.stats.moments import SiteStatistics
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)

@@ -1,11 +1,12 @@
 """Every user mistake gets one line naming the problem and the fix, exit status 2, and no traceback: a table of
-mistakes, each run through the real command line in its own process."""
+mistakes, each run through the real command line in its own process (a few processes at once)."""
 
 import json
 import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -77,27 +78,43 @@ def _make(kind: str, tmp_path: Path) -> list[str]:
     return ["corpus.source=files", f"corpus.files=[{path}]"]
 
 
-@pytest.mark.parametrize("name, overrides, message", CASES, ids=[c[0] for c in CASES])
-def test_user_mistake_is_one_line(name, overrides, message, tmp_path, tiny_gpt2, wikitext):
-    cfg = tmp_path / "c.yaml"
+def _run_case(case: tuple, folder: Path, model: Path, text: Path) -> subprocess.CompletedProcess:
+    """One case of CASES through the real command line, in its own process, with its own folder."""
+    _name, overrides, _message = case
+    cfg = folder / "c.yaml"
     cfg.write_text(yaml.safe_dump({
-        "model": {"name": str(tiny_gpt2)},
-        "corpus": {"source": "files", "files": [str(wikitext)], "max_docs": 50},
+        "model": {"name": str(model)},
+        "corpus": {"source": "files", "files": [str(text)], "max_docs": 50},
         "sample": {"size": 100},
-        "run": {"out": str(tmp_path / "out")},
+        "run": {"out": str(folder / "out")},
     }))
     if overrides is None:
         args = ["missing.yaml"]
     else:
-        sets = _make(overrides, tmp_path) if isinstance(overrides, str) else overrides
+        sets = _make(overrides, folder) if isinstance(overrides, str) else overrides
         args = [str(cfg)] + [a for s in sets for a in ("--set", s)]
-    res = subprocess.run([sys.executable, "-m", "workflows.run", *args], cwd=ROOT, capture_output=True, text=True,
-                         timeout=180, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    return subprocess.run([sys.executable, "-m", "workflows.run", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory, tiny_gpt2, wikitext) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+    """Every case's folder and finished process. The processes run a few at a time: each spends most of its life
+    importing torch and transformers, so the cases need not wait for one another."""
+    folders = {case[0]: tmp_path_factory.mktemp("case") for case in CASES}
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        done = pool.map(lambda case: _run_case(case, folders[case[0]], tiny_gpt2, wikitext), CASES)
+        return {case[0]: (folders[case[0]], res) for case, res in zip(CASES, done)}
+
+
+@pytest.mark.parametrize("name, overrides, message", CASES, ids=[c[0] for c in CASES])
+def test_user_mistake_is_one_line(name, overrides, message, outcomes):
+    folder, res = outcomes[name]
     assert res.returncode == 2, res.stderr[-2000:]
     lines = [line for line in res.stderr.splitlines() if line.startswith("gpt-stats: error:")]
     assert len(lines) == 1 and message in lines[0], res.stderr[-2000:]
     assert "Traceback" not in res.stderr
-    manifest = tmp_path / "out" / "manifest.json"
+    manifest = folder / "out" / "manifest.json"
     if manifest.exists():  # a run that got as far as its directory says it failed, and why
         m = json.loads(manifest.read_text())
         assert m["status"] == "failed" and message.split("'")[0].strip() in m["reason"]
