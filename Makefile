@@ -1,13 +1,14 @@
 # Two entry points, each of which sets up .venv on a fresh machine first:
 #   make demo   run configs/demo.yaml end to end (outputs in runs/demo)
-#   make test   run the test suite (what .ci/run calls)
+#   make test   run the test suite without the end-to-end runs marked slow (a developer's loop)
+#   make test-all  run every test (what .ci/run calls)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 # This machine installs torch's CPU wheel; on a GPU host use e.g. TORCH_SPEC="torch==2.13.0" with its CUDA index.
 TORCH_SPEC ?= torch==2.13.0
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-scaling clean
+.PHONY: demo test test-all bench bench-scaling clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +21,9 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/gpt-stats run configs/demo.yaml
 
 test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q -m "not slow" tests
+
+test-all: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q tests
 
 bench: $(STAMP)

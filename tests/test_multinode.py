@@ -10,6 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
+
+pytestmark = pytest.mark.slow  # a simulated cluster of several nodes
 
 from tests.test_workflow import expected_sample
 

@@ -13,7 +13,10 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 import yaml
+
+pytestmark = pytest.mark.slow  # a Ray head and `ray job submit`
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,6 +13,8 @@ from tasks.errors import RunError, UserError
 from tests.conftest import tiny_config
 from workflows.driver import run
 
+pytestmark = pytest.mark.slow  # each test runs the workflow under a fault, then again to resume
+
 
 @pytest.fixture
 def reference(tiny_run):

@@ -15,6 +15,8 @@ from tests.conftest import tiny_config
 from workflows.cli import main as cli_main
 from workflows.driver import run
 
+pytestmark = pytest.mark.slow  # a run, a resume and a report on a local S3 server
+
 
 @pytest.fixture(scope="module")
 def s3_endpoint():
