@@ -22,6 +22,7 @@ from tasks.corpus.stream import ShardStream, load_plan, planned_fingerprints
 from tasks.corpus.tokenized import Framing
 from tasks.errors import UserError
 from tasks.storage import RunStore
+from tests.test_s3 import s3_endpoint  # noqa: F401  (fixture)
 from workflows.config import CorpusConfig
 
 TOKENIZER = Path(__file__).resolve().parent / "fixtures" / "bpe-tokenizer"
@@ -79,12 +80,17 @@ def stream_shards(ray, tok, files, store, readers, shard_tokens, finished=(), **
     units = list_units(corpus)
     plan = load_plan(store, "h", units)
     stream = ShardStream(corpus, framing(tok), units, store, "h", plan, set(finished), readers, backlog=10**6)
+    return drain(ray, stream), stream
+
+
+def drain(ray, stream) -> list:
+    """The shards of a stream, taken as the capture pool takes them (one finished read at a time)."""
     tickets = []
     while not stream.done:
         stream.refill(0)
         ready, _ = ray.wait(stream.waiting(), num_returns=1)
         tickets += stream.on_ready(ready[0])
-    return [ray.get(t.ref) for t in tickets], stream
+    return [ray.get(t.ref) for t in tickets]
 
 
 def read_before_last(stream) -> tuple[int, bool]:
@@ -119,6 +125,44 @@ def test_stream_gives_the_brute_force_shards_with_1_and_2_readers(ray_cluster, t
         same_shards(got, want)
         assert stream.totals.tokens == sum(s.n_tokens for s in want)
         assert stream.totals.documents == len(tokenize(load_texts("files", files=files), tok))
+
+
+def test_hub_dataset_is_read_from_its_parquet_export(ray_cluster, tok, corpora, monkeypatch, tmp_path):
+    """The hub path (the dataset's Parquet export, listed by config and split) on local files laid out as the hub
+    lays them out gives the shards of a one-process reading of those files."""
+    import glob
+    import shutil
+
+    split = tmp_path / "wikitext@~parquet" / "wikitext-2-raw-v1" / "validation"
+    split.mkdir(parents=True)
+    for i, path in enumerate(sorted(glob.glob(corpora["parquet"][0]))):
+        shutil.copy(path, split / f"{i:04d}.parquet")
+    (split.parent / "train").mkdir()  # another split beside it is not read
+    pq.write_table(pa.table({"text": ["not this split"]}), split.parent / "train" / "0000.parquet")
+    monkeypatch.setattr(sources, "HUB_PARQUET", str(tmp_path / "{name}@~parquet" / "{config}" / "{split}"))
+    corpus = CorpusConfig(source="hub", name="wikitext", config="wikitext-2-raw-v1", split="validation",
+                          shard_tokens=3000)
+    units = list_units(corpus)
+    stream = ShardStream(corpus, framing(tok), units, RunStore(str(tmp_path / "run")), "h", [], set(), 2, 10**6)
+    same_shards(drain(ray_cluster, stream), brute_force(tok, [str(split / "*.parquet")], 3000))
+
+
+def test_streamed_dataset_is_read_in_order_one_data_file_per_task(ray_cluster, tok, corpora, tmp_path):
+    """`corpus.streaming`: a dataset read through `datasets` streaming, one task per data file (here a local
+    dataset folder, the hub being out of reach), gives the shards of a one-process reading of its files."""
+    import glob
+    import shutil
+
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    local = sorted(glob.glob(corpora["parquet"][0]))
+    for i, path in enumerate(local):
+        shutil.copy(path, folder / f"validation-{i:05d}-of-{len(local):05d}.parquet")
+    corpus = CorpusConfig(source="hub", name=str(folder), split="validation", streaming=True, shard_tokens=3000)
+    units = list_units(corpus)
+    assert [u.kind for u in units] == ["hub-stream"] * len(local)
+    stream = ShardStream(corpus, framing(tok), units, RunStore(str(tmp_path / "run")), "h", [], set(), 2, 10**6)
+    same_shards(drain(ray_cluster, stream), brute_force(tok, local, 3000))
 
 
 def test_max_tokens_cut_is_exact_and_nothing_past_it_is_read(ray_cluster, tok, corpora, small_units, tmp_path):
@@ -179,3 +223,68 @@ def test_changed_corpus_is_refused_on_resume(ray_cluster, tok, tmp_path, wikitex
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     with pytest.raises(UserError, match=r"changed since this run directory's earlier attempt \(its bytes differ\)"):
         stream_shards(ray_cluster, tok, [str(path)], store, 1, 3000, finished={s.index for s in first[1:]})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["text", "parquet"])
+def test_object_store_files_give_the_local_shards(s3_endpoint, ray_cluster, tok, corpora, small_units, kind,
+                                                  tmp_path):
+    """`s3://` globs (a local S3-compatible server) give the shards of the same files read locally."""
+    import glob
+
+    import pyarrow.fs as pafs
+
+    options = f"endpoint_override={s3_endpoint}&scheme=http&region=us-east-1"
+    fs, _ = pafs.FileSystem.from_uri(f"s3://bucket?{options}")
+    local = sorted(glob.glob(corpora[kind][0]))
+    for path in local:
+        with fs.open_output_stream(f"bucket/corpus-{kind}/{Path(path).name}") as f:
+            f.write(Path(path).read_bytes())
+    suffix = Path(local[0]).suffix
+    remote = [f"s3://bucket/corpus-{kind}/*{suffix}?{options}"]
+    got, stream = stream_shards(ray_cluster, tok, remote, RunStore(str(tmp_path / "s3")), 2, 3000)
+    same_shards(got, brute_force(tok, local, 3000))
+    assert stream.units[0].name == f"s3://bucket/corpus-{kind}/{Path(local[0]).name}"
+
+
+def test_bad_file_mid_corpus_stops_with_its_name_and_no_shard_from_it(ray_cluster, tok, small_units, tmp_path,
+                                                                       wikitext):
+    lines = wikitext.read_text(encoding="utf-8").split("\n")[:600]
+    good = ("\n".join(lines) + "\n").encode()
+    (tmp_path / "a.txt").write_bytes(good)
+    at = 20_000 + good[20_000:].index(b"\n") + 5  # five bytes into a line past the first units
+    (tmp_path / "b.txt").write_bytes(good[:at] + b"\xff" + good[at + 1 :])
+    (tmp_path / "c.txt").write_bytes(good)
+    store = RunStore(str(tmp_path / "run"))
+    line = good[:at].count(b"\n") + 1
+    with pytest.raises(UserError, match=rf"corpus file '.*b\.txt' is not UTF-8 text: invalid byte 0xff at byte {at} "
+                                        rf"\(line {line}\)"):
+        stream_shards(ray_cluster, tok, [str(tmp_path / "*.txt")], store, 2, 3000)
+    units = list_units(CorpusConfig(source="files", files=(str(tmp_path / "*.txt"),)))
+    bad = next(u for u in units if u.path.endswith("b.txt") and u.start <= at < u.stop)
+    saved = [int(name[5:11]) for name in store.list("corpus")]
+    assert saved and max(saved) < bad.index  # nothing planned from the bad unit or past it
+
+
+def test_progress_lines_outside_a_terminal(caplog):
+    """A log line every `every` seconds with tokens read and captured, the total once known, tokens/s, ETA,
+    shards done and retries."""
+    import logging
+    from collections import Counter
+
+    from tasks.corpus.stream import Totals
+    from workflows.capture_pool import CaptureResult
+    from workflows.progress import Progress
+
+    totals = Totals(units=10, units_read=5, documents=50, tokens=5000, shards=4)
+    progress = Progress(0.0, totals, done_tokens=1000, terminal=False)
+    progress.captured(2000)
+    result = CaptureResult(records=[{}] * 3)
+    with caplog.at_level(logging.INFO, logger="workflows.progress"):
+        progress.maybe_log(result, Counter({1: 2, "actor 0": 1}))
+        totals.done, totals.units_read, totals.tokens = True, 10, 10_000
+        progress.maybe_log(result, Counter({1: 2}))
+    first, last = [r.getMessage() for r in caplog.records]
+    assert "corpus: 5,000 tokens read 5/10 units" in first and "capture: 3,000 of ~10,000 tokens" in first
+    assert "3 shards done, 2 retries" in first and "tok/s, ETA " in first
+    assert "capture: 3,000 of 10,000 tokens" in last

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from tasks.corpus.documents import LONE_SURROGATE, TEXT_SUFFIXES, _expand_files, embedded_texts
+from tasks.corpus.documents import TEXT_SUFFIXES, _expand_files, embedded_texts
 from tasks.errors import UserError
 
 UNIT_BYTES = 8 << 20  # bytes of text or JSON Lines per unit: a few seconds of tokenizing
@@ -29,7 +29,8 @@ HUB_PARQUET = "hf://datasets/{name}@~parquet/{config}/{split}"  # the hub's Parq
 @dataclass(frozen=True)
 class Unit:
     """One piece of the corpus read as a whole: `kind` text/json/jsonl (bytes `start`-`stop` of the file, lines
-    that begin in that range), parquet (row group `start`) or embedded. `fs` is the filesystem's URI ("" for the
+    that begin in that range), parquet (row group `start`), hub-stream (shard `start` of `stop` of the streamed
+    hub dataset `path`, `fs` its config and split) or embedded. `fs` is the filesystem's URI ("" for the
     local one), `path` the file's path in it; `size` and `mtime` are the file's as listed (a changed corpus is
     refused on resume)."""
 
@@ -45,8 +46,11 @@ class Unit:
     @property
     def name(self) -> str:
         """The file as the user would name it."""
-        return f"{self.fs.split('?')[0].rstrip('/')}/{self.path}" if self.fs and not self.fs.startswith("hf:") \
-            else (f"hf://{self.path}" if self.fs else self.path)
+        if self.kind == "hub-stream":
+            return f"{self.path} (data file {self.start + 1} of {self.stop})"
+        if self.fs.startswith("hf:"):
+            return f"hf://{self.path}"
+        return f"{self.fs.split('?')[0].rstrip('/')}/{self.path.split('/', 1)[-1]}" if self.fs else self.path
 
     def stamp(self) -> dict:
         """What identifies this unit in a saved plan."""
@@ -130,9 +134,9 @@ def _files(patterns: Sequence[str]) -> list[tuple[str, str, int, str]]:
     return out
 
 
-def hub_parquet_files(name: str, config: str | None, split: str, base: str = HUB_PARQUET) -> list[str]:
+def hub_parquet_files(name: str, config: str | None, split: str) -> list[str]:
     """The Parquet files of a hub dataset's split in its Parquet export (`refs/convert/parquet`), in name order."""
-    root = base.format(name=name, config=config or "default", split=split)
+    root = HUB_PARQUET.format(name=name, config=config or "default", split=split)
     fs_uri, path = _split_uri(root)
     try:
         fs = filesystem(fs_uri)
@@ -145,10 +149,32 @@ def hub_parquet_files(name: str, config: str | None, split: str, base: str = HUB
             for p, _, _ in found]
 
 
+def _hub_stream(name: str, fs: str):
+    import datasets
+
+    config, split = json.loads(fs)
+    datasets.disable_progress_bars()
+    return datasets.load_dataset(name, config, split=split, streaming=True)
+
+
+def hub_stream_units(name: str, config: str | None, split: str) -> list[Unit]:
+    """A hub dataset read through `datasets` streaming: one unit per data file (`IterableDataset` shard), each
+    streamed through by its own task; their order is the dataset's."""
+    fs = json.dumps([config, split])
+    try:
+        n = _hub_stream(name, fs).num_shards
+    except Exception as exc:
+        raise UserError(f"could not load dataset {name!r} (config {config!r}, split {split!r}): {type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}; check the names and network") from None
+    return [Unit(i, "hub-stream", fs, name, i, n) for i in range(n)]
+
+
 def list_units(corpus) -> list[Unit]:
     """The units of a `CorpusConfig`'s source, in corpus order (streamed hub datasets have none: see stream.py)."""
     if corpus.source == "embedded":
         return [Unit(0, "embedded")]
+    if corpus.source == "hub" and corpus.streaming:
+        return hub_stream_units(corpus.name, corpus.config, corpus.split)
     if corpus.source == "hub":
         files = _files(hub_parquet_files(corpus.name, corpus.config, corpus.split))
     elif corpus.source == "files":
@@ -218,27 +244,25 @@ def _decode(unit: Unit, f, data: bytes, begin: int) -> str:
                         "convert it to UTF-8 or remove it") from None
 
 
-def _json_rows(unit: Unit, f, text: str, begin: int, whole: bool) -> list:
-    """The JSON objects of a unit: one JSON document (a list of rows) when `whole` and the text parses as one, else
-    JSON Lines, each error naming its line."""
+def _json_rows(unit: Unit, f, text: str, begin: int, whole: bool) -> tuple[list, list[int] | None]:
+    """The JSON objects of a unit and the line (0-based, within the unit) of each: one JSON document (a list of
+    rows; no lines) when `whole` and the text parses as one, else JSON Lines, an error naming its line."""
     if whole:
         try:
             doc = json.loads(text)
-            return doc if isinstance(doc, list) else [doc]
+            return (doc if isinstance(doc, list) else [doc]), None
         except ValueError:
             pass
-    rows = []
-    first_line = None
+    rows, lines = [], []
     for n, line in enumerate(text.split("\n")):
         if not line.strip():
             continue
         try:
             rows.append(json.loads(line))
         except ValueError as exc:
-            if first_line is None:
-                first_line = _line_of(f, begin)
-            raise UserError(f"corpus file {unit.name!r} line {first_line + n}: not valid JSON ({exc})") from None
-    return rows
+            raise UserError(f"corpus file {unit.name!r} line {_line_of(f, begin) + n}: not valid JSON ({exc})") from None
+        lines.append(n)
+    return rows, lines
 
 
 def _column_texts(unit: Unit, rows: list, field: str) -> list:
@@ -249,22 +273,33 @@ def _column_texts(unit: Unit, rows: list, field: str) -> list:
     return [r.get(field) if isinstance(r, dict) else None for r in rows]
 
 
-def _check_encodable(unit: Unit, texts: list) -> None:
-    """A JSON text with a lone surrogate escape stands for no character: named, as `load_texts` names it."""
+def _check_encodable(unit: Unit, f, texts: list, lines: list[int] | None, begin: int) -> None:
+    """A JSON text with a lone surrogate escape stands for no character: named with its line, as `load_texts`
+    names it."""
     try:
         "".join(t for t in texts if isinstance(t, str)).encode("utf-8")
+        return
     except UnicodeEncodeError:
-        raise UserError(f"corpus file {unit.name!r} has a lone surrogate escape (half of a UTF-16 pair, no "
-                        "character); fix or remove it") from None
+        pass
+    for i, t in enumerate(texts):
+        if isinstance(t, str) and not t.encode("utf-8", "surrogatepass").decode("utf-8", "ignore") == t:
+            where = f"line {_line_of(f, begin) + lines[i]}: " if lines is not None else ""
+            bad = next(c for c in t if 0xD800 <= ord(c) <= 0xDFFF)
+            raise UserError(f"corpus file {unit.name!r} {where}lone surrogate escape \\u{ord(bad):04x} (half of a "
+                            "UTF-16 pair, no character); fix or remove it")
 
 
 def read_unit(unit: Unit, text_field: str = "text") -> tuple[list, str]:
     """The texts of one unit, in order (empty and non-text ones included; they are dropped later), and the SHA-256
     of the bytes read (a resumed run refuses a unit whose bytes changed). A file that cannot be read or parsed
     raises UserError naming it and the problem."""
-    if unit.kind == "embedded":
-        texts = embedded_texts()
-        return texts, hashlib.sha256("\0".join(texts).encode()).hexdigest()
+    if unit.kind in ("embedded", "hub-stream"):
+        if unit.kind == "embedded":
+            texts = embedded_texts()
+        else:
+            part = _hub_stream(unit.path, unit.fs).shard(num_shards=unit.stop, index=unit.start, contiguous=True)
+            texts = [row.get(text_field) for row in part]
+        return texts, hashlib.sha256("\0".join(t for t in texts if isinstance(t, str)).encode("utf-8", "replace")).hexdigest()
     try:
         fs = filesystem(unit.fs)
         with fs.open_input_file(unit.path) as f:
@@ -277,8 +312,9 @@ def read_unit(unit: Unit, text_field: str = "text") -> tuple[list, str]:
                 text = text[1:]  # a leading byte order mark is encoding, not text
             if unit.kind == "text":
                 return text.replace("\r\n", "\n").replace("\r", "\n").splitlines(), digest
-            texts = _column_texts(unit, _json_rows(unit, f, text, begin, unit.kind == "json"), text_field)
-            _check_encodable(unit, texts)
+            rows, lines = _json_rows(unit, f, text, begin, unit.kind == "json")
+            texts = _column_texts(unit, rows, text_field)
+            _check_encodable(unit, f, texts, lines, begin)
             return texts, digest
     except UserError:
         raise
