@@ -4,6 +4,7 @@ in-driver path it replaced (`tasks.corpus.plan.plan_corpus`: every text and toke
 `files` corpus (the shared WikiText-2 text repeated), the demo's tokenizer.
 
     python bench/corpus_scale.py --tokens 10e6 100e6 [--old-up-to 10e6] [--readers N] [--work DIR]
+    python bench/corpus_scale.py --candidates 1e8 1e9   # the candidates kept under the streamed threshold
 
 Each measurement runs in a fresh process (its peak RSS is the driver's peak). Capture is a sink actor that
 takes each shard from the object store and counts its tokens, so the figure is the corpus stage's own rate.
@@ -113,6 +114,34 @@ def run_new(files: list[str], readers: int) -> dict:
             "units": len(units), "readers": readers}
 
 
+def candidate_counts(tokens: float, shard: int, k: int, in_flight: int) -> str:
+    """Candidates the shards keep under the streamed threshold over a corpus of `tokens` token hashes (shards
+    dispatched in order, `in_flight` running at once, finishing oldest first), against the bound k (S0 + 1 +
+    ln(N / m)) for shards of m tokens and against k per shard."""
+    import numpy as np
+
+    from tasks.capture.sampling import StreamingThreshold, token_hash
+
+    keeper, running, kept, blind = StreamingThreshold(k), [], 0, 0
+    n_shards = int(tokens // shard)
+    for i in range(n_shards + in_flight):
+        if i < n_shards:
+            t = keeper.threshold()
+            blind += int(t == np.uint64(2**64 - 1))
+            running.append((i, t))
+        if len(running) >= in_flight or i >= n_shards and running:
+            j, t = running.pop(0)
+            ids = np.arange(j * shard, (j + 1) * shard)
+            h = token_hash(0, ids // 1000, np.zeros_like(ids), ids % 1000)
+            mine = np.sort(h[h < t])[:k]
+            keeper.add(mine)
+            kept += len(mine)
+    bound = k * (blind + 1 + np.log(n_shards))
+    return (f"N = {n_shards * shard / 1e6:.0f} M tokens, shards of {shard}, k = {k}, {in_flight} in flight: "
+            f"{kept} candidates kept ({kept / k:.1f} k), bound k (S0 + 1 + ln(N/m)) = {bound / k:.1f} k "
+            f"(S0 = {blind}), k per shard = {n_shards} k")
+
+
 def measure(kind: str, files: list[str], readers: int) -> dict:
     out = subprocess.run([sys.executable, __file__, "--one", kind, "--readers", str(readers), "--files", *files],
                          capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
@@ -127,11 +156,17 @@ def main() -> None:
     p.add_argument("--old-up-to", type=float, default=10e6, help="measure the in-driver path up to this size")
     p.add_argument("--readers", type=int, default=os.cpu_count())
     p.add_argument("--work", default="/tmp/gpt-stats-corpus-scale")
+    p.add_argument("--candidates", type=float, nargs="*", default=[],
+                   help="only simulate the candidates kept over corpora of these many tokens")
     p.add_argument("--one", choices=["old", "new"], help=argparse.SUPPRESS)
     p.add_argument("--files", nargs="*", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
         print(json.dumps(run_old(args.files) if args.one == "old" else run_new(args.files, args.readers)))
+        return
+    for tokens in args.candidates:
+        print(candidate_counts(tokens, 262_144, 2000, 8), flush=True)
+    if args.candidates:
         return
     from tasks.capture.models import load_tokenizer
 

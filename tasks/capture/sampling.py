@@ -8,9 +8,11 @@ To keep a shard's sample in proportion to its share of the corpus (not k per sha
 size in advance, each shard gets a threshold when it is dispatched (`StreamingThreshold`): the k-th smallest
 candidate hash returned by the shards finished so far. It only tightens, and it is never below the final k-th
 smallest hash of the corpus (the k-th smallest of a subset is at least the k-th smallest of the whole), so every
-token of the global bottom-k passes it and the merged bottom-k is exact. Candidates kept over N tokens total about
-k (S0 + 1 + ln(N / n0)): S0 shards run under no threshold before k candidates are known, n0 tokens being what
-they hold (`candidate_threshold`, from a known corpus size, stays for callers that know it).
+token of the global bottom-k passes it and the merged bottom-k is exact. A shard dispatched once j shards have
+finished keeps about k / j candidates, so over N tokens in shards of m the candidates total about
+k (S0 + 0.58 + ln(N / m - S0)) <= k (S0 + 1 + ln(N / m)), S0 being the shards dispatched before the first one
+finished (the actors' slots), each keeping up to k (`candidate_threshold`, from a known corpus size, stays for
+callers that know it).
 """
 
 from __future__ import annotations
