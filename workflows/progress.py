@@ -28,11 +28,14 @@ class Progress:
         self.every = float(every)
         self.corpus = corpus
         self.done0 = self.done = done_tokens  # captured, this attempt's and the earlier attempts'
-        self.t0 = self.last = time.monotonic()
+        self.start = self.last = time.monotonic()
+        self.first: float | None = None  # when the first shard of this attempt was done
         self.terminal = sys.stderr.isatty() if terminal is None else terminal
         self.bar = tqdm(initial=done_tokens, unit="tok", desc="capture") if self.terminal else None
 
     def captured(self, tokens: int) -> None:
+        if self.first is None:  # the rate counts from the first shard done, not from the actors' start
+            self.first, self.done0 = time.monotonic(), self.done + tokens
         self.done += tokens
         if self.bar is not None:
             if self.corpus.done and self.bar.total != self.corpus.tokens:
@@ -40,13 +43,16 @@ class Progress:
             self.bar.update(tokens)
 
     def line(self, shards_done: int, retries: int) -> str:
-        c, elapsed = self.corpus, max(time.monotonic() - self.t0, 1e-9)
-        rate = (self.done - self.done0) / elapsed
+        c = self.corpus
+        rate = (self.done - self.done0) / max(time.monotonic() - self.first, 1e-9) if self.first else 0.0
         if c.done:
             total, read = f"{c.tokens:,}", "read"
         else:  # the total extrapolated from the units read so far
             total = f"~{int(c.tokens * c.units / max(c.units_read, 1)):,}" if c.units and c.units_read else "?"
-            read = f"read {c.units_read}/{c.units or '?'} units"
+            elapsed = max(time.monotonic() - self.start, 1e-9)
+            eta = elapsed * (c.units - c.units_read) / c.units_read if c.units_read else None
+            read = (f"read ({c.units_read}/{c.units or '?'} units, {c.tokens / elapsed:,.0f} tok/s, "
+                    f"ETA {_duration(eta)})")
         left = None
         if rate > 0 and total != "?":
             left = (int(total.lstrip("~").replace(",", "")) - self.done) / rate
