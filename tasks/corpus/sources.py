@@ -22,7 +22,7 @@ from typing import Sequence
 from tasks.corpus.documents import TEXT_SUFFIXES, _expand_files, embedded_texts
 from tasks.errors import UserError
 
-UNIT_BYTES = 8 << 20  # bytes of text or JSON Lines per unit: a few seconds of tokenizing
+UNIT_BYTES = 2 << 20  # bytes of text or JSON Lines per unit: about a second of tokenizing; the first shard waits for one
 HUB_PARQUET = "hf://datasets/{name}@~parquet/{config}/{split}"  # the hub's Parquet export of a dataset's split
 
 
