@@ -128,6 +128,7 @@ def test_exemplars_are_the_pairs_at_their_quantiles(tiny_run):
             assert r.a_text.endswith("]") or r.a_text.endswith("<END>")
 
 
+@pytest.mark.slow  # two more end-to-end runs (two actors, other shards)
 def test_same_results_with_two_actors_and_other_shards(tiny_run, tiny_gpt2, wikitext, tmp_path):
     two = run(tiny_config(tiny_gpt2, wikitext, tmp_path / "two", "cluster.actors=2"))
     # Same shards on more actors: bit-identical histograms and samples (position 0 and special tokens excluded).
@@ -174,6 +175,7 @@ def test_run_dir_safety_and_small_corpus(tiny_run, tiny_gpt2, wikitext, tmp_path
     assert manifest["status"] == "failed" and "usable tokens" in manifest["reason"]
 
 
+@pytest.mark.slow  # the demo config end to end (make demo runs it too)
 def test_demo_config_end_to_end(ray_cluster, tmp_path):
     cfg = load_config(ROOT / "configs" / "demo.yaml", [f"run.out={tmp_path / 'demo'}"])
     out = run(cfg)
@@ -292,6 +294,7 @@ def test_corpus_numbers_equal_brute_force_over_every_token(tiny_run, layer0_stat
     assert cen.cos2_over_gaussian_ci_low <= cen.cos2_over_gaussian <= cen.cos2_over_gaussian_ci_high
 
 
+@pytest.mark.slow  # one more end-to-end run with the exclusion off
 def test_exclusion_off_keeps_every_token(ray_cluster, tiny_gpt2, wikitext, layer0_states, tmp_path):
     """capture.exclude=[]: the sample is the bottom-k of all tokens and the statistics cover every token."""
     out = run(tiny_config(tiny_gpt2, wikitext, tmp_path / "all", "capture.exclude=[]", "capture.layers=[0]",
