@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from tasks.capture.models import SiteTable
+from tasks.stats.massive import RowIdentity
 from tasks.stats.reductions import row_norms
 
 
@@ -29,7 +30,9 @@ def _module(model: torch.nn.Module, path: str) -> torch.nn.Module:
 class StatsFeed:
     """Which tokens of a (B, T) batch feed the streaming statistics, as indices into its flattened B x T positions,
     in (b, t) order: `rows` feed them (the batch's real tokens less the excluded ones), `second` (positions in
-    `rows`; None: all) the d x d ones, `excluded` only the excluded norms (None: no token excluded).
+    `rows`; None: all) the d x d ones, `excluded` only the excluded norms (None: no token excluded); `identity`
+    and `excluded_identity` name the tokens of `rows` and `excluded` for the massive-activation statistics (None:
+    unknown).
 
     The host knows all of this before the forward pass, so the hooks gather with indices and never wait for the
     device (a mask or a `nonzero` there would make the host wait for the card at every site). The hooks still
@@ -38,18 +41,27 @@ class StatsFeed:
     rows: torch.Tensor
     second: torch.Tensor | None
     excluded: torch.Tensor | None
+    identity: RowIdentity | None = None
+    excluded_identity: RowIdentity | None = None
 
     @classmethod
     def of(cls, flat: np.ndarray, excluded: np.ndarray | None, chosen: np.ndarray | None,
-           device: torch.device) -> "StatsFeed":
+           device: torch.device, keys: dict[str, np.ndarray] | None = None, context=None) -> "StatsFeed":
         """From every real token's flat position (`flat`, (b, t) order), which of them are excluded and which
-        feed the d x d statistics (bool arrays of the same length, or None for none and all)."""
+        feed the d x d statistics (bool arrays of the same length, or None for none and all); `keys` (doc,
+        window, pos, token_id of every real token) and `context` (indices -> their context ids) name them."""
         fed = slice(None) if excluded is None else ~excluded
         second = None if chosen is None else np.flatnonzero(chosen[fed])
         out = None if excluded is None or not excluded.any() else flat[excluded]
+        ids = (None, None)
+        if keys is not None:
+            index = np.arange(len(flat)) if excluded is None else np.flatnonzero(~excluded)
+            ids = (RowIdentity.of(keys, device, context, index),
+                   None if out is None else RowIdentity.of(keys, device, context, np.flatnonzero(excluded), True))
         return cls(rows=torch.as_tensor(flat[fed], device=device),
                    second=None if second is None else torch.as_tensor(second, device=device),
-                   excluded=None if out is None else torch.as_tensor(out, device=device))
+                   excluded=None if out is None else torch.as_tensor(out, device=device),
+                   identity=ids[0], excluded_identity=ids[1])
 
 
 def _fed(finite: torch.Tensor) -> torch.Tensor | None:
@@ -93,10 +105,11 @@ class SiteRecorder:
                 if feed.excluded is not None:
                     out = feed.excluded
                     stats.add_excluded(flat.index_select(0, out), norms=flat_norms.index_select(0, out),
-                                       weights=_fed(ok.index_select(0, out)))
+                                       weights=_fed(ok.index_select(0, out)), identity=feed.excluded_identity)
                 rows = feed.rows
                 stats.add(flat.index_select(0, rows), second_order_rows=feed.second,
-                          norms=flat_norms.index_select(0, rows), weights=_fed(ok.index_select(0, rows)))
+                          norms=flat_norms.index_select(0, rows), weights=_fed(ok.index_select(0, rows)),
+                          identity=feed.identity)
 
         return hook
 

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from tasks.stats.base import as_batch, row_count
+from tasks.stats.massive import MASSIVE_TOP, AbsHistogram, RowIdentity, TopAbs, absolute_values
 from tasks.stats.moments import Moments
 from tasks.stats.norms import NormHistogram
 from tasks.stats.reductions import block_sums, provisional_centre, row_norms
@@ -18,21 +19,27 @@ class SiteStatistics:
     """All streaming statistics of one (layer, site): moments, norms and unit sums over every token; the two d x d
     statistics (covariance, unit second moment) over the tokens chosen for second-order statistics (all, or a
     fraction where cost demands it). Tokens excluded from the analysis (`capture.exclude`: position 0, special
-    tokens) feed only their own norms, `excluded_norms` (their count is its n).
+    tokens) feed only their own norms, `excluded_norms` (their count is its n), and the massive-activation
+    statistics: `massive` (the top `massive_top` |x| entries, `tasks.stats.massive.TopAbs`) and `abs_hist` (|x| of
+    every coordinate) see every token, excluded ones included, since massive activations sit on exactly the
+    tokens `capture.exclude` keeps out (the first token, delimiters).
 
     A `Statistic`: merges part by part, and its state is the parts' states under `{part}.` prefixes. `n` counts the
     tokens fed to the statistics proper (excluded ones are `excluded_norms.n`)."""
 
     PARTS = {"moments": Moments, "norms": NormHistogram, "units": UnitSums, "covariance": Covariance,
-             "unit_second": UnitSecondMoment, "excluded_norms": NormHistogram}
+             "unit_second": UnitSecondMoment, "excluded_norms": NormHistogram, "massive": TopAbs,
+             "abs_hist": AbsHistogram}
 
-    def __init__(self) -> None:
+    def __init__(self, massive_top: int = MASSIVE_TOP) -> None:
         self.moments = Moments()
         self.norms = NormHistogram()
         self.units = UnitSums()
         self.covariance = Covariance()
         self.unit_second = UnitSecondMoment()
         self.excluded_norms = NormHistogram()
+        self.massive = TopAbs(massive_top)
+        self.abs_hist = AbsHistogram()
 
     def _parts(self) -> list[tuple[str, Any]]:
         return [(name, getattr(self, name)) for name in self.PARTS]
@@ -48,14 +55,16 @@ class SiteStatistics:
         return all(part.is_empty for _, part in self._parts())
 
     def add(self, x: torch.Tensor | np.ndarray, /, *, second_order_rows: torch.Tensor | None = None,
-            norms: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> None:
+            norms: torch.Tensor | None = None, weights: torch.Tensor | None = None,
+            identity: RowIdentity | None = None) -> None:
         """Add a batch (n, d); `second_order_rows` (indices, or None for all) feed the d x d statistics; `norms`:
         the rows' norms if already known (`row_norms`); `weights`: a bool mask of the rows to feed at all (None:
-        all), counted on their device."""
+        all), counted on their device; `identity`: the rows' tokens, for `massive` (None: unknown)."""
         x = as_batch(x)
         if len(x) == 0:
             return
         norms = row_norms(x) if norms is None else norms
+        self.add_massive(x, weights=weights, identity=identity)
         self.add_first_order(x, norms=norms, weights=weights)
         self.norms.add(x, norms=norms, weights=weights)
         if second_order_rows is not None:
@@ -78,9 +87,20 @@ class SiteStatistics:
         self.units.add_sums(units, n=n)
 
     def add_excluded(self, x: torch.Tensor | np.ndarray, /, *, norms: torch.Tensor | None = None,
-                     weights: torch.Tensor | None = None) -> None:
-        """Add a batch (n, d) of excluded tokens: their norms only."""
-        self.excluded_norms.add(as_batch(x), norms=norms, weights=weights)
+                     weights: torch.Tensor | None = None, identity: RowIdentity | None = None) -> None:
+        """Add a batch (n, d) of excluded tokens: their norms and the massive-activation statistics."""
+        x = as_batch(x)
+        self.excluded_norms.add(x, norms=norms, weights=weights)
+        self.add_massive(x, weights=weights, identity=identity)
+
+    def add_massive(self, x: torch.Tensor, /, *, weights: torch.Tensor | None = None,
+                    identity: RowIdentity | None = None) -> None:
+        """Add a batch (n, d) to `massive` and `abs_hist`, sharing one |x|."""
+        if len(x) == 0:
+            return
+        a = absolute_values(x)
+        self.massive.add(x, identity=identity, weights=weights, absolute=a)
+        self.abs_hist.add(x, weights=weights, absolute=a)
 
     def merge(self, other: SiteStatistics) -> SiteStatistics:
         for name, part in self._parts():
