@@ -284,11 +284,20 @@ class AbsHistogram:
 
 
 def _bin_counts(idx: torch.Tensor, size: int) -> torch.Tensor:
-    """Counts of the integer bins `idx` (0 <= idx < size) as int64, on their device without waiting for it:
-    `bincount` on a CPU; on a GPU `histc` (shared-memory per-block counts; `bincount` reads the maximum back to
-    the host), in chunks of 2^24 entries, below which its float32 counts are exact."""
-    if idx.device.type == "cpu":
-        return torch.bincount(idx, minlength=size)
+    """Counts of the integer bins `idx` (0 <= idx < size) as int64, on their device, without waiting for it
+    (`bincount` would: its CUDA kernel reads the input's maximum back to the host). On a GPU `histc` (per-block
+    counts in shared memory, where `index_add_` would make every entry an atomic add on one of a few hundred
+    global addresses); on a CPU `index_add_`."""
+    return histc_counts(idx, size) if idx.is_cuda else index_add_counts(idx, size)
+
+
+def index_add_counts(idx: torch.Tensor, size: int) -> torch.Tensor:
+    counts = torch.zeros(size, dtype=torch.int64, device=idx.device)
+    return counts.index_add_(0, idx, torch.ones(1, dtype=torch.int64, device=idx.device).expand(len(idx)))
+
+
+def histc_counts(idx: torch.Tensor, size: int) -> torch.Tensor:
+    """`histc` over chunks of 2^24 entries, below which its float32 counts are exact integers."""
     out = torch.zeros(size, dtype=torch.int64, device=idx.device)
     for chunk in idx.split(1 << 24):
         out += torch.histc(chunk.float(), bins=size, min=0, max=size).long()
