@@ -17,9 +17,8 @@ from tasks.stats.site import SiteStatistics
 D = 48
 
 
-def _identity(doc, window, pos, token_id, index=None, excluded=False) -> RowIdentity:
-    return RowIdentity.of({"doc": doc, "window": window, "pos": pos, "token_id": token_id}, index=index,
-                          excluded=excluded)
+def _identity(keys, index, excluded) -> RowIdentity:
+    return RowIdentity.of({k: v[index] for k, v in keys.items()}, excluded=excluded[index])
 
 
 def _corpus(rng, n=6000):
@@ -32,13 +31,11 @@ def _corpus(rng, n=6000):
 
 
 def _feed(stats: SiteStatistics, x, keys, kept, excluded, cuts):
-    """Feed the rows in batches cut at `cuts`, as the capture hooks do: excluded rows apart, non-finite rows left
-    out by weights."""
+    """Feed the rows in batches cut at `cuts`, as the capture hooks do: excluded rows included, non-finite rows
+    left out by weights."""
     for index in np.split(np.arange(len(x)), cuts):
-        main, out = index[~excluded[index]], index[excluded[index]]
-        stats.add(torch.from_numpy(x[main]), weights=torch.from_numpy(kept[main]),
-                  identity=_identity(**keys, index=main))
-        stats.add_excluded(torch.from_numpy(x[out]), identity=_identity(**keys, index=out, excluded=True))
+        stats.add_massive(torch.from_numpy(x[index]), weights=torch.from_numpy(kept[index]),
+                          identity=_identity(keys, index, excluded))
 
 
 def test_injected_massive_values_are_found_exactly_and_flagged_alone():
@@ -118,15 +115,12 @@ def test_histogram_median_within_one_bin_of_numpy(dtype):
 
 
 def test_bin_counts_of_both_devices_paths_are_exact():
-    """The GPU's `histc` path and the CPU's `index_add_` path give the same exact counts (both run here), across
-    the 2^24-entry chunks of the `histc` path."""
-    from tasks.stats.massive import histc_counts, index_add_counts
+    """The GPU's `histc` path gives exact counts (run here on the CPU), across its 2^24-entry chunks."""
+    from tasks.stats.massive import histc_counts
 
     rng = np.random.default_rng(3)
     idx = rng.choice([0, 5, 4095, 1016], size=(1 << 24) + 1000, p=[0.97, 0.01, 0.01, 0.01]).astype(np.int32)
-    want = np.bincount(idx, minlength=4096)
-    for count in (histc_counts, index_add_counts):
-        np.testing.assert_array_equal(count(torch.from_numpy(idx), 4096).numpy(), want)
+    np.testing.assert_array_equal(histc_counts(torch.from_numpy(idx), 4096).numpy(), np.bincount(idx, minlength=4096))
 
 
 def test_tiny_run_massive_columns_and_entries_equal_brute_force(tiny_run, tiny_gpt2, wikitext):

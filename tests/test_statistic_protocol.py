@@ -40,8 +40,8 @@ def identities(rng: np.random.Generator) -> Rows:
     return {"doc": order // 50, "window": order % 2, "pos": order % 50, "token_id": rng.integers(0, 1000, N)}
 
 
-def identity(b: Rows, index: np.ndarray | None = None) -> RowIdentity:
-    return RowIdentity.of({k: b[k] for k in ("doc", "window", "pos", "token_id")}, index=index)
+def identity(b: Rows) -> RowIdentity:
+    return RowIdentity.of({k: b[k] for k in ("doc", "window", "pos", "token_id")}, excluded=b.get("excluded"))
 
 
 def site_rows(rng: np.random.Generator) -> Rows:
@@ -57,8 +57,9 @@ def site_rows(rng: np.random.Generator) -> Rows:
 def feed_site(stat: SiteStatistics, b: Rows) -> None:
     main = ~b["excluded"]
     stat.add(torch.from_numpy(b["x"][main]), second_order_rows=torch.from_numpy(np.flatnonzero(b["second"][main])),
-             weights=torch.from_numpy(b["kept"][main]), identity=identity(b, np.flatnonzero(main)))
-    stat.add_excluded(torch.from_numpy(b["x"][b["excluded"]]), identity=identity(b, np.flatnonzero(b["excluded"])))
+             weights=torch.from_numpy(b["kept"][main]))
+    stat.add_excluded(torch.from_numpy(b["x"][b["excluded"]]))
+    stat.add_massive(torch.from_numpy(b["x"]), weights=torch.from_numpy(b["kept"] | b["excluded"]), identity=identity(b))
 
 
 def tied_rows(rng: np.random.Generator) -> Rows:

@@ -188,8 +188,9 @@ class ShardCapturer:
                     # the tokens by name, for the massive activations (context ids only for the few they keep)
                     keys = {"doc": shard.doc[seqs], "window": shard.window[seqs], "pos": cols, "token_id": token_ids}
                     context = partial(_contexts, shard, lengths, seqs, cols)
-                    self.recorder.feed = StatsFeed.of(rows * int(seq_len.max()) + cols, excluded, chosen, self.device,
-                                                      keys, context)
+                    width = int(seq_len.max())
+                    self.recorder.feed = StatsFeed.of(rows * width + cols, excluded, chosen, self.device, keys,
+                                                      context, len(seq_index) * width)
                 input_ids, mask = pad_batch(shard.ids, shard.offsets, seq_index, self.pad_id)
                 vectors = forward_and_gather(self.model, self.recorder, input_ids, mask, rows[keep], cols[keep])
                 forwards += 1

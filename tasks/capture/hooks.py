@@ -31,8 +31,7 @@ class StatsFeed:
     """Which tokens of a (B, T) batch feed the streaming statistics, as indices into its flattened B x T positions,
     in (b, t) order: `rows` feed them (the batch's real tokens less the excluded ones), `second` (positions in
     `rows`; None: all) the d x d ones, `excluded` only the excluded norms (None: no token excluded); `identity`
-    and `excluded_identity` name the tokens of `rows` and `excluded` for the massive-activation statistics (None:
-    unknown).
+    and `real` (see `of`) the massive-activation statistics, over every position of the batch (None: not fed).
 
     The host knows all of this before the forward pass, so the hooks gather with indices and never wait for the
     device (a mask or a `nonzero` there would make the host wait for the card at every site). The hooks still
@@ -42,26 +41,32 @@ class StatsFeed:
     second: torch.Tensor | None
     excluded: torch.Tensor | None
     identity: RowIdentity | None = None
-    excluded_identity: RowIdentity | None = None
+    real: torch.Tensor | None = None
 
     @classmethod
     def of(cls, flat: np.ndarray, excluded: np.ndarray | None, chosen: np.ndarray | None,
-           device: torch.device, keys: dict[str, np.ndarray] | None = None, context=None) -> "StatsFeed":
+           device: torch.device, keys: dict[str, np.ndarray] | None = None, context=None,
+           size: int = 0) -> "StatsFeed":
         """From every real token's flat position (`flat`, (b, t) order), which of them are excluded and which
-        feed the d x d statistics (bool arrays of the same length, or None for none and all); `keys` (doc,
-        window, pos, token_id of every real token) and `context` (indices -> their context ids) name them."""
+        feed the d x d statistics (bool arrays of the same length, or None for none and all). With `keys` (doc,
+        window, pos, token_id of every real token), `context` (indices into them -> context ids) and `size` (B x
+        T), also `identity`, the tokens of all B x T positions (padding: -1), and `real` (a bool mask of the real
+        positions on the device; None: no padding) for the massive-activation statistics, which read the whole
+        batch."""
         fed = slice(None) if excluded is None else ~excluded
         second = None if chosen is None else np.flatnonzero(chosen[fed])
         out = None if excluded is None or not excluded.any() else flat[excluded]
-        ids = (None, None)
+        identity = real = None
         if keys is not None:
-            index = np.arange(len(flat)) if excluded is None else np.flatnonzero(~excluded)
-            ids = (RowIdentity.of(keys, device, context, index),
-                   None if out is None else RowIdentity.of(keys, device, context, np.flatnonzero(excluded), True))
+            identity = RowIdentity.at(flat, size, keys, excluded, device, context)
+            if len(flat) < size:
+                mask = np.zeros(size, bool)
+                mask[flat] = True
+                real = torch.as_tensor(mask, device=device)
         return cls(rows=torch.as_tensor(flat[fed], device=device),
                    second=None if second is None else torch.as_tensor(second, device=device),
                    excluded=None if out is None else torch.as_tensor(out, device=device),
-                   identity=ids[0], excluded_identity=ids[1])
+                   identity=identity, real=real)
 
 
 def _fed(finite: torch.Tensor) -> torch.Tensor | None:
@@ -105,11 +110,13 @@ class SiteRecorder:
                 if feed.excluded is not None:
                     out = feed.excluded
                     stats.add_excluded(flat.index_select(0, out), norms=flat_norms.index_select(0, out),
-                                       weights=_fed(ok.index_select(0, out)), identity=feed.excluded_identity)
+                                       weights=_fed(ok.index_select(0, out)))
                 rows = feed.rows
                 stats.add(flat.index_select(0, rows), second_order_rows=feed.second,
-                          norms=flat_norms.index_select(0, rows), weights=_fed(ok.index_select(0, rows)),
-                          identity=feed.identity)
+                          norms=flat_norms.index_select(0, rows), weights=_fed(ok.index_select(0, rows)))
+                if feed.identity is not None:  # the whole batch, excluded tokens included, padding left out
+                    stats.add_massive(flat, weights=ok if feed.real is None else ok & feed.real,
+                                      identity=feed.identity)
 
         return hook
 

@@ -22,6 +22,7 @@ keys of the batch.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -49,19 +50,33 @@ class RowIdentity:
 
     @classmethod
     def of(cls, keys: Mapping[str, np.ndarray], device: torch.device | str = "cpu",
-           context: Callable[[np.ndarray], np.ndarray] | None = None, index: np.ndarray | None = None,
-           excluded: bool = False) -> RowIdentity:
-        """The identity of the tokens `keys` names (only those at `index`, if given: `context` is then of the
-        whole `keys`), ranked among themselves on the host and the rank sent to `device` (no wait)."""
-        if index is not None:
-            keys = {k: np.asarray(keys[k])[index] for k in IDENTITY}
-            context = None if context is None else (lambda rows, f=context: f(index[rows]))
+           context: Callable[[np.ndarray], np.ndarray] | None = None, excluded: np.ndarray | None = None) -> RowIdentity:
+        """The identity of the tokens `keys` names (`excluded`: a bool per row, None: none), ranked on the host
+        and the rank sent to `device` (without waiting)."""
         keys = {k: np.asarray(keys[k], np.int64) for k in IDENTITY}
         order = np.lexsort((keys["pos"], keys["window"], keys["doc"]))
         rank = np.empty(len(order), np.int64)
         rank[order] = np.arange(len(order))
-        keys["excluded"] = np.full(len(order), int(excluded), np.int64)
+        keys["excluded"] = np.zeros(len(order), np.int64) if excluded is None else np.asarray(excluded, np.int64)
         return cls(keys, torch.as_tensor(rank, device=device), context)
+
+    @classmethod
+    def at(cls, flat: np.ndarray, size: int, keys: Mapping[str, np.ndarray], excluded: np.ndarray | None,
+           device: torch.device | str = "cpu", context: Callable[[np.ndarray], np.ndarray] | None = None) -> RowIdentity:
+        """The identity of `size` rows of which those at `flat` are the tokens of `keys` (in that order; `context`
+        takes indices into them) and the others padding (identity -1, ranked after every token)."""
+        last = np.iinfo(np.int64).max  # padding's doc while ranking: after every token
+        padded = {k: np.full(size, last if k == "doc" else -1, np.int64) for k in IDENTITY}
+        for k in IDENTITY:
+            padded[k][flat] = keys[k]
+        out = np.zeros(size, bool)
+        if excluded is not None:
+            out[flat] = excluded
+        where = np.full(size, -1, np.int64)
+        where[flat] = np.arange(len(flat))
+        ident = cls.of(padded, device, None if context is None else (lambda rows, f=context: f(where[rows])), out)
+        ident.keys["doc"][ident.keys["doc"] == last] = -1
+        return ident
 
     def contexts(self, rows: np.ndarray) -> np.ndarray:
         """The context ids of rows `rows` ((len, CONTEXT + 1), -1 where unknown)."""
@@ -70,17 +85,19 @@ class RowIdentity:
         return np.asarray(self.context(rows), np.int32).reshape(len(rows), CONTEXT + 1)
 
 
-def absolute_values(x: torch.Tensor) -> torch.Tensor:
-    """|x| in float32 (float64 stays float64): shared by `TopAbs` and `AbsHistogram` in one pass."""
-    return x.abs() if x.dtype in (torch.float32, F64) else x.float().abs_()
+def masked_absolute(x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """|x| in float32 (float64 stays float64), -1 on the rows that `weights` leaves out: what `TopAbs` and
+    `AbsHistogram` read, computed once for both."""
+    a = x.abs() if x.dtype in (torch.float32, F64) else x.float().abs_()
+    return a if weights is None else torch.where(weights[:, None], a, -1.0)
 
 
 def first_k(values: torch.Tensor, rank: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the k first entries in the order (value descending, rank ascending), ranks distinct: the k-th
-    largest value v is the cut; every entry above it is taken (fewer than k) and the ties at v by rank. Three
+    largest value is the cut; every entry above it is taken (fewer than k) and the ties at the cut by rank. A few
     device ops over `values`, no wait for the device."""
-    cut = values.topk(k, sorted=False).values.min()
-    key = torch.where(values > cut, -1, torch.where(values == cut, rank, torch.iinfo(torch.int64).max))
+    cut = values.topk(k).values[-1]
+    key = rank.masked_fill(values != cut, torch.iinfo(torch.int64).max).masked_fill_(values > cut, -1)
     return key.topk(k, largest=False, sorted=False).indices
 
 
@@ -96,7 +113,10 @@ class TopAbs:
         self.m = int(m)
         self._n: int | torch.Tensor = 0
         self._entries: dict[str, np.ndarray] | None = None  # resolved and sorted: at most m
-        self._pending: list[tuple[torch.Tensor, RowIdentity | None]] = []  # per batch: (row, coord, value), ids
+        # per batch, on its device until `state`: the rows picked, the entries picked (flat in those rows), their
+        # signed values and |x| (-1: a row left out), the rows' identity, the width
+        self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, RowIdentity | None, int]] = []
+        self._arange: torch.Tensor | None = None
 
     @property
     def n(self) -> int:
@@ -110,37 +130,39 @@ class TopAbs:
 
     def add(self, x: torch.Tensor | np.ndarray, /, *, identity: RowIdentity | None = None,
             weights: torch.Tensor | None = None, absolute: torch.Tensor | None = None) -> None:
-        """Offer a batch (n, d): its top m entries are picked on its device and named when the state is taken."""
+        """Offer a batch (n, d): its top m entries are picked on its device and named when the state is taken.
+        `absolute`: `masked_absolute(x, weights)` if already computed."""
         x = as_batch(x)
         n, d = x.shape
         if n == 0 or d == 0:
             return
-        a = absolute_values(x) if absolute is None else absolute
-        best = a.amax(1)
-        if weights is not None:  # rows left out sort last, and are dropped when resolved
-            best = best.masked_fill(~weights, -1.0)
+        a = masked_absolute(x, weights) if absolute is None else absolute
         rank = identity.rank if identity is not None else torch.arange(n, device=x.device)
-        rows = first_k(best, rank, min(self.m, n))
-        sub = a.index_select(0, rows).masked_fill(best.index_select(0, rows)[:, None] < 0, -1.0)
-        coords = torch.arange(d, device=x.device)
-        flat = first_k(sub.reshape(-1), (rank.index_select(0, rows)[:, None] * d + coords).reshape(-1),
-                       min(self.m, sub.numel()))
-        row, coord = rows.index_select(0, flat // d), flat % d
-        left_out = sub.reshape(-1).index_select(0, flat) < 0
-        value = x[row, coord].to(F64).masked_fill(left_out, float("nan"))  # NaN marks a left-out row's entry
-        self._pending.append((torch.stack([row.to(F64), coord.to(F64), value]), identity))
+        rows = first_k(a.amax(1), rank, min(self.m, n))  # left-out rows: max -1, last
+        sub = a.index_select(0, rows)
+        k = min(self.m, sub.numel())
+        flat = first_k(sub.view(-1), (rank.index_select(0, rows)[:, None] * d + self._coords(d, x.device)).view(-1), k)
+        value = x.index_select(0, rows).view(-1).index_select(0, flat)
+        self._pending.append((rows, flat, value, sub.view(-1).index_select(0, flat), identity, d))
         self._n = _add_counts(self._n, row_count(weights, n))
+
+    def _coords(self, d: int, device: torch.device) -> torch.Tensor:
+        if getattr(self, "_arange", None) is None or self._arange.shape[0] != d or self._arange.device != device:
+            self._arange = torch.arange(d, device=device)
+        return self._arange
 
     def _resolve(self) -> dict[str, np.ndarray]:
         """The entries held: the pending batches' picks moved to the host in one copy, named, and merged in."""
         if self._pending:
-            picks = torch.cat([p for p, _ in self._pending], dim=1).cpu().numpy()
-            bounds = np.cumsum([0] + [p.shape[1] for p, _ in self._pending])
-            parts = [] if self._entries is None else [self._entries]
-            for (_, identity), lo, hi in zip(self._pending, bounds[:-1], bounds[1:]):
-                row, coord, value = picks[:, lo:hi]
-                ok = ~np.isnan(value)
-                row, coord, value = row[ok].astype(np.int64), coord[ok].astype(np.int64), value[ok]
+            picks = torch.cat([torch.cat([t.to(F64) for t in p[:4]]) for p in self._pending]).cpu().numpy()
+            parts, start = [] if self._entries is None else [self._entries], 0
+            for rows, flat, _, _, identity, d in self._pending:
+                k, j = len(rows), len(flat)
+                r, f, value, size = np.split(picks[start:start + k + 3 * j].copy(), [k, k + j, k + 2 * j])
+                start += k + 3 * j
+                ok = size >= 0  # entries of rows left out hold -1
+                f, value = f[ok].astype(np.int64), value[ok]
+                row, coord = r.astype(np.int64)[f // d], f % d
                 if identity is None:
                     keys = {name: np.full(len(row), 0 if name == "excluded" else -1, np.int64)
                             for name in (*IDENTITY, "excluded")}
@@ -205,18 +227,20 @@ class AbsHistogram:
     float32 has one bin and no value is clipped. One shift per entry instead of a logarithm; counts merge exactly.
     (float64 input is binned as float32, which can move a value sitting within 1e-7 of an edge to the next bin.)
 
-    State: `n` (rows fed) and `counts` (int64, `BINS`)."""
+    State: `n` (rows fed), `width` (their width; 0 while empty) and `counts` (int64, `BINS`)."""
 
     SHIFT = 19
     BINS = 255 << 4  # exponents 0..254: every finite float32; 255 (Inf, NaN) never fed
+    MASK = (1 << 13) - 1  # bins counted: the shifted pattern's 13 low bits (BINS and above are dropped)
 
     def __init__(self) -> None:
-        self._counts: torch.Tensor | None = None
-        self._n: int | torch.Tensor = 0
+        self._counts: torch.Tensor | None = None  # MASK + 1 counters on the batches' device (BINS once loaded)
+        self._width = 0  # the rows' width: their count is the entries' / width, with no op per batch
 
     @property
     def n(self) -> int:
-        return int(self._n)
+        """The number of rows counted (reading device counts waits for them)."""
+        return int(self._counts[: self.BINS].sum()) // self._width if self._width else 0
 
     @property
     def is_empty(self) -> bool:
@@ -229,31 +253,34 @@ class AbsHistogram:
 
     @property
     def counts(self) -> np.ndarray:
-        return np.zeros(self.BINS, np.int64) if self._counts is None else self._counts.cpu().numpy()
+        return np.zeros(self.BINS, np.int64) if self._counts is None else self._counts[: self.BINS].cpu().numpy()
 
     def add(self, x: torch.Tensor | np.ndarray, /, *, weights: torch.Tensor | None = None,
             absolute: torch.Tensor | None = None) -> None:
+        """Count a batch (n, d); `absolute`: `masked_absolute(x, weights)` if already computed."""
         x = as_batch(x)
         if x.shape[0] == 0:
             return
-        a = absolute_values(x) if absolute is None else absolute
-        if a.dtype != torch.float32:
-            a = a.float()
-        idx = a.view(torch.int32) >> self.SHIFT
-        if weights is not None:  # rows left out go to the Inf/NaN bins, never kept
-            idx = idx.masked_fill(~weights[:, None], self.BINS)
-        counts = _bin_counts(idx.reshape(-1), self.BINS + 16)[: self.BINS]
-        self._counts = counts if self._counts is None else self._counts.add_(counts.to(self._counts.device))
-        self._n = _add_counts(self._n, row_count(weights, x.shape[0]))
+        a = masked_absolute(x, weights) if absolute is None else absolute
+        # The bin: the float32 bit pattern shifted; a left-out entry (-1.0, sign bit set) lands at 6128, dropped.
+        idx = ((a if a.dtype == torch.float32 else a.float()).view(torch.int32) >> self.SHIFT) & self.MASK
+        if self._counts is None:
+            self._counts = torch.zeros(self.MASK + 1, dtype=torch.int64, device=x.device)
+        self._same_width(x.shape[1])
+        _count_into(self._counts, idx.view(-1))
+
+    def _same_width(self, width: int) -> None:
+        if self._width and width != self._width:
+            raise ValueError(f"rows of width {width} added to a histogram of rows of width {self._width}")
+        self._width = width
 
     def merge(self, other: AbsHistogram) -> AbsHistogram:
         if other._counts is None:
             return self
-        if self._counts is None:
-            self._counts = other._counts.clone()
-        else:
-            self._counts = self._counts + other._counts.to(self._counts.device)
-        self._n = _add_counts(self._n, other._n)
+        if self._counts is None:  # an accumulator of our own, whole (a state's counts stop at BINS)
+            self._counts = other._counts.new_zeros(self.MASK + 1)
+        self._same_width(other._width)
+        self._counts[: self.BINS] += other._counts[: self.BINS].to(self._counts.device)
         return self
 
     def quantile(self, q: float) -> float:
@@ -271,29 +298,28 @@ class AbsHistogram:
         return float(edges[b] + (edges[b + 1] - edges[b]) * min((target - before + 0.5) / counts[b], 1.0))
 
     def state(self, *, copy: bool = True, packed: bool = False) -> dict[str, np.ndarray]:
-        counts = self.counts if self._counts is None else to_array(self._counts, copy)
-        return {"n": np.int64(self.n), "counts": counts}
+        counts = self.counts if self._counts is None else to_array(self._counts[: self.BINS], copy)
+        return {"n": np.int64(self.n), "width": np.int64(self._width), "counts": counts}
 
     @classmethod
     def load(cls, state: Mapping[str, Any], *, copy: bool = True) -> AbsHistogram:
         h = cls()
-        h._n = int(state["n"])
-        if h._n:
-            h._counts = to_tensor(state["counts"], copy, dtype=np.int64)
+        h._width = int(state.get("width", 0))
+        if h._width:
+            counts = to_tensor(state["counts"], copy, dtype=np.int64)
+            h._counts = counts if not copy else torch.cat([counts, counts.new_zeros(cls.MASK + 1 - cls.BINS)])
         return h
 
 
-def _bin_counts(idx: torch.Tensor, size: int) -> torch.Tensor:
-    """Counts of the integer bins `idx` (0 <= idx < size) as int64, on their device, without waiting for it
-    (`bincount` would: its CUDA kernel reads the input's maximum back to the host). On a GPU `histc` (per-block
-    counts in shared memory, where `index_add_` would make every entry an atomic add on one of a few hundred
-    global addresses); on a CPU `index_add_`."""
-    return histc_counts(idx, size) if idx.is_cuda else index_add_counts(idx, size)
-
-
-def index_add_counts(idx: torch.Tensor, size: int) -> torch.Tensor:
-    counts = torch.zeros(size, dtype=torch.int64, device=idx.device)
-    return counts.index_add_(0, idx, torch.ones(1, dtype=torch.int64, device=idx.device).expand(len(idx)))
+def _count_into(counts: torch.Tensor, idx: torch.Tensor) -> None:
+    """Add the counts of the integer bins `idx` (int32, 0 <= idx < len(counts)) to `counts` (int64) on their
+    device. On a GPU without waiting for it, by `histc` (per-block counts in shared memory; `bincount` would read
+    the input's maximum back to the host, and `index_add_` makes every entry an atomic add on one of a few hundred
+    global addresses); on a CPU by `bincount` (twice as fast as `index_add_` there)."""
+    if idx.is_cuda:
+        counts += histc_counts(idx, len(counts))
+    else:
+        counts += torch.bincount(idx, minlength=len(counts))
 
 
 def histc_counts(idx: torch.Tensor, size: int) -> torch.Tensor:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from tasks.stats.base import as_batch, row_count
-from tasks.stats.massive import MASSIVE_TOP, AbsHistogram, RowIdentity, TopAbs, absolute_values
+from tasks.stats.massive import MASSIVE_TOP, AbsHistogram, RowIdentity, TopAbs, masked_absolute
 from tasks.stats.moments import Moments
 from tasks.stats.norms import NormHistogram
 from tasks.stats.reductions import block_sums, provisional_centre, row_norms
@@ -55,16 +55,14 @@ class SiteStatistics:
         return all(part.is_empty for _, part in self._parts())
 
     def add(self, x: torch.Tensor | np.ndarray, /, *, second_order_rows: torch.Tensor | None = None,
-            norms: torch.Tensor | None = None, weights: torch.Tensor | None = None,
-            identity: RowIdentity | None = None) -> None:
-        """Add a batch (n, d); `second_order_rows` (indices, or None for all) feed the d x d statistics; `norms`:
-        the rows' norms if already known (`row_norms`); `weights`: a bool mask of the rows to feed at all (None:
-        all), counted on their device; `identity`: the rows' tokens, for `massive` (None: unknown)."""
+            norms: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> None:
+        """Add a batch (n, d) to every part but the massive ones (`add_massive`); `second_order_rows` (indices, or
+        None for all) feed the d x d statistics; `norms`: the rows' norms if already known (`row_norms`);
+        `weights`: a bool mask of the rows to feed at all (None: all), counted on their device."""
         x = as_batch(x)
         if len(x) == 0:
             return
         norms = row_norms(x) if norms is None else norms
-        self.add_massive(x, weights=weights, identity=identity)
         self.add_first_order(x, norms=norms, weights=weights)
         self.norms.add(x, norms=norms, weights=weights)
         if second_order_rows is not None:
@@ -87,18 +85,19 @@ class SiteStatistics:
         self.units.add_sums(units, n=n)
 
     def add_excluded(self, x: torch.Tensor | np.ndarray, /, *, norms: torch.Tensor | None = None,
-                     weights: torch.Tensor | None = None, identity: RowIdentity | None = None) -> None:
-        """Add a batch (n, d) of excluded tokens: their norms and the massive-activation statistics."""
-        x = as_batch(x)
-        self.excluded_norms.add(x, norms=norms, weights=weights)
-        self.add_massive(x, weights=weights, identity=identity)
+                     weights: torch.Tensor | None = None) -> None:
+        """Add a batch (n, d) of excluded tokens: their norms only."""
+        self.excluded_norms.add(as_batch(x), norms=norms, weights=weights)
 
-    def add_massive(self, x: torch.Tensor, /, *, weights: torch.Tensor | None = None,
+    def add_massive(self, x: torch.Tensor | np.ndarray, /, *, weights: torch.Tensor | None = None,
                     identity: RowIdentity | None = None) -> None:
-        """Add a batch (n, d) to `massive` and `abs_hist`, sharing one |x|."""
+        """Add a batch (n, d) of tokens, excluded ones included, to `massive` and `abs_hist`, which share one
+        |x|; `identity`: the rows' tokens (None: unknown). The capture hooks feed them the whole batch in one call
+        (padding left out by `weights`), not the gathered rows of `add` and `add_excluded`: one pass, no gather."""
+        x = as_batch(x)
         if len(x) == 0:
             return
-        a = absolute_values(x)
+        a = masked_absolute(x, weights)
         self.massive.add(x, identity=identity, weights=weights, absolute=a)
         self.abs_hist.add(x, weights=weights, absolute=a)
 
