@@ -221,6 +221,8 @@ class ShardCapturer:
                     vectors = vectors[:, torch.as_tensor(finite, device=vectors.device)]
                 sample.add(vectors, keys=keys)
         self.recorder.stats = None  # the statistics are ours until a flush takes them, not the recorder's
+        for site_stats in self.stats if with_stats else ():
+            site_stats.massive.settle()  # the shard's top |x| entries named, its keys released
         record = {
             "shard": shard.index,
             "fingerprint": shard.fingerprint(),

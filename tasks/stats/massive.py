@@ -146,6 +146,12 @@ class TopAbs:
         self._pending.append((rows, flat, value, sub.view(-1).index_select(0, flat), identity, d))
         self._n = _add_counts(self._n, row_count(weights, n))
 
+    def settle(self) -> None:
+        """Name the pending picks now (moving them to the host waits for a GPU). The capture actor calls it at the
+        end of each shard, where it waits for the device anyway (the sample's copy), so that no batch's keys
+        outlive their shard."""
+        self._resolve()
+
     def _coords(self, d: int, device: torch.device) -> torch.Tensor:
         if getattr(self, "_arange", None) is None or self._arange.shape[0] != d or self._arange.device != device:
             self._arange = torch.arange(d, device=device)
