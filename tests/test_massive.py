@@ -114,7 +114,7 @@ def test_histogram_median_within_one_bin_of_numpy(dtype):
         np.testing.assert_array_equal(hist.counts, np.bincount(bins, minlength=AbsHistogram.BINS))
 
 
-def test_bin_counts_of_both_devices_paths_are_exact():
+def test_gpu_histc_bin_counts_are_exact():
     """The GPU's `histc` path gives exact counts (run here on the CPU), across its 2^24-entry chunks."""
     from tasks.stats.massive import histc_counts
 
