@@ -272,6 +272,41 @@ def test_corpus_markup_renders_as_text_and_runs_nothing(run_a, browser):
     p.close()
 
 
+def test_massive_listing_shows_the_parquet_entries(run_a, browser):
+    """For every layer and site, the largest-activations listing shows exactly massive.parquet's entries, in rank
+    order, with their tokens as text, and the summary's massive numbers."""
+    massive = _parquet(run_a, "massive.parquet")
+    summary = _parquet(run_a, "summary.parquet")
+    assert len(massive) == 20 * len(summary)  # stats.massive_top entries per site
+    page = Opened(browser, run_a / "report.html")
+    p = page.page
+    for _, row in summary.iterrows():
+        p.select_option("#layer-select", str(row.layer))
+        p.select_option("#site-select", row.site)
+        want = massive[(massive.layer == row.layer) & (massive.site == row.site)].sort_values("rank")
+        shown = p.eval_on_selector_all("#massive-table tbody tr", """els => els.map(e => ({
+            rank: Number(e.dataset.rank), value: Number(e.dataset.value), coord: Number(e.dataset.coord),
+            doc: Number(e.dataset.doc), window: Number(e.dataset.window), pos: Number(e.dataset.pos),
+            token_id: Number(e.dataset.tokenId), massive: e.querySelector('td[data-col="massive"]').textContent,
+            token: e.querySelector('td[data-col="token"] .token').textContent,
+            text: e.querySelector('td[data-col="text"]').textContent}))""")
+        assert [r["rank"] for r in shown] == want["rank"].tolist()
+        np.testing.assert_array_equal([r["value"] for r in shown], want.value.to_numpy())
+        for name in ("coord", "doc", "window", "pos", "token_id"):
+            assert [r[name] for r in shown] == want[name].tolist(), name
+        assert [r["token"] for r in shown] == want.token.tolist()
+        assert [r["text"] for r in shown] == want.text.tolist()
+        assert [r["massive"] == "yes" for r in shown] == want.massive.tolist()
+        facts = page.text("#massive-facts")
+        assert f"massive coordinates: {row.massive_dims or 'none'}" in facts
+        assert abs(np.abs(want.value).max() - row.abs_max) == 0
+        tags = p.eval_on_selector_all("#massive-table tbody td *", "els => els.map(e => e.tagName)")
+        assert set(tags) <= {"SPAN"}
+    page.assert_clean()
+    page.screenshot("report-page-massive.png")
+    p.close()
+
+
 def test_report_command_redraws_the_page(run_a):
     (run_a / "report.html").unlink()
     assert cli_main(["report", str(run_a)]) == 0

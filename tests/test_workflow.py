@@ -138,12 +138,18 @@ def test_same_results_with_two_actors_and_other_shards(tiny_run, tiny_gpt2, wiki
     assert (_samples(two).pos > 0).all()
     # One shard per statistics partial (flush_every 1), merged in shard order: the whole summary is bit-identical.
     assert pq.read_table(tiny_run / "summary.parquet").equals(pq.read_table(two / "summary.parquet"))
+    assert pq.read_table(tiny_run / "massive.parquet").equals(pq.read_table(two / "massive.parquet"))
     # Other shard boundaries: the same tokens are sampled; states agree to float rounding (batches differ).
     other = run(tiny_config(tiny_gpt2, wikitext, tmp_path / "other", "corpus.shard_tokens=700", "cluster.actors=2"))
     a, b = _samples(tiny_run), _samples(other)
     for col in ("layer", "site", "index", "doc", "window", "pos", "token_id"):
         assert np.array_equal(a[col].to_numpy(), b[col].to_numpy()), col
     np.testing.assert_allclose(np.stack(a.vector), np.stack(b.vector), rtol=1e-4, atol=1e-5)
+    # the largest activations are the same entries of the same tokens
+    a, b = (pq.read_table(r / "massive.parquet").to_pandas() for r in (tiny_run, other))
+    for col in ("layer", "site", "rank", "coord", "doc", "window", "pos", "token_id", "text"):
+        assert np.array_equal(a[col].to_numpy(), b[col].to_numpy()), col
+    np.testing.assert_allclose(a.value, b.value, rtol=1e-4)
 
 
 def test_plots_drawn_in_processes_are_the_same_bytes(tiny_run, tmp_path):

@@ -80,7 +80,7 @@ class CapturePool:
         self.actor_cls = ray.remote(concurrency_groups={"io": 1})(ShardCapturer).options(**options)
         # each actor fixes its own batch budget, and seals its statistics every `flush_every` shards
         self.budget = (cfg.capture.batch_tokens, spec.seq_len, spec.k, self.stats_fraction is not None,
-                       cfg.stats.flush_every)
+                       cfg.stats.flush_every, cfg.stats.massive_top)
         self.actors: dict = {}
         self.generation: Counter = Counter()  # slot -> how many times its actor was replaced
         self.live: set[int] = set()

@@ -110,6 +110,7 @@ class StatsConfig:
     second_order_fraction: float = 0.05  # keeps the statistics under 10 % of a forward pass (BENCHMARKS.md)
     flush_every: int = 64
     bootstrap: int = 200  # document-bootstrap replicates for the sampled numbers' intervals (0: none)
+    massive_top: int = 20  # the largest |x| entries kept per site over every token (massive activations)
 
 
 @dataclass(frozen=True)
@@ -276,6 +277,8 @@ def _validate(cfg: Config) -> None:
         raise UserError(f"config key 'stats.second_order_fraction' must be in (0, 1], got {cfg.stats.second_order_fraction}")
     if cfg.stats.bootstrap < 0:
         raise UserError(f"config key 'stats.bootstrap' must be >= 0, got {cfg.stats.bootstrap}")
+    if not 1 <= cfg.stats.massive_top <= 10_000:
+        raise UserError(f"config key 'stats.massive_top' must be an integer from 1 to 10000, got {cfg.stats.massive_top}")
     if cfg.stats.flush_every <= 0:
         raise UserError(f"config key 'stats.flush_every' must be positive, got {cfg.stats.flush_every}")
     if cfg.cluster.max_retries < 0 or cfg.cluster.gpu_wait_s < 0 or cfg.cluster.actor_wait_s <= 0:

@@ -39,6 +39,7 @@ from tasks.analysis.distances import (
     ks_statistic,
     weighted_document_bootstrap,
 )
+from tasks.analysis.massive import massive_numbers
 from tasks.stats.site import SiteStatistics
 from tasks.analysis.similarity import (
     CosineHistogram,
@@ -324,7 +325,8 @@ def corpus_numbers(stats: SiteStatistics) -> dict:
     all-pairs mean cosine and mean squared cosine, effective dimensions of the covariance (`tasks.analysis.dimension`),
     the cosine variance that a Gaussian with this covariance (and with the correlation matrix, for the
     standardized variant) would give, norms, the count and norms of the tokens kept out (`capture.exclude`),
-    per-coordinate kurtosis, and the per-coordinate moments (returned as arrays for `moments.parquet`). The mean and
+    per-coordinate kurtosis, the massive activations (`tasks.analysis.massive`; their entries for `massive.parquet`),
+    and the per-coordinate moments (returned as arrays for `moments.parquet`). The mean and
     standard deviation that z-score the standardized variant are the per-coordinate `Moments` over every token."""
     m, u, cov = stats.moments, stats.units, stats.covariance
     ex = stats.excluded_norms.moments
@@ -364,6 +366,7 @@ def corpus_numbers(stats: SiteStatistics) -> dict:
         "rogue_dims": ",".join(str(int(k)) for k in rogue),
         "rogue_share": float(contribution[rogue[0]] / rep.mean_cos) if rep.mean_cos else float("nan"),
         "rogue_order": rogue,
+        **massive_numbers(stats.massive, stats.abs_hist),
         "dims": {"mean": m.mean, "variance": m.variance, "skewness": m.skewness, "excess_kurtosis": kurt,
                  "cos_share": contribution},
     }

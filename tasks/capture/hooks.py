@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from tasks.capture.models import SiteTable
+from tasks.stats.massive import RowIdentity
 from tasks.stats.reductions import row_norms
 
 
@@ -29,7 +30,8 @@ def _module(model: torch.nn.Module, path: str) -> torch.nn.Module:
 class StatsFeed:
     """Which tokens of a (B, T) batch feed the streaming statistics, as indices into its flattened B x T positions,
     in (b, t) order: `rows` feed them (the batch's real tokens less the excluded ones), `second` (positions in
-    `rows`; None: all) the d x d ones, `excluded` only the excluded norms (None: no token excluded).
+    `rows`; None: all) the d x d ones, `excluded` only the excluded norms (None: no token excluded); `identity`
+    and `real` (see `of`) the massive-activation statistics, over every position of the batch (None: not fed).
 
     The host knows all of this before the forward pass, so the hooks gather with indices and never wait for the
     device (a mask or a `nonzero` there would make the host wait for the card at every site). The hooks still
@@ -38,18 +40,33 @@ class StatsFeed:
     rows: torch.Tensor
     second: torch.Tensor | None
     excluded: torch.Tensor | None
+    identity: RowIdentity | None = None
+    real: torch.Tensor | None = None
 
     @classmethod
     def of(cls, flat: np.ndarray, excluded: np.ndarray | None, chosen: np.ndarray | None,
-           device: torch.device) -> "StatsFeed":
+           device: torch.device, keys: dict[str, np.ndarray] | None = None, context=None,
+           size: int = 0) -> "StatsFeed":
         """From every real token's flat position (`flat`, (b, t) order), which of them are excluded and which
-        feed the d x d statistics (bool arrays of the same length, or None for none and all)."""
+        feed the d x d statistics (bool arrays of the same length, or None for none and all). With `keys` (doc,
+        window, pos, token_id of every real token), `context` (indices into them -> context ids) and `size` (B x
+        T), also `identity`, the tokens of all B x T positions (padding: -1), and `real` (a bool mask of the real
+        positions on the device; None: no padding) for the massive-activation statistics, which read the whole
+        batch."""
         fed = slice(None) if excluded is None else ~excluded
         second = None if chosen is None else np.flatnonzero(chosen[fed])
         out = None if excluded is None or not excluded.any() else flat[excluded]
+        identity = real = None
+        if keys is not None:
+            identity = RowIdentity.at(flat, size, keys, excluded, device, context)
+            if len(flat) < size:
+                mask = np.zeros(size, bool)
+                mask[flat] = True
+                real = torch.as_tensor(mask, device=device)
         return cls(rows=torch.as_tensor(flat[fed], device=device),
                    second=None if second is None else torch.as_tensor(second, device=device),
-                   excluded=None if out is None else torch.as_tensor(out, device=device))
+                   excluded=None if out is None else torch.as_tensor(out, device=device),
+                   identity=identity, real=real)
 
 
 def _fed(finite: torch.Tensor) -> torch.Tensor | None:
@@ -97,6 +114,9 @@ class SiteRecorder:
                 rows = feed.rows
                 stats.add(flat.index_select(0, rows), second_order_rows=feed.second,
                           norms=flat_norms.index_select(0, rows), weights=_fed(ok.index_select(0, rows)))
+                if feed.identity is not None:  # the whole batch, excluded tokens included, padding left out
+                    stats.add_massive(flat, weights=ok if feed.real is None else ok & feed.real,
+                                      identity=feed.identity)
 
         return hook
 

@@ -43,13 +43,14 @@ function build() {
     `${D.layers.length} layers × ${D.sites.length} sites · ${fmtInt(first.n_sample)} sampled token states each · ` +
     `seed ${id.seed} · config ${id.config_hash} · status ${id.status}` + (id.finished ? ` · finished ${id.finished}` : ""));
   const nav = h("nav", {}, app);
-  for (const [href, label] of [["#explore", "Histogram explorer"], ["#curves", "Layer-wise curves"], ["#summary", "Summary table"], ["#sanity", "Model sanity check"], ["#run", "Run identity"]]) h("a", { href }, nav, label);
+  for (const [href, label] of [["#explore", "Histogram explorer"], ["#massive", "Largest activations"], ["#curves", "Layer-wise curves"], ["#summary", "Summary table"], ["#sanity", "Model sanity check"], ["#run", "Run identity"]]) h("a", { href }, nav, label);
 
   const top = h("div", { class: "row" }, app);
   buildSanity(h("section", { id: "sanity", class: "panel grow" }, top));
   buildKeyFacts(h("section", { class: "panel grow" }, top));
 
   buildExplorer(h("section", { id: "explore" }, app));
+  buildMassive(h("section", { id: "massive" }, app));
   buildCurves(h("section", { id: "curves" }, app));
   buildSummary(h("section", { id: "summary" }, app));
   buildRun(h("section", { id: "run" }, app));
@@ -193,6 +194,7 @@ function select(layer, site, variant, resetSliders) {
   if (resetSliders || state.d === null) state.d = nearestD(byKey.get(cur()).d_fit || byKey.get(cur()).d_model);
   ui.d.value = state.d;
   drawHistogram();
+  drawMassive();
   markSelection();
 }
 
