@@ -122,3 +122,11 @@ def test_document_bootstrap_interval():
     assert intrinsic_dimension(x, np.arange(N) // 4, n_boot=100, seed=1) == narrow
     few = intrinsic_dimension(np.repeat(x[: MIN_STATES - 1], 3, axis=0), np.arange(3 * MIN_STATES - 3), n_boot=10)
     assert all(few[f"id_{name}"] is None for name in ESTIMATORS)
+
+
+def test_a_sample_the_estimators_cannot_fit_is_missing_not_an_error():
+    """States at equal distances from each other (basis vectors: every distance sqrt 2) leave GRIDE no ratio
+    above 1: its estimate and interval are missing (None), and the site's task does not fail."""
+    out = intrinsic_dimension(np.eye(AMBIENT, dtype=np.float32)[:64], np.arange(64) // 2, n_boot=20)
+    assert out["id_gride"] is None
+    assert not np.isfinite(out["id_gride_ci_low"]) and not np.isfinite(out["id_gride_ci_high"])

@@ -54,17 +54,25 @@ def neighbour_distances(x: np.ndarray, k: int) -> np.ndarray:
 
 
 def estimates(dists: np.ndarray) -> np.ndarray:
-    """(TwoNN, GRIDE) from rows of `neighbour_distances` (any subset or resample of them), by `skdim`."""
+    """(TwoNN, GRIDE) from rows of `neighbour_distances` (any subset or resample of them), by `skdim`; NaN for an
+    estimator that cannot fit them (too few ratios left once ties are dropped), which leaves the estimate, or
+    an interval built on it, missing rather than failing the site's task."""
     import skdim
     import sklearn
     from skdim.id._GRIDE import _gride  # GRIDE's likelihood on given distances: `GRIDE.fit` would search again
 
+    fits = (lambda: skdim.id.TwoNN(dist=True).fit(dists[:, :2]).dimension_,
+            lambda: _gride(dists, *GRIDE_SCALE)[0])
+    out = np.full(len(fits), np.nan)
     # Distances of finite states are finite: scikit-learn's per-call checks (most of a replicate's time) are skipped.
     with warnings.catch_warnings(), sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
         warnings.simplefilter("ignore")  # skdim warns on the ties it drops; the caller counts them
-        twonn = skdim.id.TwoNN(dist=True).fit(dists[:, :2]).dimension_
-        gride = _gride(dists, *GRIDE_SCALE)[0]
-    return np.array([twonn, gride], dtype=np.float64)
+        for i, fit in enumerate(fits):
+            try:
+                out[i] = fit()
+            except (ValueError, IndexError, ArithmeticError) as exc:  # skdim's failures on degenerate ratios
+                log.debug("intrinsic dimension: %s", exc)
+    return out
 
 
 def intrinsic_dimension(vectors: np.ndarray, docs: np.ndarray | None = None, n_boot: int = 0, seed: int = 0) -> dict:
@@ -89,5 +97,5 @@ def intrinsic_dimension(vectors: np.ndarray, docs: np.ndarray | None = None, n_b
     else:
         values = estimates(dists)
     for i, name in enumerate(ESTIMATORS):
-        out[f"id_{name}"] = float(values[i])
+        out[f"id_{name}"] = float(values[i]) if np.isfinite(values[i]) else None
     return out
