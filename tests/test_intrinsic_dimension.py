@@ -120,6 +120,7 @@ def test_document_bootstrap_interval():
         assert low < est < high and low < 6 < high, name
         assert high - low < wide[f"id_{name}_ci_high"] - wide[f"id_{name}_ci_low"], name
     assert intrinsic_dimension(x, np.arange(N) // 4, n_boot=100, seed=1) == narrow
+    assert intrinsic_dimension(x, np.arange(N) // 4, n_boot=200, seed=1) == narrow  # at most MAX_BOOT = 100 draws
     few = intrinsic_dimension(np.repeat(x[: MIN_STATES - 1], 3, axis=0), np.arange(3 * MIN_STATES - 3), n_boot=10)
     assert all(few[f"id_{name}"] is None for name in ESTIMATORS)
 

@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 ESTIMATORS = ("twonn", "gride")  # the summary columns id_twonn, id_gride and their _ci_low / _ci_high
 GRIDE_SCALE = (2, 4)  # (n1, n2): r_4 / r_2, past the nearest neighbour (near-duplicates), still local (curvature)
 MIN_STATES = 3 * GRIDE_SCALE[1]  # fewer distinct states than this give no estimate (reported missing)
+# Most bootstrap replicates: each calls both estimators (about 5 ms together on an idle core at n = 2000, mostly
+# the libraries' per-call overhead), so 200 would make the intrinsic dimension a quarter of a demo site's task;
+# these are the first MAX_BOOT of the other intervals' draws (same seed, same documents).
+MAX_BOOT = 100
 
 
 def unique_states(vectors: np.ndarray, docs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -77,8 +81,9 @@ def estimates(dists: np.ndarray) -> np.ndarray:
 
 def intrinsic_dimension(vectors: np.ndarray, docs: np.ndarray | None = None, n_boot: int = 0, seed: int = 0) -> dict:
     """`id_twonn` and `id_gride` of the sampled states (n x d) and, with their documents and n_boot > 0, their 95 %
-    document-bootstrap intervals (`id_*_ci_low`, `id_*_ci_high`; the same draws as the other intervals for the same
-    seed and documents). Missing (None) with fewer than MIN_STATES distinct states."""
+    document-bootstrap intervals (`id_*_ci_low`, `id_*_ci_high`) from min(n_boot, MAX_BOOT) replicates, the first
+    of the other intervals' draws for the same seed and documents. Missing (None) with fewer than MIN_STATES
+    distinct states."""
     x, kept_docs = unique_states(vectors, docs)
     out: dict = {f"id_{name}": None for name in ESTIMATORS}
     if len(x) < MIN_STATES:
@@ -90,7 +95,8 @@ def intrinsic_dimension(vectors: np.ndarray, docs: np.ndarray | None = None, n_b
         log.info("intrinsic dimension: %d states at distance 0 from another after deduplication (rounding); "
                  "the estimators drop their ratios", ties)
     if kept_docs is not None and n_boot > 0:
-        boot = document_bootstrap(lambda rows: estimates(dists[rows]), kept_docs, n_boot=n_boot, seed=seed)
+        boot = document_bootstrap(lambda rows: estimates(dists[rows]), kept_docs, n_boot=min(n_boot, MAX_BOOT),
+                                  seed=seed)
         values = boot.estimate
         for i, name in enumerate(ESTIMATORS):
             out[f"id_{name}_ci_low"], out[f"id_{name}_ci_high"] = float(boot.low[i]), float(boot.high[i])

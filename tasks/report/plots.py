@@ -194,8 +194,9 @@ def plot_depth_profile(summary: dict, columns) -> bytes | None:
         if panel.log:
             ax.set_yscale("log")
             plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
-            ax.yaxis.set_major_formatter(plain)
-            ax.yaxis.set_minor_formatter(plain)
+            lo, hi = ax.get_ylim()
+            ax.yaxis.set_major_formatter(plain)  # minor ticks labelled only within a decade, where no major is
+            ax.yaxis.set_minor_formatter(plain if hi < 10 * lo else matplotlib.ticker.NullFormatter())
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_title(panel.title, fontsize=9)
         ax.set_ylabel(panel.y_label, fontsize=8)

@@ -115,7 +115,7 @@ function cdrawProfiles() {
       return panel.curves.map((c) => profileSeries(points, c, String(i), run.letter, runColor(i)));
     });
     profileChart(h("div", {}, cui.profiles), panel, series, {
-      xLabel: C.x_label === "layer" ? "layer" : "relative depth", xName: C.x_label === "layer" ? "layer" : "depth",
+      xLabel: C.x_label === "layer" ? "layer" : "relative depth", xName: C.x_label === "layer" ? "layer" : "depth", xTicks: cxTicks(),
       xFormat: C.x_label === "layer" ? (v) => String(v) : fmtSig, selected: (p) => p.id === String(cstate.row),
       onClick: (p) => { cstate.row = Number(p.id); credraw(); document.getElementById("explore").scrollIntoView(); },
     });
@@ -162,14 +162,17 @@ function cdrawHist() {
   if (cstate.fit) legendKey(cui.legend, { color: "#555", dash: "6 4" }, "isotropic Gaussian at fitted d (run's colour)");
 }
 
+function cxTicks() {  // whole layers on a layer axis; the default ticks on relative depth
+  if (C.x_label !== "layer") return undefined;
+  const xs = C.rows.map((r) => r.x), lo = Math.min(...xs), hi = Math.max(...xs);
+  const step = Math.max(1, Math.ceil(niceStep(hi - lo || 1, 8)));
+  const out = []; for (let t = Math.ceil(lo / step) * step; t <= hi; t += step) out.push(t); return out;
+}
+
 function cdrawCurves() {
   clear(cui.charts);
   cui.curvesNote.textContent = `Site ${cstate.site}; one line per run; click a point to open that ${C.x_label === "layer" ? "layer" : "depth"} above.`;
-  const ticks = C.x_label === "layer" ? (() => {
-    const xs = C.rows.map((r) => r.x), lo = Math.min(...xs), hi = Math.max(...xs);
-    const step = Math.max(1, Math.ceil(niceStep(hi - lo || 1, 8)));
-    const out = []; for (let t = Math.ceil(lo / step) * step; t <= hi; t += step) out.push(t); return out;
-  })() : undefined;
+  const ticks = cxTicks();
   for (const [col, title, ylab, o] of METRICS) {
     const div = h("div", {}, cui.charts);
     const series = C.runs.map((run, i) => ({
