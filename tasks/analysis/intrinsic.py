@@ -33,9 +33,9 @@ log = logging.getLogger(__name__)
 ESTIMATORS = ("twonn", "gride")  # the summary columns id_twonn, id_gride and their _ci_low / _ci_high
 GRIDE_SCALE = (2, 4)  # (n1, n2): r_4 / r_2, past the nearest neighbour (near-duplicates), still local (curvature)
 MIN_STATES = 3 * GRIDE_SCALE[1]  # fewer distinct states than this give no estimate (reported missing)
-# Most bootstrap replicates: each calls both estimators (about 5 ms together on an idle core at n = 2000, mostly
-# the libraries' per-call overhead), so 200 would make the intrinsic dimension a quarter of a demo site's task;
-# these are the first MAX_BOOT of the other intervals' draws (same seed, same documents).
+# Most bootstrap replicates: each calls both estimators (5 to 7 ms together at n = 2000, mostly the libraries'
+# per-call overhead), so the bootstrap, not the neighbour search, would dominate the intrinsic dimension's cost at
+# the default 200; these are the first MAX_BOOT of the other intervals' draws (same seed, same documents).
 MAX_BOOT = 100
 
 
