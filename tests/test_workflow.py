@@ -17,7 +17,7 @@ from workflows.driver import run
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUTS = ["manifest.json", "config.yaml", "summary.parquet", "histograms.parquet", "exemplars.parquet",
-           "samples.parquet", "plots/overview.png"]
+           "samples.parquet", "plots/overview.png", "plots/depth-profile.png"]
 
 
 def _samples(run_dir: Path):
@@ -32,7 +32,8 @@ def test_outputs_and_schema(tiny_run):
     assert set(manifest["timings"]) >= {"corpus", "capture", "merge", "similarity", "report", "total"}
     timings = manifest["timings"]  # the driver's own share of the capture stage (bench/scaling.py reads it)
     assert 0 < timings["capture_driver_cpu"] and 0 < timings["capture_startup"] < timings["capture"]
-    parts = {f"similarity_parts.{step}" for step in ("write", "corpus", "histogram", "bootstrap", "baselines")}
+    parts = {f"similarity_parts.{step}" for step in ("write", "corpus", "histogram", "bootstrap", "baselines",
+                                                      "intrinsic")}
     assert set(manifest["timings"]) >= parts and all(manifest["timings"][k] >= 0 for k in parts)
     summary = pq.read_table(tiny_run / "summary.parquet").to_pandas()
     assert len(summary) == 18  # 2 layers x 3 sites x (raw, centered, standardized)

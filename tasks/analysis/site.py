@@ -39,6 +39,7 @@ from tasks.analysis.distances import (
     ks_statistic,
     weighted_document_bootstrap,
 )
+from tasks.analysis.intrinsic import intrinsic_dimension
 from tasks.analysis.massive import massive_numbers
 from tasks.stats.site import SiteStatistics
 from tasks.analysis.similarity import (
@@ -89,9 +90,11 @@ def analyze_site(
     streaming statistics (`stats`, a `SiteStatistics` state), the corpus-wide numbers too, the `centered` and
     `standardized` variants with their matched Gaussians, and the statistics saved as
     `statistics/{site_key}.npz`. `timings` holds the seconds spent per step (write, corpus, histogram,
-    bootstrap, baselines), which the driver sums over sites."""
+    bootstrap, baselines, intrinsic), which the driver sums over sites. The intrinsic dimension
+    (`tasks.analysis.intrinsic`) is the raw states' and also the centred ones' (centring moves no distance); the
+    standardized states, whose distances weigh the coordinates anew, get none."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    seconds = dict.fromkeys(("write", "corpus", "histogram", "bootstrap", "baselines"), 0.0)
+    seconds = dict.fromkeys(("write", "corpus", "histogram", "bootstrap", "baselines", "intrinsic"), 0.0)
     clock = time.perf_counter()
 
     def lap(step: str) -> None:
@@ -161,6 +164,12 @@ def analyze_site(
             low, high = c["cos2_ci"]
             c["cos2_over_gaussian_ci_low"], c["cos2_over_gaussian_ci_high"] = low / prediction, high / prediction
             c["dim_inv_cos2_ci_low"], c["dim_inv_cos2_ci_high"] = 1.0 / high, 1.0 / low
+    lap("histogram")
+    ids = intrinsic_dimension(vectors, docs, n_boot, matched_seed)
+    for name in ("raw", "centered"):
+        if name in out:
+            out[name].update(ids)
+    lap("intrinsic")
     if docs is not None and n_boot > 0:
         n_docs = len(np.unique(docs))
         for numbers in out.values():

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from tasks.analysis.baselines import law_probabilities
 from tasks.errors import UserError, first_line
+from tasks.report.profiles import panels_json
 from tasks.sites import site_order
 from tasks.storage import RunStore
 
@@ -242,10 +243,12 @@ def run_data(run_dir: str | Path | RunStore, with_laws: bool = True) -> dict:
     manifest = load_manifest(run_dir)
     summary = load_summary(run_dir)
     edges, hists = load_histograms(run_dir)
+    columns = list(read_table(run_dir, "summary.parquet").schema.names)
     data = {
         "identity": identity(run_dir, manifest),
         "summary": summary,
-        "summary_columns": list(read_table(run_dir, "summary.parquet").schema.names),
+        "summary_columns": columns,
+        "profiles": panels_json(columns),  # the depth-profile panels whose columns this run has
         "sites": ordered_sites(summary),
         "layers": sorted({r["layer"] for r in summary}),
         "variants": sorted({r["variant"] for r in summary}, key=lambda v: (v != "raw", v)),  # raw first

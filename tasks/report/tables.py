@@ -55,6 +55,9 @@ SUMMARY_SCHEMA = pa.schema(
         ("dim_inv_cos2", pa.float64()),
         ("dim_inv_cos2_ci_low", pa.float64()),
         ("dim_inv_cos2_ci_high", pa.float64()),
+        # intrinsic dimension of the sampled states (tasks.analysis.intrinsic) with 95 % document-bootstrap intervals;
+        # the raw row's, repeated on the centred row (same distances), null on the standardized row
+        *[(f"id_{e}{part}", pa.float64()) for e in ("twonn", "gride") for part in ("", "_ci_low", "_ci_high")],
         ("rogue_dims", pa.string()),
         ("rogue_share", pa.float64()),
         ("cos_var_left_top1", pa.float64()),
