@@ -1,0 +1,115 @@
+"""Every built-in architecture's site table against the model itself: tiny random models of each family (and of
+the config variants that change the residual kind), recorded through the project's hooks (`SiteRecorder`) and
+checked against `output_hidden_states`, the family's residual algebra, and the same sequences run unpadded."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tasks.capture.architectures import ARCHITECTURES, markdown_table
+from tasks.capture.hooks import SiteRecorder, forward_and_gather, pad_batch
+from tasks.sites import SITES
+from tests.families import CASES, VOCAB, tiny_model
+
+ROOT = Path(__file__).resolve().parent.parent
+LENGTHS = [17, 9, 30]
+
+
+def _batch(lengths, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(5, VOCAB, size=int(sum(lengths))).astype(np.int32)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    input_ids, mask = pad_batch(ids, offsets, np.arange(len(lengths)), 0)
+    rows, cols = np.nonzero(mask)
+    return input_ids, mask, rows, cols
+
+
+def _record(model, table, input_ids, mask, rows, cols):
+    sites = [(layer, s) for layer in range(2) for s in SITES]
+    rec = SiteRecorder(model, table, sites)
+    with rec.attached():
+        got = forward_and_gather(model, rec, input_ids, mask, rows, cols)
+    return {site: got[i] for i, site in enumerate(sites)}
+
+
+def test_every_built_in_family_is_tested():
+    assert {model_type for model_type, _cls, _kw in CASES.values()} == set(ARCHITECTURES)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_sites_against_hidden_states_and_residual_algebra(case):
+    """resid_post is output_hidden_states[layer + 1] (the last one after the family's final norm, where the base
+    model applies one); resid_post follows from the block input and the two sites as the family's residual kind
+    says; a padded batch gives every real token the state it has alone."""
+    model_type = CASES[case][0]
+    table = ARCHITECTURES[model_type]
+    model = tiny_model(case)
+    kind = table.residual_kind(model.config)
+    expected_kind = {"gpt_neox-sequential": "sequential", "falcon-sequential": "sequential",
+                     "opt-post-norm": "post-norm"}.get(case)
+    if expected_kind:
+        assert kind == expected_kind
+    input_ids, mask, rows, cols = _batch(LENGTHS)
+    got = _record(model, table, input_ids, mask, rows, cols)
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor(input_ids), attention_mask=torch.tensor(mask), output_hidden_states=True)
+        hs = [h[rows, cols] for h in out.hidden_states]
+        assert len(hs) == 3
+        torch.testing.assert_close(got[(0, "resid_post")], hs[1])
+        final = model.get_submodule(table.final_norm) if table.final_norm and _has(model, table.final_norm) else None
+        last = got[(1, "resid_post")]
+        torch.testing.assert_close(final(last) if final is not None else last, hs[2])
+        for layer in (0, 1):
+            pre, post = hs[layer], got[(layer, "resid_post")]
+            attn, mlp = got[(layer, "attn_out")], got[(layer, "mlp_out")]
+            assert attn.abs().max() > 0 and mlp.abs().max() > 0
+            if kind == "post-norm":
+                block = model.get_submodule(f"{table.blocks}.{layer}")
+                n1, n2 = (block.get_submodule(p) for p in table.norms)
+                torch.testing.assert_close(n2(n1(pre + attn) + mlp), post, rtol=1e-5, atol=1e-5)
+            else:  # sequential and parallel: the same sum
+                torch.testing.assert_close(pre + attn + mlp, post, rtol=1e-5, atol=1e-5)
+    # Padding: each sequence alone, unpadded, gives its real tokens the same states at every site.
+    start = 0
+    for i, n in enumerate(LENGTHS):
+        alone = _record(model, table, input_ids[i:i + 1, :n], mask[i:i + 1, :n], np.zeros(n, int), np.arange(n))
+        for site, states in alone.items():
+            torch.testing.assert_close(got[site][start:start + n], states, rtol=1e-4, atol=1e-5)
+        start += n
+
+
+def _has(model, path: str) -> bool:
+    try:
+        return model.get_submodule(path) is not None
+    except AttributeError:
+        return False
+
+
+def test_parallel_families_feed_the_mlp_the_block_input():
+    """What tells parallel from sequential: in a parallel block the MLP's input is a norm of the block input,
+    so it is unchanged when attention's output is zeroed; in a sequential block it changes."""
+    for case, parallel in [("gpt_neox", True), ("gpt_neox-sequential", False), ("phi", True), ("llama", False)]:
+        model = tiny_model(case)
+        table = ARCHITECTURES[CASES[case][0]]
+        mlp = model.get_submodule(f"{table.blocks}.0.{table.mlp_out}")
+        attn = model.get_submodule(f"{table.blocks}.0.{table.attn_out}")
+        seen = []
+        handle = mlp.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0].clone()))
+        ids = torch.tensor(_batch([12])[0])
+        with torch.no_grad():
+            model(input_ids=ids)
+            zero = attn.register_forward_hook(lambda _m, _i, o: (o[0] * 0, *o[1:]) if isinstance(o, tuple) else o * 0)
+            model(input_ids=ids)
+            zero.remove()
+        handle.remove()
+        assert torch.equal(seen[0], seen[1]) == parallel, case
+
+
+def test_readme_table_is_the_code():
+    """The README's architecture table is `markdown_table()`, row for row."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    start = lines.index("| model_type | blocks | attn_out | mlp_out | residual |")
+    end = next(i for i in range(start, len(lines) + 1) if i == len(lines) or not lines[i].startswith("|"))
+    assert lines[start:end] == markdown_table().splitlines()
