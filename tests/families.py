@@ -53,12 +53,12 @@ CASES: dict[str, tuple[str, str, dict]] = {
 }
 
 
-def tiny_config(case: str):
-    """The `transformers` config of one case."""
+def tiny_config(case: str, **overrides):
+    """The `transformers` config of one case (`overrides` replace its keyword arguments)."""
     import transformers
 
     _model_type, cls, kwargs = CASES[case]
-    return getattr(transformers, cls)(**kwargs)
+    return getattr(transformers, cls)(**{**kwargs, **overrides})
 
 
 def tiny_model(case: str):

@@ -9,21 +9,13 @@ import pytest
 import torch
 
 from tasks.capture.architectures import ARCHITECTURES, markdown_table
-from tasks.capture.hooks import SiteRecorder, forward_and_gather, pad_batch
+from tasks.capture.hooks import SiteRecorder, forward_and_gather
 from tasks.sites import SITES
 from tests.families import CASES, VOCAB, tiny_model
+from tests.test_capture import _batch
 
 ROOT = Path(__file__).resolve().parent.parent
 LENGTHS = [17, 9, 30]
-
-
-def _batch(lengths, seed=0):
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(5, VOCAB, size=int(sum(lengths))).astype(np.int32)
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    input_ids, mask = pad_batch(ids, offsets, np.arange(len(lengths)), 0)
-    rows, cols = np.nonzero(mask)
-    return input_ids, mask, rows, cols
 
 
 def _record(model, table, input_ids, mask, rows, cols):
@@ -51,7 +43,7 @@ def test_sites_against_hidden_states_and_residual_algebra(case):
                      "opt-post-norm": "post-norm"}.get(case)
     if expected_kind:
         assert kind == expected_kind
-    input_ids, mask, rows, cols = _batch(LENGTHS)
+    input_ids, mask, rows, cols = _batch(VOCAB, LENGTHS)
     got = _record(model, table, input_ids, mask, rows, cols)
     with torch.no_grad():
         out = model(input_ids=torch.tensor(input_ids), attention_mask=torch.tensor(mask), output_hidden_states=True)
@@ -97,7 +89,7 @@ def test_parallel_families_feed_the_mlp_the_block_input():
         attn = model.get_submodule(f"{table.blocks}.0.{table.attn_out}")
         seen = []
         handle = mlp.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0].clone()))
-        ids = torch.tensor(_batch([12])[0])
+        ids = torch.tensor(_batch(VOCAB, [12])[0])
         with torch.no_grad():
             model(input_ids=ids)
             zero = attn.register_forward_hook(lambda _m, _i, o: (o[0] * 0, *o[1:]) if isinstance(o, tuple) else o * 0)
@@ -113,3 +105,40 @@ def test_readme_table_is_the_code():
     start = lines.index("| model_type | blocks | attn_out | mlp_out | residual |")
     end = next(i for i in range(start, len(lines) + 1) if i == len(lines) or not lines[i].startswith("|"))
     assert lines[start:end] == markdown_table().splitlines()
+
+
+def test_llama_style_bos_and_position0_are_excluded_by_default():
+    """A tokenizer that prefixes every input with a BOS (as Llama's does): every window starts with it, it is a
+    special id, and the default exclusion keeps out exactly position 0 of each window plus any BOS."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+
+    from tasks.corpus.shards import Exclusion, make_sequences
+    from tests.conftest import TOKENIZER
+    from workflows.config import CaptureConfig
+
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    tok.add_special_tokens({"bos_token": "<s>"})
+    bos = tok.convert_tokens_to_ids("<s>")
+    tok._tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    assert tok("a b")["input_ids"][0] == bos
+    docs = [tok(text, add_special_tokens=False)["input_ids"] for text in ("one two three " * 20, "four five")]
+    seqs = list(make_sequences(docs, tok, 16, "window"))
+    assert len(seqs) > 2 and all(s[0] == bos and bos not in s[1:] for _, _, s in seqs)
+    exclusion = Exclusion.from_config(CaptureConfig().exclude, tok)
+    assert bos in exclusion.special_ids
+    ids = np.concatenate([s for _, _, s in seqs])
+    pos = np.concatenate([np.arange(len(s)) for _, _, s in seqs])
+    assert np.array_equal(exclusion.mask(ids, pos), pos == 0)
+    # the attention sink is position 0 whatever its id: a window starting mid-text is excluded there too
+    assert Exclusion(position0=True).mask(np.array([7, 8, 9]), np.array([0, 1, 2])).tolist() == [True, False, False]
+
+
+def test_every_shipped_config_is_valid():
+    """Every config in configs/ passes validation (the hub checkpoints they name cannot be reached here)."""
+    from workflows.config import load_config
+
+    configs = sorted((ROOT / "configs").glob("*.yaml"))
+    assert len(configs) >= 4
+    for path in configs:
+        load_config(path)

@@ -308,8 +308,7 @@ def _validate(cfg: Config) -> None:
     if cfg.cluster.gpus_per_actor < 0 or cfg.cluster.cpus_per_actor < 0:
         raise UserError("config keys 'cluster.gpus_per_actor' and 'cluster.cpus_per_actor' must be >= 0")
     if cfg.cluster.gpus_per_actor > 1 and not cfg.cluster.gpus_per_actor.is_integer():
-        raise UserError(f"config key 'cluster.gpus_per_actor' above 1 splits a model over whole GPUs: give an integer, "
-                        f"got {cfg.cluster.gpus_per_actor:g}")
+        raise UserError("config key 'cluster.gpus_per_actor' above 1 splits a model over whole GPUs: give an integer")
     if cfg.model.dtype not in DTYPES:
         raise UserError(f"config key 'model.dtype' must be one of {', '.join(DTYPES)}, got {cfg.model.dtype!r}")
     bad_sites = [s for s in cfg.capture.sites if s not in SITES]
@@ -345,15 +344,12 @@ def _validate(cfg: Config) -> None:
 
 def _validate_sites(paths: dict[str, str], captured: tuple[str, ...]) -> None:
     """`model.sites` names `blocks` and a path for every captured site, and nothing else."""
-    allowed = ("blocks",) + SITES
-    unknown = [k for k in paths if k not in allowed]
-    if unknown:
-        raise UserError(f"config key 'model.sites' has unknown key {unknown[0]!r}; give blocks and any of {', '.join(SITES)}")
+    unknown = [k for k in paths if k not in ("blocks",) + SITES]
     missing = [k for k in ("blocks",) + captured if k not in paths]
-    if missing:
-        raise UserError(f"config key 'model.sites' needs {missing[0]!r} (capture.sites lists it); give its module path"
-                        + (" (the list of layers, e.g. model.layers)" if missing[0] == "blocks" else
-                           " inside a block ('' for the block itself)"))
+    if unknown or missing:
+        raise UserError(f"config key 'model.sites' has unknown key {unknown[0]!r}; give blocks and any of "
+                        f"{', '.join(SITES)}" if unknown else f"config key 'model.sites' needs {missing[0]!r} "
+                        "(blocks: the list of layers, e.g. model.layers; a site: a path inside a block, '' for it)")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -32,7 +32,7 @@ def device_plan(skeleton: torch.nn.Module, memory: Mapping[int, int], dtype: tor
     budgets = {int(i): int(b) for i, b in memory.items()}
     balanced = get_balanced_memory(skeleton, max_memory=budgets, no_split_module_classes=no_split, dtype=dtype)
     balanced = {i: min(int(balanced[i]), budgets[i]) for i in budgets}  # the balance never exceeds a budget
-    plan = infer_auto_device_map(skeleton, max_memory={**balanced, "cpu": 0}, no_split_module_classes=no_split,
+    plan = infer_auto_device_map(skeleton, max_memory=balanced, no_split_module_classes=no_split,
                                  dtype=dtype)
     outside = sorted(name for name, where in plan.items() if not isinstance(where, int))
     if outside:
