@@ -14,8 +14,8 @@ Prints, measured in this run:
   3. `capture.batch_tokens: auto`: the budget the actor's probe picks, its predicted peak memory against the peak
      measured at that budget, and tokens/s at that budget against --batch-tokens on the same shard;
   4. tiles: pairs/s of the tiled histogram at N = 20,000, d = width, against the card's fp32 GEMM rate;
-  5. split: a Llama over two devices by the actor's device plan (two GPUs, or the GPU and the CPU on a one-GPU
-     machine) against the same model whole: sampled states and statistics agree (`bench/split_check.py`).
+  5. split: a Llama over two devices by the actor's device plan (two GPUs; on a one-GPU machine half of it
+     offloaded to the CPU) against the same model whole: sampled states and statistics agree (`bench/split_check.py`).
 
 With `--device cpu` the same steps run on the CPU (memory figures are then the bytes of the model's module
 outputs, `tasks.capture.batch_budget.OutputBytes`, whose hooks the timings then include, and the count of host
@@ -327,7 +327,7 @@ def main() -> None:
         check_tiles(300, 64)
         bench_capture(2, 64, 2, 512, 2, seq=128)
         bench_tiles(400, 64)
-        check_split(DEVICE, 2, 64, 4, 64)
+        check_split(DEVICE, 4, 64, 4, 64, vocab=256)
         return
     check_precision()
     check_tiles()

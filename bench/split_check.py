@@ -2,8 +2,11 @@
 `bench/gpu.py` that checks the device map, hooks on several devices and statistics per site's device.
 
 The split follows the actor's plan (`tasks.capture.split.device_plan`, budgets of 75 % of the weights per
-device, so that both are used). The two devices are two GPUs where there are two, else the GPU and the CPU
-(what a one-GPU machine can split over), else (`--device cpu`) the CPU twice, which runs the same code path.
+device, so that both are used). The two devices are two GPUs where there are two: hooks then run on both, and the
+sampled states cross devices. On one GPU the second half goes to "cpu", which accelerate treats as offload (its
+weights are streamed to the GPU for each forward), and with `--device cpu` both halves are the CPU with
+accelerate's hooks forced on: these check the device map and the hooks under accelerate's dispatch, not a real
+cross-device run.
 """
 
 from __future__ import annotations
@@ -71,11 +74,12 @@ def compare_split(config, device: str, n_seq: int = 4, seq: int = 128, seed: int
                                                   for i in range(layers)]}
 
 
-def check_split(device: str, layers: int = 8, width: int = 1024, heads: int = 16, seq: int = 512) -> None:
+def check_split(device: str, layers: int = 8, width: int = 1024, heads: int = 16, seq: int = 512,
+                vocab: int = 32000) -> None:
     """Print the `[split]` step of bench/gpu.py."""
     from transformers import LlamaConfig
 
-    config = LlamaConfig(vocab_size=32000, hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
+    config = LlamaConfig(vocab_size=vocab, hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
                          num_key_value_heads=max(1, heads // 4), intermediate_size=4 * width,
                          max_position_embeddings=seq)
     r = compare_split(config, device, seq=seq)

@@ -142,3 +142,36 @@ def test_every_shipped_config_is_valid():
     assert len(configs) >= 4
     for path in configs:
         load_config(path)
+
+
+def test_model_sites_cover_an_architecture_without_a_table():
+    """StarCoder2 has no built-in table; `model.sites` paths give sites that match output_hidden_states and the
+    sequential algebra, and pass the weightless module-tree check, which refuses a wrong path naming the nearest."""
+    from transformers import AutoModel, Starcoder2Config
+
+    from tasks.capture.models import check_sites, empty_model, site_table
+    from tasks.errors import UserError
+
+    config = Starcoder2Config(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                              num_key_value_heads=2, intermediate_size=64, max_position_embeddings=256)
+    assert config.model_type not in ARCHITECTURES
+    with pytest.raises(UserError, match="model.sites"):
+        site_table(config.model_type)
+    sites = [(layer, s) for layer in range(2) for s in SITES]
+    table = site_table(config.model_type, {"blocks": "layers", "resid_post": "", "attn_out": "self_attn", "mlp_out": "mlp"})
+    check_sites(empty_model(config), table, sites, "model.sites")
+    wrong = site_table(config.model_type, {"blocks": "layers", "resid_post": "", "attn_out": "attn", "mlp_out": "mlp"})
+    with pytest.raises(UserError, match=r"model.sites: attn_out path 'layers.0.attn' is not a module of "
+                                        r"Starcoder2Model; nearest: layers.0.self_attn"):
+        check_sites(empty_model(config), wrong, sites, "model.sites")
+    torch.manual_seed(0)
+    model = AutoModel.from_config(config).eval()
+    input_ids, mask, rows, cols = _batch(VOCAB, LENGTHS)
+    got = _record(model, table, input_ids, mask, rows, cols)
+    with torch.no_grad():
+        hs = [h[rows, cols] for h in model(input_ids=torch.tensor(input_ids), attention_mask=torch.tensor(mask),
+                                           output_hidden_states=True).hidden_states]
+    torch.testing.assert_close(got[(0, "resid_post")], hs[1])
+    for layer in (0, 1):
+        torch.testing.assert_close(hs[layer] + got[(layer, "attn_out")] + got[(layer, "mlp_out")],
+                                   got[(layer, "resid_post")], rtol=1e-5, atol=1e-5)
