@@ -101,8 +101,10 @@ def test_bert_sites_match_manual_forward():
 
 
 def test_unsupported_architecture_is_named():
-    with pytest.raises(UserError, match="not supported; supported: " + ", ".join(sorted(ARCHITECTURES))):
-        site_table("llama")
+    """An architecture without a table is named, with the built-in ones and the key that covers it."""
+    with pytest.raises(UserError, match=r"'t5' is not supported out of the box \(built in: "
+                       + ", ".join(sorted(ARCHITECTURES)) + r"\); give its module paths in model.sites"):
+        site_table("t5")
 
 
 def test_actor_sample_is_the_bottom_k_of_all_tokens(tiny_gpt2):

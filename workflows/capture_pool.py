@@ -164,7 +164,8 @@ class CapturePool:
         trust = cfg.model.trust_remote_code == cfg.model.name
         self.actors[slot] = self.actor_cls.remote(cfg.model.name, cfg.model.dtype, self.spec.sites,
                                                   revision=cfg.model.revision, use_gpu=cfg.cluster.gpus_per_actor > 0,
-                                                  trust_remote_code=trust)
+                                                  trust_remote_code=trust, custom_sites=cfg.model.sites,
+                                                  gpus=max(1, int(cfg.cluster.gpus_per_actor)))
         self.starting[self.actors[slot].ready.remote(*self.budget)] = (slot, self.generation[slot])
 
     def replace(self, slot: int) -> None:

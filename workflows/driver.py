@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from tasks.analysis.baselines import check_bins, empirical_gaussian
 from tasks.analysis.site import analyze_site, samples_part
-from tasks.capture.models import d_model, load_model_config, load_tokenizer, n_layers, resolve_layers, site_table
+from tasks.capture.models import d_model, load_model_config, load_tokenizer, n_layers, resolve_layers, validated_table
 from tasks.capture.sampling import candidate_threshold
 from tasks.corpus.plan import CorpusPlan, plan_corpus
 from tasks.errors import RunError, UserError
@@ -64,8 +64,8 @@ def run(cfg: Config, fresh: bool = False) -> Path | str:
     with timer.stage("validate"):
         trust = cfg.model.trust_remote_code == cfg.model.name
         model_config = load_model_config(cfg.model.name, cfg.model.revision, trust)
-        site_table(model_config.model_type)
         layers = resolve_layers(cfg.capture.layers, model_config)
+        validated_table(model_config, cfg.model.sites, [(i, s) for i in layers for s in cfg.capture.sites], trust)
         check_bins(cfg.similarity.bins, d_model(model_config))
     with run_lock(store), sigterm_interrupts():  # one driver per run directory; SIGTERM ends it as Ctrl-C does
         check_run_dir(store, cfg, fresh)  # changes nothing: the directory is taken over once every check passed

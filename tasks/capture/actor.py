@@ -23,7 +23,7 @@ from tasks.capture.hooks import SiteRecorder, StatsFeed, forward_and_gather, pad
 from tasks.corpus.shards import Exclusion, Shard, batches
 from tasks.capture.faults import maybe_fail
 from tasks.errors import UserError
-from tasks.capture.models import load_model, load_model_config, site_table
+from tasks.capture.models import SiteTable, check_sites, load_model, load_model_config, site_table
 from tasks.stats.bottom_k import BottomKSample
 from tasks.stats.massive import MASSIVE_TOP
 from tasks.stats.site import SiteStatistics, stack_states
@@ -47,34 +47,44 @@ class ShardCapturer:
         revision: str | None = None,
         use_gpu: bool = False,
         trust_remote_code: bool = False,
+        custom_sites: dict[str, str] | None = None,
+        gpus: int = 1,
     ):
+        """Load the model (with `gpus` > 1, split over that many GPUs) and find its sites (`custom_sites`:
+        `model.sites`, for an architecture without a built-in table)."""
         torch.set_grad_enabled(False)
         device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         t0 = time.perf_counter()
         self._error: UserError | None = None
         try:
             config = load_model_config(model_name, revision, trust_remote_code)
-            model = load_model(model_name, dtype, device, revision, trust_remote_code)
+            table = site_table(config.model_type, custom_sites)
+            model = load_model(model_name, dtype, device, revision, trust_remote_code,
+                               gpus=gpus if device.type == "cuda" else 1)
+            check_sites(model, table, sites, "model.sites" if custom_sites else "the site table")
         except UserError as exc:
             # Raised from `ready` instead: Ray reports an error in __init__ as a bare ActorDiedError (no cause), which
             # the driver would retry as a crash; from a method it arrives as the UserError, and the run stops at once.
             self._error = exc
             return
-        self._attach(model, config.model_type, sites, time.perf_counter() - t0)
+        self._attach(model, table, sites, time.perf_counter() - t0)
 
     @classmethod
-    def from_model(cls, model: torch.nn.Module, model_type: str, sites: Sequence[tuple[int, str]]) -> "ShardCapturer":
-        """Wrap a model already in memory (benchmarks, notebooks) instead of loading one by name."""
+    def from_model(cls, model: torch.nn.Module, model_type: str | SiteTable,
+                   sites: Sequence[tuple[int, str]]) -> "ShardCapturer":
+        """Wrap a model already in memory (benchmarks, notebooks) instead of loading one by name; `model_type`
+        names a built-in site table, or is one."""
         self = cls.__new__(cls)
-        self._attach(model.eval(), model_type, sites, 0.0)
+        table = model_type if isinstance(model_type, SiteTable) else site_table(model_type)
+        self._attach(model.eval(), table, sites, 0.0)
         return self
 
-    def _attach(self, model: torch.nn.Module, model_type: str, sites, load_seconds: float) -> None:
+    def _attach(self, model: torch.nn.Module, table: SiteTable, sites, load_seconds: float) -> None:
         self.model = model
         if getattr(model.config, "use_cache", None):
             model.config.use_cache = False  # capture never generates: no key/value cache to allocate and return
-        self.device = next(model.parameters()).device
-        self.recorder = SiteRecorder(model, site_table(model_type), sites)
+        self.device = next(model.parameters()).device  # where the inputs go (the first device of a split model)
+        self.recorder = SiteRecorder(model, table, sites)
         self.pad_id = 0
         self.load_seconds = load_seconds
         self.stats: list[SiteStatistics] | None = None  # accumulated across shards until `flush`

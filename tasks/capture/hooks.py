@@ -92,20 +92,36 @@ class SiteRecorder:
         self._out: list[torch.Tensor | None] = [None] * len(self.sites)
         self.nonfinite: torch.Tensor | None = None  # per site: real tokens whose state has a NaN or Inf
         self.stats: list | None = None  # per site: a SiteStatistics fed every real, finite, not excluded token
+        self._moved: dict = {}  # per other device: this batch's selection, mask and feed there (`_on`)
+
+    def _on(self, device: torch.device) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor, StatsFeed | None]:
+        """The current batch's selection, real-token mask and feed on `device`: the recorder's own where the model
+        is on one device; copies, made once per batch and device, where it is split over several."""
+        if self.valid is None or device == self.valid.device:
+            return self.select, self.valid, self.feed
+        if device not in self._moved:
+            f = self.feed
+            feed = None if f is None else StatsFeed(*(None if x is None else x.to(device) for x in
+                                                      (f.rows, f.second, f.excluded)))
+            self._moved[device] = (tuple(x.to(device) for x in self.select), self.valid.to(device), feed)
+        return self._moved[device]
 
     def _hook(self, slot: int):
         def hook(_module, _inputs, output):
             hidden = output[0] if isinstance(output, tuple) else output
-            b, t = self.select
+            (b, t), valid, feed = self._on(hidden.device)
+            if hidden.dim() == 2:  # a module that sees the batch's tokens flattened (OPT's fc2)
+                hidden = hidden.view(*valid.shape, -1)
             self._out[slot] = hidden[b, t]
             # One float64 norm per row: it tells the finite rows (a NaN or Inf anywhere makes it non-finite; squares
             # of finite bf16/fp16/fp32 values cannot overflow a float64 sum) and feeds the statistics.
             norms = row_norms(hidden)
             finite = torch.isfinite(norms)
-            self.nonfinite[slot] += ((~finite) & self.valid).sum()
+            self.nonfinite[slot] += ((~finite) & valid).sum().to(self.nonfinite.device)
             if self.stats is not None:
-                # The tokens the feed names, gathered by index; those with a NaN or Inf left out by weights.
-                feed, stats = self.feed, self.stats[slot]
+                # The tokens the feed names, gathered by index; those with a NaN or Inf left out by weights. On a
+                # model split over devices, each site's statistics live on its layer's device.
+                stats = self.stats[slot]
                 flat, flat_norms, ok = hidden.reshape(-1, hidden.shape[-1]), norms.reshape(-1), finite.reshape(-1)
                 if feed.excluded is not None:
                     out = feed.excluded
@@ -133,8 +149,10 @@ class SiteRecorder:
                 h.remove()
 
     def gathered(self) -> torch.Tensor:
-        """The selected states of the last forward pass, (sites, n, d), on the model's device and in its dtype."""
-        stacked = torch.stack(self._out)
+        """The selected states of the last forward pass, (sites, n, d), on the model's (first) device and in its
+        dtype."""
+        home = self.select[0].device
+        stacked = torch.stack([out.to(home) for out in self._out])
         self._out = [None] * len(self.sites)
         return stacked
 
@@ -166,6 +184,7 @@ def forward_and_gather(
     device = next(model.parameters()).device
     if recorder.nonfinite is None:
         recorder.reset_counts(device)
+    recorder._moved = {}
     recorder.select = (torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device))
     recorder.valid = torch.as_tensor(attention_mask, device=device).bool()
     # Without padding, no mask: lets SDPA take its fused causal (flash) path.
