@@ -175,3 +175,21 @@ def test_model_sites_cover_an_architecture_without_a_table():
     for layer in (0, 1):
         torch.testing.assert_close(hs[layer] + got[(layer, "attn_out")] + got[(layer, "mlp_out")],
                                    got[(layer, "resid_post")], rtol=1e-5, atol=1e-5)
+
+
+def test_roberta_context_is_what_its_position_embeddings_take():
+    """RoBERTa numbers positions from its padding index + 1: the context is that much shorter than its position
+    embeddings, as the model itself shows (the longest input runs, one token more fails)."""
+    from transformers import AutoModel
+
+    from tasks.corpus.shards import context_length
+    from tests.families import tiny_config
+
+    config = tiny_config("roberta", max_position_embeddings=40, pad_token_id=1)
+    model = AutoModel.from_config(config).eval()
+    ctx = context_length(config, None)
+    assert ctx == 38
+    with torch.no_grad():
+        model(input_ids=torch.full((1, ctx), 7))
+        with pytest.raises((IndexError, RuntimeError)):  # the first position past the table
+            model(input_ids=torch.full((1, ctx + 1), 7))
