@@ -13,7 +13,9 @@ Prints, measured in this run:
      peak GPU memory;
   3. `capture.batch_tokens: auto`: the budget the actor's probe picks, its predicted peak memory against the peak
      measured at that budget, and tokens/s at that budget against --batch-tokens on the same shard;
-  4. tiles: pairs/s of the tiled histogram at N = 20,000, d = width, against the card's fp32 GEMM rate.
+  4. tiles: pairs/s of the tiled histogram at N = 20,000, d = width, against the card's fp32 GEMM rate;
+  5. split: a Llama over two devices by the actor's device plan (two GPUs; on a one-GPU machine half of it
+     offloaded to the CPU) against the same model whole: sampled states and statistics agree (`bench/split_check.py`).
 
 With `--device cpu` the same steps run on the CPU (memory figures are then the bytes of the model's module
 outputs, `tasks.capture.batch_budget.OutputBytes`, whose hooks the timings then include, and the count of host
@@ -32,6 +34,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tasks.capture.actor import ShardCapturer  # noqa: E402
 from tasks.capture.batch_budget import CudaMemory, OutputBytes, fit_sequences  # noqa: E402
@@ -45,6 +48,7 @@ from workflows.config import StatsConfig  # noqa: E402
 
 BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "A10G": 125.0, "L4": 121.0}
 from tasks.sites import SITES  # noqa: E402
+from split_check import check_split  # noqa: E402
 DEVICE = "cuda"  # set by main from --device
 CPU_MEMORY = 1 << 34  # what `--device cpu` tells the budget probe it may fill (16 GiB; 64 MiB with --smoke)
 
@@ -323,11 +327,13 @@ def main() -> None:
         check_tiles(300, 64)
         bench_capture(2, 64, 2, 512, 2, seq=128)
         bench_tiles(400, 64)
+        check_split(DEVICE, 4, 64, 4, 64, vocab=256)
         return
     check_precision()
     check_tiles()
     bench_capture(args.layers, args.width, args.heads, args.batch_tokens, args.batches)
     bench_tiles(args.n, args.width)
+    check_split(DEVICE)
 
 
 if __name__ == "__main__":

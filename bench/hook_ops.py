@@ -8,8 +8,8 @@
    dispatcher on a 2-layer GPT-2 on the CPU: all ops, those that are not views (each one a kernel launch on a GPU),
    and those that make a GPU's host wait for the card (`nonzero`, a boolean-mask gather, `bincount`, `item`).
    Op counts do not depend on the width, so a small model gives the count a GPU's host pays per site.
-2. Time: the statistics part of the hook (`SiteStatistics.add` of the gathered rows) for 36 sites of 4,096 x 768
-   float32 states, on this CPU, on a first batch (empty accumulators) and a later one (best of 5).
+2. Time: the statistics part of the hook (`SiteStatistics.add` of the gathered rows, and `add_massive` of the batch
+   where the checkout has it) for 36 sites of 4,096 x 768 float32 states, on this CPU, on a first batch (empty accumulators) and a later one (best of 5).
 With `--against DIR` (a checkout, e.g. `git worktree add /tmp/old <commit>`), the same in its own process.
 """
 
@@ -55,6 +55,13 @@ def worker() -> dict:
     if hasattr(tasks.capture.hooks, "_fed"):  # the GPU's path: weights always, no finiteness check
         tasks.capture.hooks._fed = lambda finite: finite
     tasks.capture.hooks.row_norms = lambda x: torch.linalg.vector_norm(x, dim=-1, dtype=torch.float64)
+    try:  # a GPU counts the |x| bins of the massive activations with histc (bincount would synchronise)
+        import tasks.stats.massive as massive
+
+        gpu_counts = massive._count_into
+        massive._count_into = lambda counts, idx: counts.add_(massive.histc_counts(idx, len(counts)))
+    except ImportError:  # a checkout from before them
+        massive = None
 
     torch.manual_seed(0)
     cfg = GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=2048, n_positions=256)
@@ -81,15 +88,27 @@ def worker() -> dict:
     result = {"ops": sum(extra.values()) / per, "kernels": ops.kernels(extra) / per,
               "syncs": ops.synchronising(extra) / per}
     # time: the statistics part of the hook, CPU path
+    if massive is not None:
+        massive._count_into = gpu_counts
     torch.manual_seed(1)
     states = [torch.randn(4096, 768) * (1 + 10 * torch.rand(768)) for _ in range(6)]
     second = torch.nonzero(torch.rand(4096) < fraction).reshape(-1)
+
+    kept = torch.ones(4096, dtype=torch.bool)
+    identity = None
+    if hasattr(SiteStatistics, "add_massive"):  # the massive activations: the whole batch, with weights, as the hook
+        from tasks.stats.massive import RowIdentity
+
+        identity = RowIdentity.of({"doc": np.arange(4096) // 512, "window": np.zeros(4096, np.int64),
+                                   "pos": np.arange(4096) % 512, "token_id": np.arange(4096)})
 
     def feed(all_stats):
         t0 = time.perf_counter()
         for i, st in enumerate(all_stats):
             x = states[i % 6]
             st.add(x, second_order_rows=second, norms=row_norms(x))
+            if identity is not None:
+                st.add_massive(x, weights=kept, identity=identity)
         return time.perf_counter() - t0
 
     first = min(feed([SiteStatistics() for _ in range(36)]) for _ in range(5))

@@ -29,6 +29,9 @@ def test_gpu_bench_runs_to_its_end_on_a_cpu():
     assert len(re.findall(r"budget\s+[\d,]+ tokens:", text)) == 2
     assert "same counts: True" in text  # the replicated bincount of the tile split counts as the plain one
     assert int(re.search(r"sum \|count diff\| (\d+), ties", text)[1]) <= 16  # histc: edge ties of 160,000 only
+    # the split model's sampled states and statistics equal the whole one's
+    split = re.search(r"sampled states max \|diff\| (\S+), statistics max rel diff (\S+);", text)
+    assert split and float(split[1]) <= 1e-5 and float(split[2].rstrip(";")) <= 1e-5, text
 
 
 def test_gpu_bench_refuses_a_machine_without_cuda():

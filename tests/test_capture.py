@@ -29,13 +29,16 @@ def _batch(vocab, lengths, seed=0):
 def stats_path(request, monkeypatch):
     """The statistics hooks as a CPU runs them, and as a GPU does: a GPU never asks whether a batch's states are
     all finite (that would wait for the card), so its hooks always feed the statistics weights (device counts);
-    and it takes its row norms in one float64 reduction."""
+    it takes its row norms in one float64 reduction, and counts the |x| bins with `histc`."""
     if request.param == "gpu-path":
         import tasks.capture.hooks
+        import tasks.stats.massive
 
         monkeypatch.setattr(tasks.capture.hooks, "_fed", lambda finite: finite)
         monkeypatch.setattr(tasks.capture.hooks, "row_norms",
                             lambda x: torch.linalg.vector_norm(x, dim=-1, dtype=torch.float64))
+        monkeypatch.setattr(tasks.stats.massive, "_count_into",  # a GPU counts |x| bins with histc, not bincount
+                            lambda counts, idx: counts.add_(tasks.stats.massive.histc_counts(idx, len(counts))))
     return request.param
 
 
@@ -98,8 +101,10 @@ def test_bert_sites_match_manual_forward():
 
 
 def test_unsupported_architecture_is_named():
-    with pytest.raises(UserError, match="not supported; supported: " + ", ".join(sorted(ARCHITECTURES))):
-        site_table("llama")
+    """An architecture without a table is named, with the built-in ones and the key that covers it."""
+    with pytest.raises(UserError, match=r"'t5' is not supported out of the box \(built in: "
+                       + ", ".join(sorted(ARCHITECTURES)) + r"\); give its module paths in model.sites"):
+        site_table("t5")
 
 
 def test_actor_sample_is_the_bottom_k_of_all_tokens(tiny_gpt2):
@@ -334,7 +339,8 @@ def test_statistics_hooks_never_synchronise(tiny_gpt2, stats_path):
             # no sample (threshold 0): the hooks alone; position 0 and a special id excluded, as by default
             meta = cap.process(shard, 10, np.uint64(0), 0, 300, stats_fraction=fraction,
                                exclusion=Exclusion(position0=True, special_ids=(5,)))
-        expected = 0 if stats_path == "gpu-path" else len(sites) * meta["forward_batches"]  # a CPU's all() check
+        # a CPU's all() check and its bincount of the |x| bins (massive activations), per site and forward pass
+        expected = 0 if stats_path == "gpu-path" else 2 * len(sites) * meta["forward_batches"]
         assert meta["forward_batches"] >= 2 and ops.synchronising() == expected, ops.count
         assert cap.stats[0].moments.n == shard.n_tokens - meta["n_excluded"]
 

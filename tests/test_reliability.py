@@ -31,6 +31,7 @@ def assert_same_results(a: Path, b: Path) -> None:
     assert pq.read_table(a / "samples.parquet").equals(pq.read_table(b / "samples.parquet"))
     assert pq.read_table(a / "histograms.parquet").equals(pq.read_table(b / "histograms.parquet"))
     assert pq.read_table(a / "exemplars.parquet").equals(pq.read_table(b / "exemplars.parquet"))
+    assert pq.read_table(a / "massive.parquet").equals(pq.read_table(b / "massive.parquet"))
     sa, sb = pq.read_table(a / "summary.parquet").to_pandas(), pq.read_table(b / "summary.parquet").to_pandas()
     for col in sa.columns:
         if sa[col].dtype.kind == "f":

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tasks.analysis.baselines import law_probabilities
+from tasks.report.profiles import panels_for
 from workflows.cli import main as cli_main
 from workflows.config import config_from_dict
 from workflows.driver import run
@@ -142,6 +143,45 @@ def _density(hist, layer, site, source) -> np.ndarray:
     return h.density.to_numpy()
 
 
+def _chart_values(page: Opened, svg: str, path: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """(x, y, tolerance) of a line chart's SVG path, read back from its coordinates through the axis ranges the
+    chart carries (`lineChart` in common.js). Coordinates are written to 0.01 px of a ~160 px plot: the tolerance,
+    2e-4 of the y range, is in y's units (on a log axis, in log y)."""
+    a = {k: float(page.attr(svg, f"data-{k}")) for k in ("x0", "x1", "y0", "y1", "ylog", "plot-left", "plot-top",
+                                                          "plot-width", "plot-height")}
+    nums = np.array([float(v) for v in re.findall(r"-?\d+(?:\.\d+)?", page.attr(f"{svg} {path}", "d"))]).reshape(-1, 2)
+    x = a["x0"] + (nums[:, 0] - a["plot-left"]) / a["plot-width"] * (a["x1"] - a["x0"])
+    frac = (a["plot-top"] + a["plot-height"] - nums[:, 1]) / a["plot-height"]
+    if a["ylog"]:
+        return x, np.exp(np.log(a["y0"]) + frac * np.log(a["y1"] / a["y0"])), 2e-4 * np.log(a["y1"] / a["y0"])
+    return x, a["y0"] + frac * (a["y1"] - a["y0"]), 2e-4 * (a["y1"] - a["y0"])
+
+
+def _check_profiles(page: Opened, summary, series: str, columns) -> int:
+    """Every depth-profile curve and band of one series (a site, or a run on the comparison page) against its
+    summary rows (`summary`: one site's raw rows); returns the number of curves checked."""
+    checked = 0
+    for panel in panels_for(columns):
+        svg = f'#profile-charts svg[data-panel="{panel.key}"]'
+        for c in panel.curves:
+            rows = summary[["layer", c.column]].dropna().sort_values("layer")
+            rows = rows[rows[c.column] > 0] if panel.log else rows
+            x, y, tol = _chart_values(page, svg, f'path.line[data-series="{series}"][data-col="{c.column}"]')
+            ly = np.log if panel.log else np.asarray
+            np.testing.assert_allclose(x, rows.layer, atol=1e-3)
+            np.testing.assert_allclose(ly(y), ly(rows[c.column].to_numpy()), atol=tol)
+            checked += 1
+            if c.low:  # the band: the upper ends left to right, then the lower ends back
+                ends = summary[["layer", c.low, c.high]].dropna().sort_values("layer")
+                bx, by, tol = _chart_values(page, svg, f'path.band[data-series="{series}"][data-col="{c.column}"]')
+                n = len(ends)
+                assert len(bx) == 2 * n and n > 0
+                np.testing.assert_allclose(bx[:n], ends.layer, atol=1e-3)
+                np.testing.assert_allclose(ly(by[:n]), ly(ends[c.high].to_numpy()), atol=tol)
+                np.testing.assert_allclose(ly(by[n:][::-1]), ly(ends[c.low].to_numpy()), atol=tol)
+    return checked
+
+
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -250,6 +290,23 @@ def test_selector_and_sliders_show_the_parquet_values(run_a, browser):
     p.close()
 
 
+def test_depth_profiles_show_the_parquet_values(run_a, browser):
+    """The depth-profile view: for every site, each panel's curves and intervals equal the raw rows of
+    summary.parquet; the intrinsic dimension is there, finite, with its interval; the figure is drawn too."""
+    summary = _parquet(run_a, "summary.parquet")
+    columns = pq.read_schema(run_a / "summary.parquet").names
+    assert {p.key for p in panels_for(columns)} >= {"cos", "d_fit", "pr", "id", "kurtosis"}
+    for col in ("id_twonn", "id_gride"):
+        assert np.isfinite(summary[[col, f"{col}_ci_low", f"{col}_ci_high"]].to_numpy(float)).all(), col
+    assert (run_a / "plots" / "depth-profile.png").stat().st_size > 10_000
+    page = Opened(browser, run_a / "report.html")
+    counted = sum(_check_profiles(page, summary[summary.site == site], site, columns) for site in summary.site.unique())
+    assert counted == summary.site.nunique() * sum(len(p.curves) for p in panels_for(columns))
+    page.assert_clean()
+    page.page.locator("#profiles").screenshot(path=str(ARTIFACTS / "report-depth-profiles.png"))
+    page.page.close()
+
+
 def test_corpus_markup_renders_as_text_and_runs_nothing(run_a, browser):
     ex = _parquet(run_a, "exemplars.parquet")
     marked = ex[ex.a_text.str.contains("<script|<img|onerror", regex=True) | ex.b_text.str.contains("<script|<img|onerror", regex=True)]
@@ -269,6 +326,41 @@ def test_corpus_markup_renders_as_text_and_runs_nothing(run_a, browser):
     assert p.evaluate("typeof window.alert") == "function" and page.dialogs == []
     page.assert_clean()
     page.screenshot("report-page-markup.png")
+    p.close()
+
+
+def test_massive_listing_shows_the_parquet_entries(run_a, browser):
+    """For every layer and site, the largest-activations listing shows exactly massive.parquet's entries, in rank
+    order, with their tokens as text, and the summary's massive numbers."""
+    massive = _parquet(run_a, "massive.parquet")
+    summary = _parquet(run_a, "summary.parquet")
+    assert len(massive) == 20 * len(summary)  # stats.massive_top entries per site
+    page = Opened(browser, run_a / "report.html")
+    p = page.page
+    for _, row in summary.iterrows():
+        p.select_option("#layer-select", str(row.layer))
+        p.select_option("#site-select", row.site)
+        want = massive[(massive.layer == row.layer) & (massive.site == row.site)].sort_values("rank")
+        shown = p.eval_on_selector_all("#massive-table tbody tr", """els => els.map(e => ({
+            rank: Number(e.dataset.rank), value: Number(e.dataset.value), coord: Number(e.dataset.coord),
+            doc: Number(e.dataset.doc), window: Number(e.dataset.window), pos: Number(e.dataset.pos),
+            token_id: Number(e.dataset.tokenId), massive: e.querySelector('td[data-col="massive"]').textContent,
+            token: e.querySelector('td[data-col="token"] .token').textContent,
+            text: e.querySelector('td[data-col="text"]').textContent}))""")
+        assert [r["rank"] for r in shown] == want["rank"].tolist()
+        np.testing.assert_array_equal([r["value"] for r in shown], want.value.to_numpy())
+        for name in ("coord", "doc", "window", "pos", "token_id"):
+            assert [r[name] for r in shown] == want[name].tolist(), name
+        assert [r["token"] for r in shown] == want.token.tolist()
+        assert [r["text"] for r in shown] == want.text.tolist()
+        assert [r["massive"] == "yes" for r in shown] == want.massive.tolist()
+        facts = page.text("#massive-facts")
+        assert f"massive coordinates: {row.massive_dims or 'none'}" in facts
+        assert abs(np.abs(want.value).max() - row.abs_max) == 0
+        tags = p.eval_on_selector_all("#massive-table tbody td *", "els => els.map(e => e.tagName)")
+        assert set(tags) <= {"SPAN"}
+    page.assert_clean()
+    page.screenshot("report-page-massive.png")
     p.close()
 
 
@@ -298,6 +390,9 @@ def test_compare_page_overlays_runs(run_a, run_b, browser, tmp_path):
                 row = summaries[i][(summaries[i].layer == layer) & (summaries[i].site == site)].iloc[0]
                 cell = p.locator(f'#compare-table tr[data-row="{layer}"] td[data-run="{i}"][data-col="cos_mean"]')
                 assert cell.text_content() == f"{row.cos_mean:.3f}"
+            for i in (0, 1):  # the depth profiles of the chosen site, one series per run
+                columns = pq.read_schema((run_a, run_b)[i] / "summary.parquet").names
+                assert _check_profiles(page, summaries[i][summaries[i].site == site], str(i), columns) >= 6
     assert "run.seed = 2" in page.text("#runs-table")
     page.screenshot("compare-page.png")
     p.close()

@@ -18,6 +18,7 @@ from tasks.analysis.similarity import CosineHistogram
 from tasks.capture.sampling import token_hash
 from tasks.stats.base import Statistic
 from tasks.stats.bottom_k import BottomKSample
+from tasks.stats.massive import AbsHistogram, RowIdentity, TopAbs
 from tasks.stats.moments import Moments
 from tasks.stats.norms import NormHistogram
 from tasks.stats.second_order import Covariance, UnitSecondMoment, UnitSums
@@ -33,6 +34,16 @@ def states(rng: np.random.Generator) -> Rows:
     return {"x": np.concatenate(blocks)}
 
 
+def identities(rng: np.random.Generator) -> Rows:
+    """Distinct token identities, in an order unrelated to the rows'."""
+    order = rng.permutation(N)
+    return {"doc": order // 50, "window": order % 2, "pos": order % 50, "token_id": rng.integers(0, 1000, N)}
+
+
+def identity(b: Rows) -> RowIdentity:
+    return RowIdentity.of({k: b[k] for k in ("doc", "window", "pos", "token_id")}, excluded=b.get("excluded"))
+
+
 def site_rows(rng: np.random.Generator) -> Rows:
     """States plus which rows are kept (weights), chosen for second order, or excluded; rows that weights drop hold
     NaN, as non-finite states do in the capture hooks."""
@@ -40,7 +51,7 @@ def site_rows(rng: np.random.Generator) -> Rows:
     excluded = rng.random(N) < 0.05
     kept = rng.random(N) < 0.8
     x[~kept & ~excluded] = np.nan
-    return {"x": x, "kept": kept, "second": rng.random(N) < 0.3, "excluded": excluded}
+    return {"x": x, "kept": kept, "second": rng.random(N) < 0.3, "excluded": excluded, **identities(rng)}
 
 
 def feed_site(stat: SiteStatistics, b: Rows) -> None:
@@ -48,6 +59,21 @@ def feed_site(stat: SiteStatistics, b: Rows) -> None:
     stat.add(torch.from_numpy(b["x"][main]), second_order_rows=torch.from_numpy(np.flatnonzero(b["second"][main])),
              weights=torch.from_numpy(b["kept"][main]))
     stat.add_excluded(torch.from_numpy(b["x"][b["excluded"]]))
+    stat.add_massive(torch.from_numpy(b["x"]), weights=torch.from_numpy(b["kept"] | b["excluded"]), identity=identity(b))
+
+
+def tied_rows(rng: np.random.Generator) -> Rows:
+    """Small integers (every |x| ties with hundreds of others) and rows that weights drop: the top m must be the
+    same in any grouping, its ties broken by token identity and coordinate."""
+    x = rng.integers(-6, 7, size=(N, D)).astype(np.float64)
+    kept = rng.random(N) < 0.9
+    x[~kept] = np.nan
+    return {"x": x, "kept": kept, **identities(rng)}
+
+
+def feed_massive(stat, b: Rows) -> None:
+    stat.add(torch.from_numpy(b["x"]), weights=torch.from_numpy(b["kept"]), **(
+        {"identity": identity(b)} if isinstance(stat, TopAbs) else {}))
 
 
 def cosines(rng: np.random.Generator) -> Rows:
@@ -92,6 +118,9 @@ CASES = {
     "UnitSecondMoment": Case(UnitSecondMoment),
     "NormHistogram": Case(NormHistogram),
     "SiteStatistics": Case(SiteStatistics, site_rows, feed_site),
+    "TopAbs": Case(lambda: TopAbs(25), site_rows, feed_massive, exact=lambda key: True),
+    "TopAbs-ties": Case(lambda: TopAbs(40), tied_rows, feed_massive, exact=lambda key: True),
+    "AbsHistogram": Case(AbsHistogram, site_rows, feed_massive, exact=lambda key: True),
     "CosineHistogram": Case(lambda: CosineHistogram(40), cosines, lambda s, b: s.add(torch.from_numpy(b["v"]))),
     "BottomKSample": Case(lambda: BottomKSample(60), sample_rows, feed_sample, exact=lambda key: True,
                           empty_state=False),  # an empty sample has no vectors' shape to save

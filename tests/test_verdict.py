@@ -145,7 +145,7 @@ def test_inverse_mean_cos2_of_isotropic_gaussian_is_d(tmp_path):
             for base in ("gaussian", "matched"):
                 assert v[f"{measure}_{base}_ci_low"] <= v[f"{measure}_{base}_ci_high"]
     assert "dim_inv_cos2" not in r["variants"]["raw"]
-    assert set(r["timings"]) == {"write", "corpus", "histogram", "bootstrap", "baselines"}
+    assert set(r["timings"]) == {"write", "corpus", "histogram", "bootstrap", "baselines", "intrinsic"}
 
 
 def test_verdict_confident_reads_the_intervals():

@@ -17,7 +17,7 @@ from workflows.driver import run
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUTS = ["manifest.json", "config.yaml", "summary.parquet", "histograms.parquet", "exemplars.parquet",
-           "samples.parquet", "plots/overview.png"]
+           "samples.parquet", "plots/overview.png", "plots/depth-profile.png"]
 
 
 def _samples(run_dir: Path):
@@ -32,7 +32,8 @@ def test_outputs_and_schema(tiny_run):
     assert set(manifest["timings"]) >= {"corpus", "capture", "merge", "similarity", "report", "total"}
     timings = manifest["timings"]  # the driver's own share of the capture stage (bench/scaling.py reads it)
     assert 0 < timings["capture_driver_cpu"] and 0 < timings["capture_startup"] < timings["capture"]
-    parts = {f"similarity_parts.{step}" for step in ("write", "corpus", "histogram", "bootstrap", "baselines")}
+    parts = {f"similarity_parts.{step}" for step in ("write", "corpus", "histogram", "bootstrap", "baselines",
+                                                      "intrinsic")}
     assert set(manifest["timings"]) >= parts and all(manifest["timings"][k] >= 0 for k in parts)
     summary = pq.read_table(tiny_run / "summary.parquet").to_pandas()
     assert len(summary) == 18  # 2 layers x 3 sites x (raw, centered, standardized)
@@ -128,6 +129,7 @@ def test_exemplars_are_the_pairs_at_their_quantiles(tiny_run):
             assert r.a_text.endswith("]") or r.a_text.endswith("<END>")
 
 
+@pytest.mark.slow  # two more end-to-end runs (two actors, other shards)
 def test_same_results_with_two_actors_and_other_shards(tiny_run, tiny_gpt2, wikitext, tmp_path):
     two = run(tiny_config(tiny_gpt2, wikitext, tmp_path / "two", "cluster.actors=2"))
     # Same shards on more actors: bit-identical histograms and samples (position 0 and special tokens excluded).
@@ -137,12 +139,18 @@ def test_same_results_with_two_actors_and_other_shards(tiny_run, tiny_gpt2, wiki
     assert (_samples(two).pos > 0).all()
     # One shard per statistics partial (flush_every 1), merged in shard order: the whole summary is bit-identical.
     assert pq.read_table(tiny_run / "summary.parquet").equals(pq.read_table(two / "summary.parquet"))
+    assert pq.read_table(tiny_run / "massive.parquet").equals(pq.read_table(two / "massive.parquet"))
     # Other shard boundaries: the same tokens are sampled; states agree to float rounding (batches differ).
     other = run(tiny_config(tiny_gpt2, wikitext, tmp_path / "other", "corpus.shard_tokens=700", "cluster.actors=2"))
     a, b = _samples(tiny_run), _samples(other)
     for col in ("layer", "site", "index", "doc", "window", "pos", "token_id"):
         assert np.array_equal(a[col].to_numpy(), b[col].to_numpy()), col
     np.testing.assert_allclose(np.stack(a.vector), np.stack(b.vector), rtol=1e-4, atol=1e-5)
+    # the largest activations are the same entries of the same tokens
+    a, b = (pq.read_table(r / "massive.parquet").to_pandas() for r in (tiny_run, other))
+    for col in ("layer", "site", "rank", "coord", "doc", "window", "pos", "token_id", "text"):
+        assert np.array_equal(a[col].to_numpy(), b[col].to_numpy()), col
+    np.testing.assert_allclose(a.value, b.value, rtol=1e-4)
 
 
 def test_plots_drawn_in_processes_are_the_same_bytes(tiny_run, tmp_path):
@@ -174,6 +182,7 @@ def test_run_dir_safety_and_small_corpus(tiny_run, tiny_gpt2, wikitext, tmp_path
     assert manifest["status"] == "failed" and "usable tokens" in manifest["reason"]
 
 
+@pytest.mark.slow  # the demo config end to end (make demo runs it too)
 def test_demo_config_end_to_end(ray_cluster, tmp_path):
     cfg = load_config(ROOT / "configs" / "demo.yaml", [f"run.out={tmp_path / 'demo'}"])
     out = run(cfg)
@@ -292,6 +301,7 @@ def test_corpus_numbers_equal_brute_force_over_every_token(tiny_run, layer0_stat
     assert cen.cos2_over_gaussian_ci_low <= cen.cos2_over_gaussian <= cen.cos2_over_gaussian_ci_high
 
 
+@pytest.mark.slow  # one more end-to-end run with the exclusion off
 def test_exclusion_off_keeps_every_token(ray_cluster, tiny_gpt2, wikitext, layer0_states, tmp_path):
     """capture.exclude=[]: the sample is the bottom-k of all tokens and the statistics cover every token."""
     out = run(tiny_config(tiny_gpt2, wikitext, tmp_path / "all", "capture.exclude=[]", "capture.layers=[0]",

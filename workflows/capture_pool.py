@@ -84,7 +84,7 @@ class CapturePool:
         self.actor_cls = ray.remote(concurrency_groups={"io": 1})(ShardCapturer).options(**options)
         # each actor fixes its own batch budget, and seals its statistics every `flush_every` shards
         self.budget = (cfg.capture.batch_tokens, spec.seq_len, spec.k, self.stats_fraction is not None,
-                       cfg.stats.flush_every)
+                       cfg.stats.flush_every, cfg.stats.massive_top)
         self.actors: dict = {}
         self.generation: Counter = Counter()  # slot -> how many times its actor was replaced
         self.live: set[int] = set()
@@ -184,7 +184,8 @@ class CapturePool:
         trust = cfg.model.trust_remote_code == cfg.model.name
         self.actors[slot] = self.actor_cls.remote(cfg.model.name, cfg.model.dtype, self.spec.sites,
                                                   revision=cfg.model.revision, use_gpu=cfg.cluster.gpus_per_actor > 0,
-                                                  trust_remote_code=trust)
+                                                  trust_remote_code=trust, custom_sites=cfg.model.sites,
+                                                  gpus=max(1, int(cfg.cluster.gpus_per_actor)))
         self.starting[self.actors[slot].ready.remote(*self.budget)] = (slot, self.generation[slot])
 
     def replace(self, slot: int) -> None:

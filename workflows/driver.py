@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from tasks.analysis.baselines import check_bins, empirical_gaussian
 from tasks.analysis.site import analyze_site, samples_part
-from tasks.capture.models import d_model, load_model_config, load_tokenizer, n_layers, resolve_layers, site_table
+from tasks.capture.models import d_model, load_model_config, load_tokenizer, n_layers, resolve_layers, validated_table
 from tasks.corpus.shards import Exclusion, context_length, special_tokens
 from tasks.corpus.sources import list_units
 from tasks.corpus.stream import ShardStream, Totals, load_plan, planned_fingerprints
@@ -67,8 +67,8 @@ def run(cfg: Config, fresh: bool = False) -> Path | str:
     with timer.stage("validate"):
         trust = cfg.model.trust_remote_code == cfg.model.name
         model_config = load_model_config(cfg.model.name, cfg.model.revision, trust)
-        site_table(model_config.model_type)
         layers = resolve_layers(cfg.capture.layers, model_config)
+        validated_table(model_config, cfg.model.sites, [(i, s) for i in layers for s in cfg.capture.sites], trust)
         check_bins(cfg.similarity.bins, d_model(model_config))
     with run_lock(store), sigterm_interrupts():  # one driver per run directory; SIGTERM ends it as Ctrl-C does
         check_run_dir(store, cfg, fresh)  # changes nothing: the directory is taken over once every check passed

@@ -30,12 +30,12 @@ def sanity_check(cfg: Config, store: RunStore, model_type: str) -> dict:
     import ray
 
     args = (cfg.model.name, cfg.model.dtype, list(cfg.report.prompts), cfg.report.top_k, cfg.model.revision)
-    use_gpu = cfg.cluster.gpus_per_actor > 0
+    use_gpu, gpus = cfg.cluster.gpus_per_actor > 0, max(1, int(cfg.cluster.gpus_per_actor))
     if ray.is_initialized():
         task = ray.remote(sanity.next_token_predictions).options(num_cpus=1, num_gpus=cfg.cluster.gpus_per_actor)
-        table, where = ray.get(task.remote(*args, use_gpu=use_gpu)), "ray task"
+        table, where = ray.get(task.remote(*args, use_gpu=use_gpu, gpus=gpus)), "ray task"
     else:
-        table, where = sanity.next_token_predictions(*args, use_gpu=use_gpu), "driver"
+        table, where = sanity.next_token_predictions(*args, use_gpu=use_gpu, gpus=gpus), "driver"
     store.write_parquet("sanity.parquet", table)
     return {"applies": True, "prompts": list(cfg.report.prompts), "top_k": cfg.report.top_k, "ran_in": where}
 

@@ -21,8 +21,8 @@ from workflows.config import Config
 log = logging.getLogger(__name__)
 
 OUTPUTS = ("manifest.json", "config.yaml", "summary.parquet", "histograms.parquet", "exemplars.parquet",
-           "samples.parquet", "moments.parquet", "statistics", "stats", "sanity.parquet", "plots", "shards",
-           "corpus", "report.html")
+           "samples.parquet", "moments.parquet", "massive.parquet", "statistics", "stats", "sanity.parquet", "plots",
+           "shards", "corpus", "report.html")
 
 
 def versions() -> dict[str, str]:

@@ -39,6 +39,8 @@ from tasks.analysis.distances import (
     ks_statistic,
     weighted_document_bootstrap,
 )
+from tasks.analysis.intrinsic import intrinsic_dimension
+from tasks.analysis.massive import massive_numbers
 from tasks.stats.site import SiteStatistics
 from tasks.analysis.similarity import (
     CosineHistogram,
@@ -88,9 +90,11 @@ def analyze_site(
     streaming statistics (`stats`, a `SiteStatistics` state), the corpus-wide numbers too, the `centered` and
     `standardized` variants with their matched Gaussians, and the statistics saved as
     `statistics/{site_key}.npz`. `timings` holds the seconds spent per step (write, corpus, histogram,
-    bootstrap, baselines), which the driver sums over sites."""
+    bootstrap, baselines, intrinsic), which the driver sums over sites. The intrinsic dimension
+    (`tasks.analysis.intrinsic`) is the raw states' and also the centred ones' (centring moves no distance); the
+    standardized states, whose distances weigh the coordinates anew, get none."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    seconds = dict.fromkeys(("write", "corpus", "histogram", "bootstrap", "baselines"), 0.0)
+    seconds = dict.fromkeys(("write", "corpus", "histogram", "bootstrap", "baselines", "intrinsic"), 0.0)
     clock = time.perf_counter()
 
     def lap(step: str) -> None:
@@ -160,6 +164,12 @@ def analyze_site(
             low, high = c["cos2_ci"]
             c["cos2_over_gaussian_ci_low"], c["cos2_over_gaussian_ci_high"] = low / prediction, high / prediction
             c["dim_inv_cos2_ci_low"], c["dim_inv_cos2_ci_high"] = 1.0 / high, 1.0 / low
+    lap("histogram")
+    ids = intrinsic_dimension(vectors, docs, n_boot, matched_seed)
+    for name in ("raw", "centered"):
+        if name in out:
+            out[name].update(ids)
+    lap("intrinsic")
     if docs is not None and n_boot > 0:
         n_docs = len(np.unique(docs))
         for numbers in out.values():
@@ -324,7 +334,8 @@ def corpus_numbers(stats: SiteStatistics) -> dict:
     all-pairs mean cosine and mean squared cosine, effective dimensions of the covariance (`tasks.analysis.dimension`),
     the cosine variance that a Gaussian with this covariance (and with the correlation matrix, for the
     standardized variant) would give, norms, the count and norms of the tokens kept out (`capture.exclude`),
-    per-coordinate kurtosis, and the per-coordinate moments (returned as arrays for `moments.parquet`). The mean and
+    per-coordinate kurtosis, the massive activations (`tasks.analysis.massive`; their entries for `massive.parquet`),
+    and the per-coordinate moments (returned as arrays for `moments.parquet`). The mean and
     standard deviation that z-score the standardized variant are the per-coordinate `Moments` over every token."""
     m, u, cov = stats.moments, stats.units, stats.covariance
     ex = stats.excluded_norms.moments
@@ -364,6 +375,7 @@ def corpus_numbers(stats: SiteStatistics) -> dict:
         "rogue_dims": ",".join(str(int(k)) for k in rogue),
         "rogue_share": float(contribution[rogue[0]] / rep.mean_cos) if rep.mean_cos else float("nan"),
         "rogue_order": rogue,
+        **massive_numbers(stats.massive, stats.abs_hist),
         "dims": {"mean": m.mean, "variance": m.variance, "skewness": m.skewness, "excess_kurtosis": kurt,
                  "cos_share": contribution},
     }

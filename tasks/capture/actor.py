@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from functools import partial
 from typing import Sequence
 
 import numpy as np
@@ -22,8 +23,9 @@ from tasks.capture.hooks import SiteRecorder, StatsFeed, forward_and_gather, pad
 from tasks.corpus.shards import Exclusion, Shard, batches
 from tasks.capture.faults import maybe_fail
 from tasks.errors import UserError
-from tasks.capture.models import load_model, load_model_config, site_table
+from tasks.capture.models import SiteTable, check_sites, load_model, load_model_config, site_table
 from tasks.stats.bottom_k import BottomKSample
+from tasks.stats.massive import MASSIVE_TOP
 from tasks.stats.site import SiteStatistics, stack_states
 from tasks.capture.sampling import context_ids, token_hash
 from tasks.storage import RunStore, partial_file, seal_record, shard_file
@@ -45,40 +47,51 @@ class ShardCapturer:
         revision: str | None = None,
         use_gpu: bool = False,
         trust_remote_code: bool = False,
+        custom_sites: dict[str, str] | None = None,
+        gpus: int = 1,
     ):
+        """Load the model (with `gpus` > 1, split over that many GPUs) and find its sites (`custom_sites`:
+        `model.sites`, for an architecture without a built-in table)."""
         torch.set_grad_enabled(False)
         device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         t0 = time.perf_counter()
         self._error: UserError | None = None
         try:
             config = load_model_config(model_name, revision, trust_remote_code)
-            model = load_model(model_name, dtype, device, revision, trust_remote_code)
+            table = site_table(config.model_type, custom_sites)
+            model = load_model(model_name, dtype, device, revision, trust_remote_code,
+                               gpus=gpus if device.type == "cuda" else 1)
+            check_sites(model, table, sites, "model.sites" if custom_sites else "the site table")
         except UserError as exc:
             # Raised from `ready` instead: Ray reports an error in __init__ as a bare ActorDiedError (no cause), which
             # the driver would retry as a crash; from a method it arrives as the UserError, and the run stops at once.
             self._error = exc
             return
-        self._attach(model, config.model_type, sites, time.perf_counter() - t0)
+        self._attach(model, table, sites, time.perf_counter() - t0)
 
     @classmethod
-    def from_model(cls, model: torch.nn.Module, model_type: str, sites: Sequence[tuple[int, str]]) -> "ShardCapturer":
-        """Wrap a model already in memory (benchmarks, notebooks) instead of loading one by name."""
+    def from_model(cls, model: torch.nn.Module, model_type: str | SiteTable,
+                   sites: Sequence[tuple[int, str]]) -> "ShardCapturer":
+        """Wrap a model already in memory (benchmarks, notebooks) instead of loading one by name; `model_type`
+        names a built-in site table, or is one."""
         self = cls.__new__(cls)
-        self._attach(model.eval(), model_type, sites, 0.0)
+        table = model_type if isinstance(model_type, SiteTable) else site_table(model_type)
+        self._attach(model.eval(), table, sites, 0.0)
         return self
 
-    def _attach(self, model: torch.nn.Module, model_type: str, sites, load_seconds: float) -> None:
+    def _attach(self, model: torch.nn.Module, table: SiteTable, sites, load_seconds: float) -> None:
         self.model = model
         if getattr(model.config, "use_cache", None):
             model.config.use_cache = False  # capture never generates: no key/value cache to allocate and return
-        self.device = next(model.parameters()).device
-        self.recorder = SiteRecorder(model, site_table(model_type), sites)
+        self.device = next(model.parameters()).device  # where the inputs go (the first device of a split model)
+        self.recorder = SiteRecorder(model, table, sites)
         self.pad_id = 0
         self.load_seconds = load_seconds
         self.stats: list[SiteStatistics] | None = None  # accumulated across shards until `flush`
         self.stats_shards: list[int] = []
         self.batch_tokens = CPU_BATCH_TOKENS  # the budget `process` uses when given none; set by `ready`
         self.flush_every: int | None = None  # seal the statistics every this many shards (set by `ready`)
+        self.massive_top = MASSIVE_TOP  # |x| entries kept per site (set by `ready`)
         # Sealed statistics, each (on a GPU their packed state on the host, on a CPU the statistics themselves; their
         # shards), waiting for `flush` to write them, guarded by `_state`; the running statistics are `process`'s
         # for a whole shard, under `_lock`.
@@ -87,11 +100,11 @@ class ShardCapturer:
         self._lock = threading.Lock()
 
     def ready(self, batch_tokens: int | str = CPU_BATCH_TOKENS, seq_len: int = 0, k: int = 1, stats: bool = False,
-              flush_every: int | None = None) -> dict:
+              flush_every: int | None = None, massive_top: int = MASSIVE_TOP) -> dict:
         """Called once by the driver: fixes this replica's forward budget (`auto`: see `tasks.capture.batch_budget`, for
-        sequences of `seq_len` tokens, a sample of `k` and statistics on or off) and how many shards' statistics
-        make one partial (`flush_every`), and says where it lives, how long its model took to load and the budget
-        it chose."""
+        sequences of `seq_len` tokens, a sample of `k` and statistics on or off), how many shards' statistics
+        make one partial (`flush_every`) and how many |x| entries the statistics keep per site (`massive_top`),
+        and says where it lives, how long its model took to load and the budget it chose."""
         import ray
 
         if getattr(self, "_error", None) is not None:
@@ -99,7 +112,7 @@ class ShardCapturer:
         t0 = time.perf_counter()
         on_gpu = self.device.type == "cuda"
         self.batch_tokens = resolve_budget(batch_tokens, seq_len, (lambda: self.memory_model(seq_len, k, stats)) if on_gpu else None)
-        self.flush_every = flush_every
+        self.flush_every, self.massive_top = flush_every, massive_top
         node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
         return {"device": str(self.device), "node": node, "load_seconds": round(self.load_seconds, 3),
                 "batch_tokens": self.batch_tokens, "budget_seconds": round(time.perf_counter() - t0, 3)}
@@ -160,7 +173,7 @@ class ShardCapturer:
         self.recorder.reset_counts(self.device)
         with_stats = stats_fraction is not None
         if with_stats and self.stats is None:
-            self.stats = [SiteStatistics() for _ in self.recorder.sites]
+            self.stats = [SiteStatistics(self.massive_top) for _ in self.recorder.sites]
         self.recorder.stats = self.stats if with_stats else None
         with self.recorder.attached():
             for seq_index in batches(shard, batch_tokens):
@@ -170,7 +183,8 @@ class ShardCapturer:
                 cols = np.arange(int(seq_len.sum())) - np.repeat(np.cumsum(seq_len) - seq_len, seq_len)
                 seqs = seq_index[rows]
                 hashes = token_hash(seed, shard.doc[seqs], shard.window[seqs], cols)
-                excluded = exclusion.mask(shard.ids[shard.offsets[seqs] + cols], cols) if exclusion else None
+                token_ids = shard.ids[shard.offsets[seqs] + cols]
+                excluded = exclusion.mask(token_ids, cols) if exclusion else None
                 eligible = None if excluded is None else ~excluded
                 if eligible is not None:
                     n_excluded += int(excluded.sum())
@@ -181,7 +195,12 @@ class ShardCapturer:
                     chosen = None
                     if stats_fraction < 1.0:
                         chosen = second_order_tokens(seed, shard.doc[seqs], shard.window[seqs], cols, stats_fraction)
-                    self.recorder.feed = StatsFeed.of(rows * int(seq_len.max()) + cols, excluded, chosen, self.device)
+                    # the tokens by name, for the massive activations (context ids only for the few they keep)
+                    keys = {"doc": shard.doc[seqs], "window": shard.window[seqs], "pos": cols, "token_id": token_ids}
+                    context = partial(_contexts, shard, lengths, seqs, cols)
+                    width = int(seq_len.max())
+                    self.recorder.feed = StatsFeed.of(rows * width + cols, excluded, chosen, self.device, keys,
+                                                      context, len(seq_index) * width)
                 input_ids, mask = pad_batch(shard.ids, shard.offsets, seq_index, self.pad_id)
                 vectors = forward_and_gather(self.model, self.recorder, input_ids, mask, rows[keep], cols[keep])
                 forwards += 1
@@ -212,6 +231,8 @@ class ShardCapturer:
                     vectors = vectors[:, torch.as_tensor(finite, device=vectors.device)]
                 sample.add(vectors, keys=keys)
         self.recorder.stats = None  # the statistics are ours until a flush takes them, not the recorder's
+        for site_stats in self.stats if with_stats else ():
+            site_stats.massive.settle()  # the shard's top |x| entries named, its keys released
         record = {
             "shard": shard.index,
             "fingerprint": shard.fingerprint(),
@@ -293,6 +314,11 @@ class ShardCapturer:
                 self._state.notify_all()
             del held
         return records
+
+
+def _contexts(shard: Shard, lengths: np.ndarray, seqs: np.ndarray, cols: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """The context ids of a batch's real tokens `index` (`seqs`, `cols`: every real token's sequence and position)."""
+    return context_ids(shard.ids, shard.offsets[seqs[index]], lengths[seqs[index]], cols[index])
 
 
 def _candidates(sample: BottomKSample, hashes: np.ndarray, eligible: np.ndarray | None, limit: int) -> np.ndarray:

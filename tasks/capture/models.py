@@ -1,59 +1,91 @@
 """Models: load a Hugging Face transformer and find the modules behind each capture site.
 
-Sites follow TransformerLens names. For a block with input x:
-  `attn_out`   what attention adds to the residual stream (after its output projection),
-  `mlp_out`    what the MLP adds to the residual stream (after its down projection),
-  `resid_post` the block's output.
-One small table per architecture says which submodule's output is each site. BERT is post-LayerNorm: its
-`resid_post` is the block output after the second LayerNorm, and its `attn_out`/`mlp_out` are the dense
-projections' outputs before their residual add and LayerNorm.
+The site tables of the built-in architectures, and what each site means, are in `tasks/capture/architectures.py`;
+`model.sites` gives the paths of any other architecture. Paths are checked against the model's module tree,
+built without weights, before anything heavy starts.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import logging
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import torch
 
+from tasks.capture.architectures import ARCHITECTURES, SiteTable
 from tasks.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class SiteTable:
-    """Module paths relative to the base model: `blocks` is the list of layers; each site is a path inside one
-    block ('' is the block itself)."""
-
-    blocks: str
-    resid_post: str
-    attn_out: str
-    mlp_out: str
-
-    def path(self, layer: int, site: str) -> str:
-        inner = getattr(self, site)
-        return f"{self.blocks}.{layer}" + (f".{inner}" if inner else "")
-
-
-ARCHITECTURES: dict[str, SiteTable] = {
-    # GPT2Block: attn -> (c_proj, resid_dropout) added to x; mlp -> (c_proj, dropout) added to x.
-    "gpt2": SiteTable(blocks="h", resid_post="", attn_out="attn", mlp_out="mlp"),
-    # BertLayer: attention.output.dense then LayerNorm(x + .); output.dense then LayerNorm(x + .).
-    "bert": SiteTable(blocks="encoder.layer", resid_post="", attn_out="attention.output.dense", mlp_out="output.dense"),
-}
-
-
-def site_table(model_type: str) -> SiteTable:
-    """The site table for a `config.model_type`, or a UserError naming the supported ones."""
+def site_table(model_type: str, custom: Mapping[str, str] | None = None) -> SiteTable:
+    """The site table for a `config.model_type`, or the one `model.sites` gives (`custom`: blocks and site paths,
+    which take precedence); a UserError for an architecture with neither."""
+    if custom:
+        return SiteTable(blocks=custom["blocks"], resid_post=custom.get("resid_post"), attn_out=custom.get("attn_out"),
+                         mlp_out=custom.get("mlp_out"), residual="custom", causal=False)
     try:
         return ARCHITECTURES[model_type]
     except KeyError:
         raise UserError(
-            f"architecture {model_type!r} is not supported; supported: {', '.join(sorted(ARCHITECTURES))}"
+            f"architecture {model_type!r} is not supported out of the box (built in: {', '.join(sorted(ARCHITECTURES))}); "
+            "give its module paths in model.sites, e.g. {blocks: model.layers, resid_post: '', attn_out: self_attn, "
+            "mlp_out: mlp}"
         ) from None
+
+
+def _auto_class(causal_lm: bool):
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    return AutoModelForCausalLM if causal_lm else AutoModel
+
+
+def empty_model(model_config, trust_remote_code: bool = False, causal_lm: bool = False) -> torch.nn.Module:
+    """The base model's (with `causal_lm`, the language model's) module tree with no weights (every tensor on the
+    `meta` device): checks module paths and plans a device split before any weight is read, whatever its size."""
+    with torch.device("meta"):
+        return _auto_class(causal_lm).from_config(model_config, trust_remote_code=trust_remote_code)
+
+
+def check_sites(model: torch.nn.Module, table: SiteTable, sites: Sequence[tuple[int, str]], source: str) -> None:
+    """Every (layer, site) names a module of `model`; else a UserError naming the first missing path and the
+    nearest existing module names. `source` says where the paths came from (`model.sites`, or a site table)."""
+    names = [name for name, _ in model.named_modules()]
+    known = set(names)
+    paths = [(table.blocks, "blocks")] + [(_path_or_none(table, layer, site), site) for layer, site in sites]
+    for path, what in paths:
+        if path is None:
+            raise UserError(f"{source} has no path for site {what!r}; add {what}: PATH (relative to a block) or drop "
+                            "the site from capture.sites")
+        if path not in known:
+            near = difflib.get_close_matches(path, names, n=3, cutoff=0.5)
+            raise UserError(f"{source}: {what} path {path!r} is not a module of {type(model).__name__}; nearest: "
+                            f"{', '.join(near) or '(none)'}")
+
+
+def validated_table(model_config, custom: Mapping[str, str] | None, sites: Sequence[tuple[int, str]],
+                    trust_remote_code: bool = False) -> SiteTable:
+    """The site table of this model (`site_table`), its paths checked against the module tree built without
+    weights (`empty_model`), so that a wrong path stops the run before any actor loads weights."""
+    table = site_table(model_config.model_type, custom)
+    try:
+        skeleton = empty_model(model_config, trust_remote_code)
+    except Exception as exc:  # the actors' hooks check the paths again against the loaded model
+        log.warning("cannot build %s without weights to check its site paths (%s: %s); the actors will check them",
+                    model_config.model_type, type(exc).__name__, exc)
+        return table
+    check_sites(skeleton, table, sites, "model.sites" if custom else f"the site table of {model_config.model_type!r}")
+    return table
+
+
+def _path_or_none(table: SiteTable, layer: int, site: str) -> str | None:
+    try:
+        return table.path(layer, site)
+    except KeyError:
+        return None
 
 
 def resolve_name(name: str) -> str:
@@ -111,15 +143,23 @@ def torch_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def load_model(
-    name: str, dtype: str, device: torch.device, revision: str | None = None, trust_remote_code: bool = False
+    name: str, dtype: str, device: torch.device, revision: str | None = None, trust_remote_code: bool = False,
+    gpus: int = 1, causal_lm: bool = False,
 ) -> torch.nn.Module:
-    """The base transformer (no task head) in eval mode on `device`; remote code only when opted in by name."""
-    from transformers import AutoModel
-
+    """The base transformer (no task head; with `causal_lm` the language model) in eval mode on `device`, or with
+    `gpus` > 1 split over that many GPUs (`tasks.capture.split`); remote code only when opted in by name."""
     path = resolve_name(name)
+    torch_type = torch_dtype(dtype, device)
+    placement = {}
+    if gpus > 1:
+        from tasks.capture.split import device_plan, gpu_budgets
+
+        skeleton = empty_model(load_model_config(name, revision, trust_remote_code), trust_remote_code, causal_lm)
+        placement = {"device_map": device_plan(skeleton, gpu_budgets(gpus), torch_type)}
+        log.info("model %s split over %d GPUs: %s", name, gpus, placement["device_map"])
     try:
-        model = AutoModel.from_pretrained(
-            path, revision=revision, dtype=torch_dtype(dtype, device), trust_remote_code=trust_remote_code
+        model = _auto_class(causal_lm).from_pretrained(
+            path, revision=revision, dtype=torch_type, trust_remote_code=trust_remote_code, **placement
         )
     except Exception as exc:
         if (unsafe := _unsafe_weights(exc)) is not None:
@@ -128,7 +168,7 @@ def load_model(
                 "(model.safetensors: load the model where its source is trusted and save_pretrained it)"
             ) from None
         raise UserError(f"model {name!r} cannot be loaded ({type(exc).__name__}: {exc}); check model.name") from None
-    return model.to(device).eval()
+    return (model if placement else model.to(device)).eval()
 
 
 def _unsafe_weights(exc: BaseException) -> str | None:

@@ -15,18 +15,25 @@ from typing import Sequence
 import pyarrow as pa
 import torch
 
-from tasks.capture.models import load_tokenizer, resolve_name, torch_dtype
+from tasks.capture.architectures import ARCHITECTURES
+from tasks.capture.models import load_model, load_tokenizer
 from tasks.report.tables import SANITY_SCHEMA
 
 log = logging.getLogger(__name__)
 
-# `config.model_type`s whose checkpoints load as `AutoModelForCausalLM` with a next-token head.
-CAUSAL_LM_TYPES = frozenset({"gpt2"})
+# `config.model_type`s whose checkpoints load as `AutoModelForCausalLM` with a next-token head: the causal families
+# of the site tables.
+CAUSAL_LM_TYPES = frozenset(name for name, table in ARCHITECTURES.items() if table.causal)
 
 
 def applies(model_type: str) -> bool:
-    """True when next-token predictions are meaningful for this architecture."""
-    return model_type in CAUSAL_LM_TYPES
+    """True when next-token predictions are meaningful for this architecture: a causal family of the site tables,
+    or another architecture that `transformers` maps to a causal language model and that is not a known encoder."""
+    if model_type in ARCHITECTURES:
+        return model_type in CAUSAL_LM_TYPES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 
 def not_applicable_reason(model_type: str) -> str:
@@ -38,20 +45,19 @@ def not_applicable_reason(model_type: str) -> str:
 
 @torch.no_grad()
 def next_token_predictions(
-    name: str, dtype: str, prompts: Sequence[str], top_k: int, revision: str | None = None, use_gpu: bool = False
+    name: str, dtype: str, prompts: Sequence[str], top_k: int, revision: str | None = None, use_gpu: bool = False,
+    gpus: int = 1,
 ) -> pa.Table:
     """The `top_k` most probable next tokens after each prompt, as a table with SANITY_SCHEMA.
 
     Loads the checkpoint with its language-model head (`AutoModelForCausalLM`; GPT-2's head is tied to the
-    input embedding, so a base-model checkpoint loads too). Probabilities are the softmax of the last
-    position's logits in float32. Prompts run one at a time, unpadded, so no attention mask can change them.
+    input embedding, so a base-model checkpoint loads too), split over `gpus` GPUs as the capture actors do.
+    Probabilities are the softmax of the last position's logits in float32. Prompts run one at a time, unpadded
+    (with the tokenizer's own special tokens, e.g. Llama's BOS), so no attention mask can change them.
     """
-    from transformers import AutoModelForCausalLM
-
     device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-    model = AutoModelForCausalLM.from_pretrained(
-        resolve_name(name), revision=revision, dtype=torch_dtype(dtype, device), trust_remote_code=False
-    ).to(device).eval()
+    model = load_model(name, dtype, device, revision, gpus=gpus if device.type == "cuda" else 1, causal_lm=True)
+    device = next(model.parameters()).device
     tokenizer = load_tokenizer(name, revision)
     k = min(top_k, model.config.vocab_size)
     columns: dict[str, list] = {f.name: [] for f in SANITY_SCHEMA}

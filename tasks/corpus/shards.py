@@ -63,6 +63,8 @@ def context_length(model_config, max_length: int | None) -> int:
     ctx = getattr(model_config, "n_positions", None) or getattr(model_config, "max_position_embeddings", None)
     if ctx is None:
         raise UserError("cannot tell the model's context length; set corpus.max_length")
+    if getattr(model_config, "model_type", None) in ("roberta", "xlm-roberta", "camembert"):
+        ctx -= int(model_config.pad_token_id) + 1  # RoBERTa's positions start after its padding index (514 -> 512)
     return min(int(ctx), max_length) if max_length else int(ctx)
 
 

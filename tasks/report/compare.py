@@ -18,6 +18,7 @@ from typing import Sequence
 
 from tasks.errors import UserError
 from tasks.report.data import run_data
+from tasks.report.profiles import panels_json
 
 IGNORED_KEYS = ("run.out", "cluster.", "report.")  # where and how a run ran, or its sanity prompts
 
@@ -131,6 +132,8 @@ def compare_data(run_dirs: Sequence[str | Path]) -> dict:
         "sites": sites,
         "variants": variants,
         "x_label": x_label,
+        # the depth-profile panels whose columns every run has
+        "profiles": panels_json(set.intersection(*(set(r["summary_columns"]) for r in runs))),
         "rows": [{"label": a.label, "x": a.x, "layers": list(a.layers)} for a in rows],
         "default": _default(slim, rows, sites, variants[0]),
     }

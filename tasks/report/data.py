@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from tasks.analysis.baselines import law_probabilities
 from tasks.errors import UserError, first_line
+from tasks.report.profiles import panels_json
 from tasks.sites import site_order
 from tasks.storage import RunStore
 
@@ -65,6 +66,8 @@ COLUMNS = {
     "histograms.parquet": ("layer", "site", "variant", "source", "bin_left", "bin_right", "density"),
     "exemplars.parquet": ("layer", "site", "variant", "quantile", "rank", "cos"),
     "sanity.parquet": ("prompt", "rank", "token", "token_id", "probability"),
+    "massive.parquet": ("layer", "site", "rank", "value", "coord", "over_median", "massive", "excluded", "doc",
+                        "window", "pos", "token_id", "token", "text"),
 }
 
 
@@ -155,6 +158,17 @@ def load_exemplars(run_dir: RunStore) -> dict[str, list[dict]]:
     return out
 
 
+def load_massive(run_dir: RunStore) -> dict[str, list[dict]]:
+    """massive.parquet as {'layer|site': [entries by rank]} (empty without the file)."""
+    path = "massive.parquet"
+    if not run_dir.exists(path):
+        return {}
+    out: dict[str, list[dict]] = {}
+    for r in sorted(read_table(run_dir, path).to_pylist(), key=lambda r: (r["layer"], r["site"], r["rank"])):
+        out.setdefault(f"{r['layer']}|{r['site']}", []).append({k: _clean(v) for k, v in r.items() if k not in ("layer", "site")})
+    return out
+
+
 def load_sanity(run_dir: RunStore, manifest: dict) -> dict:
     """The sanity check as {applies, reason, prompts: [{prompt, top: [{rank, token, token_id, probability}]}]}."""
     entry = dict(manifest.get("sanity") or {})
@@ -229,16 +243,19 @@ def run_data(run_dir: str | Path | RunStore, with_laws: bool = True) -> dict:
     manifest = load_manifest(run_dir)
     summary = load_summary(run_dir)
     edges, hists = load_histograms(run_dir)
+    columns = list(read_table(run_dir, "summary.parquet").schema.names)
     data = {
         "identity": identity(run_dir, manifest),
         "summary": summary,
-        "summary_columns": list(read_table(run_dir, "summary.parquet").schema.names),
+        "summary_columns": columns,
+        "profiles": panels_json(columns),  # the depth-profile panels whose columns this run has
         "sites": ordered_sites(summary),
         "layers": sorted({r["layer"] for r in summary}),
         "variants": sorted({r["variant"] for r in summary}, key=lambda v: (v != "raw", v)),  # raw first
         "edges": edges,
         "hists": hists,
         "exemplars": load_exemplars(run_dir),
+        "massive": load_massive(run_dir),
         "sanity": load_sanity(run_dir, manifest),
         "default": default_selection(summary),
     }

@@ -33,3 +33,20 @@ def exemplar_rows(layer: int, site: str, variant: str, pairs: list[dict], keys: 
             row[f"{side}_text"] = context_text(tokenizer, keys["context"][idx])
         rows.append(row)
     return rows
+
+
+def massive_rows(layer: int, site: str, entries: dict, tokenizer) -> list[dict]:
+    """Rows of `massive.parquet` for one site: each top |x| entry (`tasks.analysis.massive.massive_numbers`) with
+    its token decoded alone (`token`) and in context (`text`, as the exemplars show theirs)."""
+    rows = []
+    for rank in range(len(entries["value"])):
+        e = {k: v[rank] for k, v in entries.items()}
+        known = int(e["token_id"]) >= 0
+        rows.append({
+            "layer": layer, "site": site, "rank": rank, "value": float(e["value"]), "coord": int(e["coord"]),
+            "over_median": float(e["over_median"]), "massive": bool(e["massive"]), "excluded": bool(e["excluded"]),
+            **{k: int(e[k]) for k in ("doc", "window", "pos", "token_id")},
+            "token": tokenizer.decode([int(e["token_id"])]) if known else None,
+            "text": context_text(tokenizer, e["context"]) if known and (e["context"] >= 0).any() else None,
+        })
+    return rows

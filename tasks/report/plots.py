@@ -1,7 +1,8 @@
 """Report plots, drawn from the run's Parquet files alone (so `gpt-stats report RUN_DIR` can redraw them).
 
 Stage 6 of the data flow. One PNG per (layer, site): the data histogram against the three Gaussian baselines;
-and `overview.png`, a grid of all layers (rows) and sites (columns) on the same axes.
+`overview.png`, a grid of all layers (rows) and sites (columns) on the same axes; `verdicts.png`; and
+`depth-profile.png`, the main numbers of every site against layer (`tasks.report.profiles`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tasks.report.data import read_table  # noqa: E402
+from tasks.report.profiles import PROFILE_VARIANT, panels_for  # noqa: E402
 from tasks.sites import site_key, site_order  # noqa: E402
 from tasks.storage import RunStore  # noqa: E402
 
@@ -160,6 +162,58 @@ def plot_verdicts(summary: dict) -> bytes:
     return _png(fig, 110)
 
 
+SITE_COLORS = {"resid_post": "#1f77b4", "attn_out": "#d62728", "mlp_out": "#2ca02c"}  # as on the report page
+
+
+def plot_depth_profile(summary: dict, columns) -> bytes | None:
+    """One panel per profile quantity (`tasks.report.profiles.panels_for` the summary's `columns`), one colour per
+    site, the raw rows against layer, a panel's second curve dashed, intervals as shaded bands. None when no
+    panel's column is in the summary."""
+    panels = panels_for(columns)
+    rows = [r for k, r in summary.items() if k[2] == PROFILE_VARIANT]
+    if not panels or not rows:
+        return None
+    sites = site_order(r["site"] for r in rows)
+    ncols = min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.1 * nrows + 0.5), squeeze=False)
+    for ax, panel in zip(axes.flat, panels):
+        for i, site in enumerate(sites):
+            mine = sorted((r for r in rows if r["site"] == site), key=lambda r: r["layer"])
+            x = np.array([r["layer"] for r in mine], dtype=float)
+            color = SITE_COLORS.get(site, f"C{i + 3}")
+            for curve in panel.curves:
+                y = np.array([np.nan if r.get(curve.column) is None else r[curve.column] for r in mine], dtype=float)
+                if panel.log:
+                    y[y <= 0] = np.nan
+                ax.plot(x, y, color=color, lw=1.5, ls="--" if curve.dash else "-", marker="o", ms=2.5)
+                if curve.low:
+                    lo = np.array([np.nan if r.get(curve.low) is None else r[curve.low] for r in mine], dtype=float)
+                    hi = np.array([np.nan if r.get(curve.high) is None else r[curve.high] for r in mine], dtype=float)
+                    ax.fill_between(x, lo, hi, color=color, alpha=0.18, lw=0)
+        if panel.log:
+            ax.set_yscale("log")
+            plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+            lo, hi = ax.get_ylim()
+            ax.yaxis.set_major_formatter(plain)  # minor ticks labelled only within a decade, where no major is
+            ax.yaxis.set_minor_formatter(plain if hi < 10 * lo else matplotlib.ticker.NullFormatter())
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_title(panel.title, fontsize=9)
+        ax.set_ylabel(panel.y_label, fontsize=8)
+        ax.set_xlabel("layer", fontsize=8)
+        ax.tick_params(labelsize=7)
+        if len(panel.curves) > 1:
+            ax.text(0.01, 0.98, "solid: " + panel.curves[0].label + "; dashed: " + panel.curves[1].label,
+                    transform=ax.transAxes, fontsize=6.5, va="top")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    handles = [plt.Line2D([], [], color=SITE_COLORS.get(site, f"C{i + 3}"), lw=2) for i, site in enumerate(sites)]
+    fig.legend(handles, sites, loc="lower center", ncol=len(sites), fontsize=8, frameon=False)
+    fig.suptitle("Depth profiles (raw states; bands: 95 % document-bootstrap intervals)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+    return _png(fig, 100)
+
+
 def _site_png(job: tuple[str, dict, dict]) -> tuple[str, bytes]:
     rel, sources, row = job
     return rel, plot_site(sources, row)
@@ -191,6 +245,10 @@ def draw_plots(run_dir: str | RunStore, workers: int | None = None) -> list[str]
     written = [rel for rel, _ in drawn]
     store.write_bytes("plots/overview.png", plot_overview(hists, summary))
     written.append("plots/overview.png")
+    profile = plot_depth_profile(summary, next(iter(summary.values())).keys())  # a row holds every column
+    if profile is not None:
+        store.write_bytes("plots/depth-profile.png", profile)
+        written.append("plots/depth-profile.png")
     if any(r.get("verdict") for r in summary.values()):
         store.write_bytes("plots/verdicts.png", plot_verdicts(summary))
         written.append("plots/verdicts.png")

@@ -1,5 +1,5 @@
 """The run's result tables from the per-site results: `summary.parquet`, `histograms.parquet`,
-`exemplars.parquet` and `moments.parquet`.
+`exemplars.parquet`, `moments.parquet` and `massive.parquet`.
 
 Each site task (`tasks.analysis.site.analyze_site`) returns its numbers per variant; here they become rows of the
 schemas in `tasks.report.tables`, each histogram is written beside its three Gaussian baselines, and every site
@@ -14,10 +14,11 @@ import pyarrow as pa
 from tasks.analysis.baselines import law_probabilities, wasserstein1
 from tasks.analysis.similarity import CosineHistogram, bin_edges
 from tasks.analysis.verdict import verdict, verdict_confident
-from tasks.report.exemplars import exemplar_rows
+from tasks.report.exemplars import exemplar_rows, massive_rows
 from tasks.report.tables import (
     CORPUS_COLUMNS,
     EXEMPLAR_SCHEMA,
+    MASSIVE_SCHEMA,
     RAW_ONLY,
     SUMMARY_SCHEMA,
     VARIANT_COLUMNS,
@@ -75,11 +76,13 @@ def write_results(store: RunStore, results: list[dict], empirical: CosineHistogr
     check_counts(results, n_tokens, nonfinite)
     edges = bin_edges(bins)
     emp_prob = empirical.counts / empirical.n_pairs
-    summary, hist_tables, exemplars, moment_tables = [], [], [], []
+    summary, hist_tables, exemplars, moment_tables, massive = [], [], [], [], []
     for r, bad in zip(results, nonfinite):
         layer, site, d = r["layer"], r["site"], r["d_model"]
         if "dims" in r:
             moment_tables.append(moments_table(layer, site, r["dims"]))
+        if "massive_entries" in r:
+            massive += massive_rows(layer, site, r["massive_entries"], tokenizer)
         for variant, v in r["variants"].items():
             hist = CosineHistogram.load(v["hist"])
             summary.append(summary_row(r, variant, hist.n_pairs, n_tokens, bad))
@@ -97,10 +100,12 @@ def write_results(store: RunStore, results: list[dict], empirical: CosineHistogr
     store.write_parquet("summary.parquet", rows_to_table(summary, SUMMARY_SCHEMA))
     store.write_parquet("histograms.parquet", pa.concat_tables(hist_tables))
     store.write_parquet("exemplars.parquet", rows_to_table(exemplars, EXEMPLAR_SCHEMA))
-    if moment_tables:
-        store.write_parquet("moments.parquet", pa.concat_tables(moment_tables))
-    else:
-        store.delete("moments.parquet")
+    for name, table in (("moments.parquet", moment_tables and pa.concat_tables(moment_tables)),
+                        ("massive.parquet", massive and rows_to_table(massive, MASSIVE_SCHEMA))):
+        if table:  # statistics on
+            store.write_parquet(name, table)
+        else:
+            store.delete(name)
     d = results[0]["d_model"]
     return {
         "gaussian_empirical_vs_exact": {

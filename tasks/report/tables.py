@@ -55,6 +55,9 @@ SUMMARY_SCHEMA = pa.schema(
         ("dim_inv_cos2", pa.float64()),
         ("dim_inv_cos2_ci_low", pa.float64()),
         ("dim_inv_cos2_ci_high", pa.float64()),
+        # intrinsic dimension of the sampled states (tasks.analysis.intrinsic) with 95 % document-bootstrap intervals;
+        # the raw row's, repeated on the centred row (same distances), null on the standardized row
+        *[(f"id_{e}{part}", pa.float64()) for e in ("twonn", "gride") for part in ("", "_ci_low", "_ci_high")],
         ("rogue_dims", pa.string()),
         ("rogue_share", pa.float64()),
         ("cos_var_left_top1", pa.float64()),
@@ -72,6 +75,11 @@ SUMMARY_SCHEMA = pa.schema(
         ("n_excluded", pa.int64()),  # tokens kept out by capture.exclude (finite states), and their norms
         ("excluded_norm_mean", pa.float64()),
         ("excluded_norm_std", pa.float64()),
+        # massive activations (Sun et al. 2024) over every token, excluded ones included (tasks/analysis/massive.py)
+        ("abs_max", pa.float64()),
+        ("abs_median", pa.float64()),
+        ("massive_ratio", pa.float64()),
+        ("massive_dims", pa.string()),
     ]
 )
 
@@ -84,9 +92,12 @@ CORPUS_COLUMNS = ("n_tokens_stats", "n_tokens_second_order", "cos_mean_all", "co
                   "pr_corrected", "pc90", "pc95", "pc99", "predicted_cos_var", "mean_share", "kurtosis_max",
                   "kurtosis_median", "kurtosis_share", "kurtosis_share_sample", "pc_kurtosis_max",
                   "pc_kurtosis_median", "pc_kurtosis_share", "norm_mean_all", "norm_std_all", "n_excluded",
-                  "excluded_norm_mean", "excluded_norm_std", "rogue_dims", "rogue_share")
-# Corpus columns that describe the raw states' directions: null on the centred and standardized rows.
-RAW_ONLY = ("cos_mean_all", "cos2_mean_all", "mean_share", "rogue_dims", "rogue_share")
+                  "excluded_norm_mean", "excluded_norm_std", "rogue_dims", "rogue_share", "abs_max", "abs_median",
+                  "massive_ratio", "massive_dims")
+# Corpus columns that describe the raw states (their directions, their coordinates' sizes): null on the centred
+# and standardized rows.
+RAW_ONLY = ("cos_mean_all", "cos2_mean_all", "mean_share", "rogue_dims", "rogue_share", "abs_max", "abs_median",
+            "massive_ratio", "massive_dims")
 # The rest: each variant's own numbers from its sample (histogram, fit, distances, intervals).
 VARIANT_COLUMNS = tuple(n for n in SUMMARY_SCHEMA.names if n not in (*RUN_COLUMNS, *VERDICT_COLUMNS, *CORPUS_COLUMNS))
 
@@ -130,6 +141,23 @@ EXEMPLAR_SCHEMA = pa.schema(
         *[(f"a_{name}", t) for name, t in _TOKEN_FIELDS],
         ("b_index", pa.int64()),
         *[(f"b_{name}", t) for name, t in _TOKEN_FIELDS],
+    ]
+)
+
+# The top `stats.massive_top` |x| entries of every site over every token (tasks/stats/massive.py), by rank.
+MASSIVE_SCHEMA = pa.schema(
+    [
+        ("layer", pa.int32()),
+        ("site", pa.string()),
+        ("rank", pa.int32()),
+        ("value", pa.float64()),
+        ("coord", pa.int32()),
+        ("over_median", pa.float64()),
+        ("massive", pa.bool_()),
+        ("excluded", pa.bool_()),
+        *_TOKEN_FIELDS[:4],
+        ("token", pa.string()),
+        ("text", pa.string()),
     ]
 )
 

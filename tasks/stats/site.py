@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from tasks.stats.base import as_batch, row_count
+from tasks.stats.massive import MASSIVE_TOP, AbsHistogram, RowIdentity, TopAbs, masked_absolute
 from tasks.stats.moments import Moments
 from tasks.stats.norms import NormHistogram
 from tasks.stats.reductions import block_sums, provisional_centre, row_norms
@@ -18,21 +19,27 @@ class SiteStatistics:
     """All streaming statistics of one (layer, site): moments, norms and unit sums over every token; the two d x d
     statistics (covariance, unit second moment) over the tokens chosen for second-order statistics (all, or a
     fraction where cost demands it). Tokens excluded from the analysis (`capture.exclude`: position 0, special
-    tokens) feed only their own norms, `excluded_norms` (their count is its n).
+    tokens) feed only their own norms, `excluded_norms` (their count is its n), and the massive-activation
+    statistics: `massive` (the top `massive_top` |x| entries, `tasks.stats.massive.TopAbs`) and `abs_hist` (|x| of
+    every coordinate) see every token, excluded ones included, since massive activations sit on exactly the
+    tokens `capture.exclude` keeps out (the first token, delimiters).
 
     A `Statistic`: merges part by part, and its state is the parts' states under `{part}.` prefixes. `n` counts the
     tokens fed to the statistics proper (excluded ones are `excluded_norms.n`)."""
 
     PARTS = {"moments": Moments, "norms": NormHistogram, "units": UnitSums, "covariance": Covariance,
-             "unit_second": UnitSecondMoment, "excluded_norms": NormHistogram}
+             "unit_second": UnitSecondMoment, "excluded_norms": NormHistogram, "massive": TopAbs,
+             "abs_hist": AbsHistogram}
 
-    def __init__(self) -> None:
+    def __init__(self, massive_top: int = MASSIVE_TOP) -> None:
         self.moments = Moments()
         self.norms = NormHistogram()
         self.units = UnitSums()
         self.covariance = Covariance()
         self.unit_second = UnitSecondMoment()
         self.excluded_norms = NormHistogram()
+        self.massive = TopAbs(massive_top)
+        self.abs_hist = AbsHistogram()
 
     def _parts(self) -> list[tuple[str, Any]]:
         return [(name, getattr(self, name)) for name in self.PARTS]
@@ -49,9 +56,9 @@ class SiteStatistics:
 
     def add(self, x: torch.Tensor | np.ndarray, /, *, second_order_rows: torch.Tensor | None = None,
             norms: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> None:
-        """Add a batch (n, d); `second_order_rows` (indices, or None for all) feed the d x d statistics; `norms`:
-        the rows' norms if already known (`row_norms`); `weights`: a bool mask of the rows to feed at all (None:
-        all), counted on their device."""
+        """Add a batch (n, d) to every part but the massive ones (`add_massive`); `second_order_rows` (indices, or
+        None for all) feed the d x d statistics; `norms`: the rows' norms if already known (`row_norms`);
+        `weights`: a bool mask of the rows to feed at all (None: all), counted on their device."""
         x = as_batch(x)
         if len(x) == 0:
             return
@@ -81,6 +88,18 @@ class SiteStatistics:
                      weights: torch.Tensor | None = None) -> None:
         """Add a batch (n, d) of excluded tokens: their norms only."""
         self.excluded_norms.add(as_batch(x), norms=norms, weights=weights)
+
+    def add_massive(self, x: torch.Tensor | np.ndarray, /, *, weights: torch.Tensor | None = None,
+                    identity: RowIdentity | None = None) -> None:
+        """Add a batch (n, d) of tokens, excluded ones included, to `massive` and `abs_hist`, which share one
+        |x|; `identity`: the rows' tokens (None: unknown). The capture hooks feed them the whole batch in one call
+        (padding left out by `weights`), not the gathered rows of `add` and `add_excluded`: one pass, no gather."""
+        x = as_batch(x)
+        if len(x) == 0:
+            return
+        a = masked_absolute(x, weights)
+        self.massive.add(x, identity=identity, weights=weights, absolute=a)
+        self.abs_hist.add(x, weights=weights, absolute=a)
 
     def merge(self, other: SiteStatistics) -> SiteStatistics:
         for name, part in self._parts():

@@ -162,10 +162,14 @@ function legendKey(parent, style, label) {
 }
 
 // Layer-wise curves: one line per series over integer layers (or any x), points clickable.
-// series: [{label, color, dash, values: [{x, y, id}]}]; o: {title, xLabel, yLabel, yLog, refs: [{y, label}], selected}
+// series: [{label, color, dash, key, col, band, values: [{x, y, id, lo, hi}]}]; with `band`, the points' lo/hi are
+// drawn as a shaded band. o: {title, xLabel, yLabel, yLog, refs: [{y, label}], selected}. The svg carries its axes'
+// ranges (data-x0, data-x1, data-y0, data-y1, data-ylog, data-plot-*) and each line and band its series' key and
+// column, so a test can read the values back from the geometry.
 function lineChart(parent, series, o) {
+  const ok = (v) => v !== null && v !== undefined && (!o.yLog || v > 0);
   const xs = series.flatMap((sr) => sr.values.map((p) => p.x));
-  let ys = series.flatMap((sr) => sr.values.map((p) => p.y)).filter((v) => v !== null && (!o.yLog || v > 0));
+  let ys = series.flatMap((sr) => sr.values.flatMap((p) => (sr.band ? [p.y, p.lo, p.hi] : [p.y]))).filter(ok);
   for (const r of o.refs || []) ys.push(r.y);
   if (!ys.length) ys = [0, 1];
   let y0 = Math.min(...ys), y1 = Math.max(...ys);
@@ -178,13 +182,22 @@ function lineChart(parent, series, o) {
     width: o.width || 370, height: o.height || 230, title: o.title, xLabel: o.xLabel, yLabel: o.yLabel, yLog: o.yLog,
     x: [x0 - padx, x1 + padx], y: [y0, y1], xTicks: o.xTicks, xFormat: o.xFormat, margin: { left: 58, bottom: 40 },
   });
+  Object.entries({ "data-x0": x0 - padx, "data-x1": x1 + padx, "data-y0": y0, "data-y1": y1, "data-ylog": o.yLog ? 1 : 0,
+    "data-plot-left": f.left, "data-plot-top": f.top, "data-plot-width": f.width, "data-plot-height": f.height })
+    .forEach(([a, v]) => f.svg.setAttribute(a, v));
+  for (const sr of series.filter((x) => x.band)) {
+    const pts = sr.values.filter((p) => ok(p.lo) && ok(p.hi));
+    if (!pts.length) continue;
+    const d = pathData([...pts.map((p) => p.x), ...pts.map((p) => p.x).reverse()], [...pts.map((p) => p.hi), ...pts.map((p) => p.lo).reverse()], f.x, f.y, o.yLog);
+    s("path", { class: "band", "data-series": sr.key, "data-col": sr.col, d: d + " Z", fill: sr.color, "fill-opacity": 0.16, stroke: "none" }, f.plot);
+  }
   for (const r of o.refs || []) {
     s("line", { x1: f.left, x2: f.left + f.width, y1: f.y(r.y), y2: f.y(r.y), stroke: "#888", "stroke-dasharray": "2 3" }, f.plot);
     s("text", { x: f.left + f.width - 4, y: f.y(r.y) + 13, "text-anchor": "end", "font-size": 11, fill: "#666" }, f.plot, r.label);
   }
   for (const sr of series) {
-    const pts = sr.values.filter((p) => p.y !== null && (!o.yLog || p.y > 0));
-    s("path", { d: pathData(pts.map((p) => p.x), pts.map((p) => p.y), f.x, f.y, o.yLog), fill: "none", stroke: sr.color, "stroke-width": 1.8, "stroke-dasharray": sr.dash || null }, f.plot);
+    const pts = sr.values.filter((p) => ok(p.y));
+    s("path", { class: "line", "data-series": sr.key ?? null, "data-col": sr.col ?? null, d: pathData(pts.map((p) => p.x), pts.map((p) => p.y), f.x, f.y, o.yLog), fill: "none", stroke: sr.color, "stroke-width": 1.8, "stroke-dasharray": sr.dash || null }, f.plot);
     for (const p of pts) {
       const sel = o.selected && o.selected(p);
       const c = s("circle", { class: "pt", cx: f.x(p.x), cy: f.y(p.y), r: sel ? 5.5 : 3, fill: sel ? "#fff" : sr.color, stroke: sr.color, "stroke-width": sel ? 2.5 : 1, "data-id": p.id }, f.svg);
@@ -193,6 +206,28 @@ function lineChart(parent, series, o) {
     }
   }
   return f;
+}
+
+// Depth profiles (`tasks.report.profiles`): one series per curve of a panel for one site or run, from
+// `points` [{x, id, r: its summary row or null}]; the curve's interval columns, when it has them, as a band.
+function profileSeries(points, curve, key, label, color) {
+  const get = (r, col) => (r && col && r[col] !== undefined ? r[col] : null);
+  return {
+    key, col: curve.column, label: `${label}, ${curve.label}`, color, dash: curve.dash ? "5 3" : null, band: !!curve.low,
+    values: points.map((p) => ({ x: p.x, id: p.id, y: get(p.r, curve.column), lo: get(p.r, curve.low), hi: get(p.r, curve.high) })),
+  };
+}
+
+function profileChart(parent, panel, series, o) {
+  const f = lineChart(parent, series, Object.assign({ title: panel.title, yLabel: panel.y_label, yLog: panel.log }, o));
+  f.svg.setAttribute("data-panel", panel.key);
+  return f;
+}
+
+function profileNote(parent, what) {
+  h("p", { class: "muted" }, parent, `The raw states' main numbers against ${what}: mean cosine (sample pairs, and all pairs ` +
+    "dashed), fitted dimension, participation ratio, intrinsic dimension (TwoNN, and GRIDE dashed), largest kurtosis, and " +
+    "the massive-activation ratio where the run has it. Shaded bands: 95 % document-bootstrap intervals.");
 }
 
 function facts(parent, pairs) {

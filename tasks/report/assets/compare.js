@@ -83,6 +83,15 @@ function cbuild() {
   C.runs.forEach((run, i) => legendKey(leg, { color: runColor(i) }, `${run.letter}: ${run.dir}`));
   cui.charts = h("div", { class: "charts", id: "charts" }, cs);
 
+  if (C.profiles.length) {
+    const ps = h("section", { id: "profiles" }, app);
+    h("h2", {}, ps, "Depth profiles overlaid");
+    profileNote(ps, `${C.x_label}, one colour per run, for the site chosen above`);
+    const pleg = h("div", { class: "legend" }, ps);
+    C.runs.forEach((run, i) => legendKey(pleg, { color: runColor(i) }, `${run.letter}: ${run.dir}`));
+    cui.profiles = h("div", { class: "charts", id: "profile-charts" }, ps);
+  }
+
   const ts = h("section", { id: "summary" }, app);
   h("h2", {}, ts, "Side by side");
   cui.tableNote = h("p", { class: "muted" }, ts);
@@ -93,7 +102,24 @@ function cbuild() {
 
 function credraw() {
   cui.row.value = String(cstate.row); cui.site.value = cstate.site;
-  cdrawHist(); cdrawCurves(); cdrawTable();
+  cdrawHist(); cdrawCurves(); cdrawProfiles(); cdrawTable();
+}
+
+function cdrawProfiles() {
+  if (!cui.profiles) return;
+  clear(cui.profiles);
+  const raw = C.runs.map((run, i) => new Map(run.summary.filter((r) => r.variant === "raw" && r.site === cstate.site).map((r) => [r.layer, r])));
+  for (const panel of C.profiles) {
+    const series = C.runs.flatMap((run, i) => {
+      const points = C.rows.map((row, k) => ({ x: row.x, id: String(k), r: raw[i].get(row.layers[i]) || null }));
+      return panel.curves.map((c) => profileSeries(points, c, String(i), run.letter, runColor(i)));
+    });
+    profileChart(h("div", {}, cui.profiles), panel, series, {
+      xLabel: C.x_label === "layer" ? "layer" : "relative depth", xName: C.x_label === "layer" ? "layer" : "depth", xTicks: cxTicks(),
+      xFormat: C.x_label === "layer" ? (v) => String(v) : fmtSig, selected: (p) => p.id === String(cstate.row),
+      onClick: (p) => { cstate.row = Number(p.id); credraw(); document.getElementById("explore").scrollIntoView(); },
+    });
+  }
 }
 
 function cdrawHist() {
@@ -136,14 +162,17 @@ function cdrawHist() {
   if (cstate.fit) legendKey(cui.legend, { color: "#555", dash: "6 4" }, "isotropic Gaussian at fitted d (run's colour)");
 }
 
+function cxTicks() {  // whole layers on a layer axis; the default ticks on relative depth
+  if (C.x_label !== "layer") return undefined;
+  const xs = C.rows.map((r) => r.x), lo = Math.min(...xs), hi = Math.max(...xs);
+  const step = Math.max(1, Math.ceil(niceStep(hi - lo || 1, 8)));
+  const out = []; for (let t = Math.ceil(lo / step) * step; t <= hi; t += step) out.push(t); return out;
+}
+
 function cdrawCurves() {
   clear(cui.charts);
   cui.curvesNote.textContent = `Site ${cstate.site}; one line per run; click a point to open that ${C.x_label === "layer" ? "layer" : "depth"} above.`;
-  const ticks = C.x_label === "layer" ? (() => {
-    const xs = C.rows.map((r) => r.x), lo = Math.min(...xs), hi = Math.max(...xs);
-    const step = Math.max(1, Math.ceil(niceStep(hi - lo || 1, 8)));
-    const out = []; for (let t = Math.ceil(lo / step) * step; t <= hi; t += step) out.push(t); return out;
-  })() : undefined;
+  const ticks = cxTicks();
   for (const [col, title, ylab, o] of METRICS) {
     const div = h("div", {}, cui.charts);
     const series = C.runs.map((run, i) => ({

@@ -43,14 +43,16 @@ function build() {
     `${D.layers.length} layers × ${D.sites.length} sites · ${fmtInt(first.n_sample)} sampled token states each · ` +
     `seed ${id.seed} · config ${id.config_hash} · status ${id.status}` + (id.finished ? ` · finished ${id.finished}` : ""));
   const nav = h("nav", {}, app);
-  for (const [href, label] of [["#explore", "Histogram explorer"], ["#curves", "Layer-wise curves"], ["#summary", "Summary table"], ["#sanity", "Model sanity check"], ["#run", "Run identity"]]) h("a", { href }, nav, label);
+  for (const [href, label] of [["#explore", "Histogram explorer"], ["#massive", "Largest activations"], ["#curves", "Layer-wise curves"], ["#profiles", "Depth profiles"], ["#summary", "Summary table"], ["#sanity", "Model sanity check"], ["#run", "Run identity"]]) h("a", { href }, nav, label);
 
   const top = h("div", { class: "row" }, app);
   buildSanity(h("section", { id: "sanity", class: "panel grow" }, top));
   buildKeyFacts(h("section", { class: "panel grow" }, top));
 
   buildExplorer(h("section", { id: "explore" }, app));
+  buildMassive(h("section", { id: "massive" }, app));
   buildCurves(h("section", { id: "curves" }, app));
+  if (D.profiles.length) buildProfiles(h("section", { id: "profiles" }, app));
   buildSummary(h("section", { id: "summary" }, app));
   buildRun(h("section", { id: "run" }, app));
   h("footer", {}, app, `Drawn from the Parquet files and manifest of ${id.path}; this page is self-contained and makes no network request. ` +
@@ -193,6 +195,7 @@ function select(layer, site, variant, resetSliders) {
   if (resetSliders || state.d === null) state.d = nearestD(byKey.get(cur()).d_fit || byKey.get(cur()).d_model);
   ui.d.value = state.d;
   drawHistogram();
+  drawMassive();
   markSelection();
 }
 
@@ -386,6 +389,22 @@ function drawCurves() {
   metric("w1_gaussian", { title: "Distance to the law at d_model", yLabel: "W1 (cosine units)", yZero: true });
   metric("w1_fit", { title: "Distance to the law at fitted d", yLabel: "W1 (cosine units)", yZero: true });
   metric("norm_mean", { title: "Mean norm of the states", yLabel: "mean ‖x‖", yZero: true });
+}
+
+function buildProfiles(sec) {
+  h("h2", {}, sec, "Depth profiles");
+  profileNote(sec, "layer, one colour per site (as in plots/depth-profile.png)");
+  const leg = h("div", { class: "legend" }, sec);
+  for (const site of D.sites) legendKey(leg, { color: SITE_COLORS[site] || "#555" }, site);
+  const charts = h("div", { class: "charts", id: "profile-charts" }, sec);
+  const raw = D.summary.filter((r) => r.variant === "raw");
+  for (const panel of D.profiles) {
+    const series = D.sites.flatMap((site) => {
+      const points = raw.filter((r) => r.site === site).sort((a, b) => a.layer - b.layer).map((r) => ({ x: r.layer, id: `${r.layer}|${site}`, r }));
+      return panel.curves.map((c) => profileSeries(points, c, site, site, SITE_COLORS[site] || "#555"));
+    });
+    profileChart(h("div", {}, charts), panel, series, { xLabel: "layer", xTicks: layerTicks(), xFormat: (v) => String(v) });
+  }
 }
 
 function buildSummary(sec) {
