@@ -17,7 +17,6 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
-import numpy as np
 
 from tasks.capture.actor import ShardCapturer
 from tasks.capture.sampling import StreamingThreshold
