@@ -53,6 +53,15 @@ def corpora(tmp_path_factory, wikitext) -> dict[str, list[str]]:
     return out
 
 
+@pytest.fixture(scope="module")
+def readers(ray_cluster) -> list:
+    """Two reader actors shared by the module's streams (each would otherwise start its own, loading the
+    tokenizer's libraries again)."""
+    from tasks.corpus.stream import reader_pool
+
+    return reader_pool(2)
+
+
 @pytest.fixture
 def small_units(monkeypatch):
     monkeypatch.setattr(sources, "UNIT_BYTES", 7_000)  # dozens of units, line boundaries anywhere in them
@@ -74,17 +83,21 @@ def brute_force(tok, files, shard_tokens, max_docs=None, max_tokens=None):
     return make_shards(make_sequences(docs, tok, SEQ_LEN, "window"), shard_tokens)
 
 
-def stream_shards(ray, tok, files, store, readers, shard_tokens, finished=(), **limits):
-    """Every shard the stream gives, as the pool would take them (one read finishing at a time)."""
+def stream_shards(pool, tok, files, store, readers, shard_tokens, finished=(), **limits):
+    """Every shard the stream gives with `readers` of the reader actors `pool`, as the capture pool would take
+    them (one read finishing at a time)."""
     corpus = CorpusConfig(source="files", files=tuple(files), shard_tokens=shard_tokens, **limits)
     units = list_units(corpus)
     plan = load_plan(store, "h", units)
-    stream = ShardStream(corpus, framing(tok), units, store, "h", plan, set(finished), readers, backlog=10**6)
-    return drain(ray, stream), stream
+    stream = ShardStream(corpus, framing(tok), units, store, "h", plan, set(finished), readers, backlog=10**6,
+                         pool=pool[:readers])
+    return drain(stream), stream
 
 
-def drain(ray, stream) -> list:
+def drain(stream) -> list:
     """The shards of a stream, taken as the capture pool takes them (one finished read at a time)."""
+    import ray
+
     tickets = []
     while not stream.done:
         stream.refill(0)
@@ -116,18 +129,18 @@ def test_units_read_the_documents_of_load_texts(corpora, small_units, kind):
 
 
 @pytest.mark.parametrize("kind", ["text", "jsonl", "parquet"])
-def test_stream_gives_the_brute_force_shards_with_1_and_2_readers(ray_cluster, tok, corpora, small_units, kind,
+def test_stream_gives_the_brute_force_shards_with_1_and_2_readers(readers, tok, corpora, small_units, kind,
                                                                    tmp_path):
     files = corpora[kind]
     want = brute_force(tok, files, 3000)
-    for readers in (1, 2):
-        got, stream = stream_shards(ray_cluster, tok, files, RunStore(str(tmp_path / f"r{readers}")), readers, 3000)
+    for n in (1, 2):
+        got, stream = stream_shards(readers, tok, files, RunStore(str(tmp_path / f"r{n}")), n, 3000)
         same_shards(got, want)
         assert stream.totals.tokens == sum(s.n_tokens for s in want)
         assert stream.totals.documents == len(tokenize(load_texts("files", files=files), tok))
 
 
-def test_hub_dataset_is_read_from_its_parquet_export(ray_cluster, tok, corpora, monkeypatch, tmp_path):
+def test_hub_dataset_is_read_from_its_parquet_export(readers, tok, corpora, monkeypatch, tmp_path):
     """The hub path (the dataset's Parquet export, listed by config and split) on local files laid out as the hub
     lays them out gives the shards of a one-process reading of those files."""
     import glob
@@ -143,11 +156,12 @@ def test_hub_dataset_is_read_from_its_parquet_export(ray_cluster, tok, corpora, 
     corpus = CorpusConfig(source="hub", name="wikitext", config="wikitext-2-raw-v1", split="validation",
                           shard_tokens=3000)
     units = list_units(corpus)
-    stream = ShardStream(corpus, framing(tok), units, RunStore(str(tmp_path / "run")), "h", [], set(), 2, 10**6)
-    same_shards(drain(ray_cluster, stream), brute_force(tok, [str(split / "*.parquet")], 3000))
+    stream = ShardStream(corpus, framing(tok), units, RunStore(str(tmp_path / "run")), "h", [], set(), 2, 10**6,
+                         pool=readers)
+    same_shards(drain(stream), brute_force(tok, [str(split / "*.parquet")], 3000))
 
 
-def test_streamed_dataset_is_read_in_order_one_data_file_per_task(ray_cluster, tok, corpora, tmp_path):
+def test_streamed_dataset_is_read_in_order_one_data_file_per_task(readers, tok, corpora, tmp_path):
     """`corpus.streaming`: a dataset read through `datasets` streaming, one task per data file (here a local
     dataset folder, the hub being out of reach), gives the shards of a one-process reading of its files."""
     import glob
@@ -161,16 +175,17 @@ def test_streamed_dataset_is_read_in_order_one_data_file_per_task(ray_cluster, t
     corpus = CorpusConfig(source="hub", name=str(folder), split="validation", streaming=True, shard_tokens=3000)
     units = list_units(corpus)
     assert [u.kind for u in units] == ["hub-stream"] * len(local)
-    stream = ShardStream(corpus, framing(tok), units, RunStore(str(tmp_path / "run")), "h", [], set(), 2, 10**6)
-    same_shards(drain(ray_cluster, stream), brute_force(tok, local, 3000))
+    stream = ShardStream(corpus, framing(tok), units, RunStore(str(tmp_path / "run")), "h", [], set(), 2, 10**6,
+                         pool=readers)
+    same_shards(drain(stream), brute_force(tok, local, 3000))
 
 
-def test_max_tokens_cut_is_exact_and_nothing_past_it_is_read(ray_cluster, tok, corpora, small_units, tmp_path):
+def test_max_tokens_cut_is_exact_and_nothing_past_it_is_read(readers, tok, corpora, small_units, tmp_path):
     files = corpora["text"]
     n_units = len(list_units(CorpusConfig(source="files", files=tuple(files))))
     for max_tokens in (10_000, 10_001, 23_456):
         want = brute_force(tok, files, 2000, max_tokens=max_tokens)
-        got, stream = stream_shards(ray_cluster, tok, files, RunStore(str(tmp_path / str(max_tokens))), 1, 2000,
+        got, stream = stream_shards(readers, tok, files, RunStore(str(tmp_path / str(max_tokens))), 1, 2000,
                                     max_tokens=max_tokens)
         same_shards(got, want)
         assert stream.totals.body_tokens == max_tokens == sum(s.n_tokens for s in want)  # GPT-2: no special tokens
@@ -181,10 +196,10 @@ def test_max_tokens_cut_is_exact_and_nothing_past_it_is_read(ray_cluster, tok, c
         assert before < max_tokens and end  # the last unit read holds the cut
 
 
-def test_max_docs_reads_nothing_past_the_last_document(ray_cluster, tok, corpora, small_units, tmp_path):
+def test_max_docs_reads_nothing_past_the_last_document(readers, tok, corpora, small_units, tmp_path):
     files = corpora["jsonl"]
     want = brute_force(tok, files, 3000, max_docs=300)
-    got, stream = stream_shards(ray_cluster, tok, files, RunStore(str(tmp_path / "d")), 1, 3000, max_docs=300)
+    got, stream = stream_shards(readers, tok, files, RunStore(str(tmp_path / "d")), 1, 3000, max_docs=300)
     same_shards(got, want)
     assert stream.totals.documents == 300
     assert stream.totals.read_units == list(range(len(stream.totals.read_units)))
@@ -192,42 +207,42 @@ def test_max_docs_reads_nothing_past_the_last_document(ray_cluster, tok, corpora
     assert end and json.loads((Path(stream.store.root) / "corpus" / "unit-000000.json").read_text())["docs"] < 300
 
 
-def test_resume_reads_only_what_unfinished_shards_need(ray_cluster, tok, corpora, small_units, tmp_path):
+def test_resume_reads_only_what_unfinished_shards_need(readers, tok, corpora, small_units, tmp_path):
     files = corpora["text"]
     store = RunStore(str(tmp_path / "run"))
-    first, stream = stream_shards(ray_cluster, tok, files, store, 2, 3000)
+    first, stream = stream_shards(readers, tok, files, store, 2, 3000)
     n_units = len(stream.totals.read_units)
     plan = load_plan(store, "h", list_units(CorpusConfig(source="files", files=tuple(files))))
     assert planned_fingerprints(plan) == {s.index: s.fingerprint() for s in first}
     finished = {s.index for s in first if s.index != 3}  # every shard but one is done
-    again, stream = stream_shards(ray_cluster, tok, files, store, 2, 3000, finished=finished)
+    again, stream = stream_shards(readers, tok, files, store, 2, 3000, finished=finished)
     same_shards(again, [first[3]])
     assert 0 < len(stream.totals.read_units) < 4 < n_units
     assert stream.totals.tokens == sum(s.n_tokens for s in first)
     # everything done: nothing read at all
-    _, stream = stream_shards(ray_cluster, tok, files, store, 2, 3000, finished={s.index for s in first})
+    _, stream = stream_shards(readers, tok, files, store, 2, 3000, finished={s.index for s in first})
     assert stream.totals.read_units == []
 
 
-def test_changed_corpus_is_refused_on_resume(ray_cluster, tok, tmp_path, wikitext):
+def test_changed_corpus_is_refused_on_resume(readers, tok, tmp_path, wikitext):
     path = tmp_path / "c.txt"
     path.write_text("\n".join(wikitext.read_text(encoding="utf-8").split("\n")[:300]) + "\n", encoding="utf-8")
     store = RunStore(str(tmp_path / "run"))
-    first, _ = stream_shards(ray_cluster, tok, [str(path)], store, 1, 3000)
+    first, _ = stream_shards(readers, tok, [str(path)], store, 1, 3000)
     text = path.read_bytes()
     stat = os.stat(path)
     path.write_bytes(text.replace(b"the", b"tha", 1))  # the same size, one word edited
     with pytest.raises(UserError, match=r"corpus file '.*c\.txt' changed since this run directory's earlier attempt"):
-        stream_shards(ray_cluster, tok, [str(path)], store, 1, 3000)
+        stream_shards(readers, tok, [str(path)], store, 1, 3000)
     # the modification time put back: the bytes read again for the unfinished shard give it away
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     with pytest.raises(UserError, match=r"changed since this run directory's earlier attempt \(its bytes differ\)"):
-        stream_shards(ray_cluster, tok, [str(path)], store, 1, 3000, finished={s.index for s in first[1:]})
+        stream_shards(readers, tok, [str(path)], store, 1, 3000, finished={s.index for s in first[1:]})
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["text", "parquet"])
-def test_object_store_files_give_the_local_shards(s3_endpoint, ray_cluster, tok, corpora, small_units, kind,
+def test_object_store_files_give_the_local_shards(s3_endpoint, readers, tok, corpora, small_units, kind,
                                                   tmp_path):
     """`s3://` globs (a local S3-compatible server) give the shards of the same files read locally."""
     import glob
@@ -242,12 +257,12 @@ def test_object_store_files_give_the_local_shards(s3_endpoint, ray_cluster, tok,
             f.write(Path(path).read_bytes())
     suffix = Path(local[0]).suffix
     remote = [f"s3://bucket/corpus-{kind}/*{suffix}?{options}"]
-    got, stream = stream_shards(ray_cluster, tok, remote, RunStore(str(tmp_path / "s3")), 2, 3000)
+    got, stream = stream_shards(readers, tok, remote, RunStore(str(tmp_path / "s3")), 2, 3000)
     same_shards(got, brute_force(tok, local, 3000))
     assert stream.units[0].name == f"s3://bucket/corpus-{kind}/{Path(local[0]).name}"
 
 
-def test_bad_file_mid_corpus_stops_with_its_name_and_no_shard_from_it(ray_cluster, tok, small_units, tmp_path,
+def test_bad_file_mid_corpus_stops_with_its_name_and_no_shard_from_it(readers, tok, small_units, tmp_path,
                                                                        wikitext):
     lines = wikitext.read_text(encoding="utf-8").split("\n")[:600]
     good = ("\n".join(lines) + "\n").encode()
@@ -259,7 +274,7 @@ def test_bad_file_mid_corpus_stops_with_its_name_and_no_shard_from_it(ray_cluste
     line = good[:at].count(b"\n") + 1
     with pytest.raises(UserError, match=rf"corpus file '.*b\.txt' is not UTF-8 text: invalid byte 0xff at byte {at} "
                                         rf"\(line {line}\)"):
-        stream_shards(ray_cluster, tok, [str(tmp_path / "*.txt")], store, 2, 3000)
+        stream_shards(readers, tok, [str(tmp_path / "*.txt")], store, 2, 3000)
     units = list_units(CorpusConfig(source="files", files=(str(tmp_path / "*.txt"),)))
     bad = next(u for u in units if u.path.endswith("b.txt") and u.start <= at < u.stop)
     saved = [int(name[5:11]) for name in store.list("corpus")]

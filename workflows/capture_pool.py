@@ -155,6 +155,7 @@ class CapturePool:
             self.progress.close(self.result, self.failures)
             for actor in self.actors.values():
                 ray.kill(actor, no_restart=True)  # free CPUs/GPUs for merge and similarity; stop work on failure
+            stream.close()
         self.result.retries = sum(v for key, v in self.failures.items() if isinstance(key, int))
         self.result.threshold = int(self.threshold.threshold())
         self.result.driver_cpu_s = time.process_time() - cpu0

@@ -1,6 +1,10 @@
 """The corpus stage on the cluster: units read and tokenized by Ray tasks, cut into shards by the driver in corpus
 order, each shard assembled by a task into the object store. The driver holds only small records.
 
+The reads and the shard assembly run on `corpus.readers` reader actors (`CorpusReader`) that hold no CPU, so
+that they never wait behind capture actors holding every CPU; actors, not tasks, because Ray gives a task that
+holds no CPU a new worker process whenever none is idle, and each new process loads the tokenizer again.
+
 `ShardStream` keeps at most `corpus.readers` unit reads in flight, takes their results in unit order (so
 documents, their indices and the shards do not depend on how many readers ran or which finished first), and
 cuts shards of `corpus.shard_tokens` exactly as `tasks.corpus.shards.make_shards` does over the whole corpus.
@@ -35,6 +39,26 @@ PLAN_DIR = "corpus"
 
 def unit_file(index: int) -> str:
     return f"{PLAN_DIR}/unit-{index:06d}.json"
+
+
+class CorpusReader:
+    """A reader actor's work: units read and tokenized (`tokenize_unit`), shards assembled from them
+    (`assemble_shard`); its worker process keeps the tokenizer loaded from one unit to the next."""
+
+    def read(self, unit: Unit, framing: Framing) -> tuple[dict, dict]:
+        return tokenize_unit(unit, framing)
+
+    def assemble(self, *args) -> object:
+        return assemble_shard(*args)
+
+
+def reader_pool(n: int) -> list:
+    """`n` reader actors, holding no CPU, restarted where they die (a lost node): a call that was running or
+    queued then runs again on the new one."""
+    import ray
+
+    actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3)(CorpusReader)
+    return [actor.remote() for _ in range(n)]
 
 
 @dataclass(frozen=True)
@@ -98,14 +122,15 @@ class ShardStream:
     """Produces `ShardTicket`s in corpus order for the capture pool (`workflows.capture_pool`)."""
 
     def __init__(self, corpus, framing: Framing, units: list[Unit], store: RunStore, config_hash: str,
-                 plan: list[dict], finished: set[int], readers: int, backlog: int):
+                 plan: list[dict], finished: set[int], readers: int, backlog: int, pool: list | None = None):
         import ray
 
         self.corpus, self.framing, self.units, self.store = corpus, framing, units, store
         self.config_hash, self.plan, self.finished = config_hash, plan, finished
         self.readers, self.backlog = max(1, readers), max(1, backlog)
-        self.read_task = ray.remote(tokenize_unit).options(num_returns=2, num_cpus=0)
-        self.assemble_task = ray.remote(assemble_shard).options(num_cpus=0)
+        self.own_pool = pool is None  # reader actors made here are stopped by `close`; a given pool is the caller's
+        self.pool = reader_pool(self.readers) if pool is None else list(pool)
+        self.assembled = 0
         self.totals = Totals(units=len(units))
         self.special = len(framing.prefix) + len(framing.suffix)
         # units to read, in order: a planned unit only if an unfinished shard needs it, then every later unit
@@ -138,6 +163,16 @@ class ShardStream:
     def done(self) -> bool:
         return self.totals.done
 
+    def close(self) -> None:
+        """Stop the reader actors, once capture is over (until then a shard whose object is lost with its node is
+        rebuilt by its reader)."""
+        import ray
+
+        if self.own_pool:
+            for reader in self.pool:
+                ray.kill(reader, no_restart=True)
+        self.pool = []
+
     def waiting(self) -> list:
         return list(self.inflight)
 
@@ -146,7 +181,8 @@ class ShardStream:
         while (not self.totals.done and self.launched < len(self.order) and len(self.inflight) < self.readers
                and pending < self.backlog):
             u = self.order[self.launched]
-            meta_ref, data_ref = self.read_task.remote(self.units[u], self.framing)
+            reader = self.pool[self.launched % len(self.pool)]
+            meta_ref, data_ref = reader.read.options(num_returns=2).remote(self.units[u], self.framing)
             self.inflight[meta_ref] = (u, data_ref)
             self.totals.read_units.append(u)
             self.launched += 1
@@ -271,8 +307,10 @@ class ShardStream:
         return shard
 
     def _assemble(self, s: dict) -> ShardTicket:
-        ref = self.assemble_task.remote(s["index"], s["parts"], s["cut"], self.framing,
-                                        self._origin(s["parts"], s["cut"]), *[self.data[p[0]] for p in s["parts"]])
+        reader = self.pool[self.assembled % len(self.pool)]
+        self.assembled += 1
+        ref = reader.assemble.remote(s["index"], s["parts"], s["cut"], self.framing, self._origin(s["parts"], s["cut"]),
+                                     *[self.data[p[0]] for p in s["parts"]])
         return ShardTicket(s["index"], ref, s["n_tokens"], s["n_sequences"], s["fingerprint"])
 
     def _release(self) -> None:
