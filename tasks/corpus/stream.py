@@ -123,8 +123,6 @@ class ShardStream:
 
     def __init__(self, corpus, framing: Framing, units: list[Unit], store: RunStore, config_hash: str,
                  plan: list[dict], finished: set[int], readers: int, backlog: int, pool: list | None = None):
-        import ray
-
         self.corpus, self.framing, self.units, self.store = corpus, framing, units, store
         self.config_hash, self.plan, self.finished = config_hash, plan, finished
         self.readers, self.backlog = max(1, readers), max(1, backlog)
