@@ -299,7 +299,7 @@ def test_progress_lines_outside_a_terminal(caplog):
         progress.maybe_log(result, Counter({1: 2, "actor 0": 1}))
         totals.done, totals.units_read, totals.tokens = True, 10, 10_000
         progress.maybe_log(result, Counter({1: 2}))
-    first, last = [r.getMessage() for r in caplog.records]
+    first, last = [r.getMessage() for r in caplog.records if r.name == "workflows.progress"]
     assert "corpus: 5,000 tokens read (5/10 units, " in first and "capture: 3,000 of ~10,000 tokens" in first
     assert "3 shards done, 2 retries" in first and "tok/s, ETA " in first
     assert "capture: 3,000 of 10,000 tokens" in last

@@ -193,6 +193,10 @@ class ShardStream:
         try:
             meta = ray.get(ref)
         except Exception as exc:
+            try:
+                ray.get(data_ref)  # the same failure: taken, so that Ray does not report it again as unhandled
+            except Exception:  # noqa: BLE001
+                pass
             if (user := _user_error(exc)) is not None:
                 raise user from None
             raise RunError(f"reading corpus file {self.units[u].name!r} failed: {first_line(exc)}") from None
