@@ -288,17 +288,15 @@ def test_progress_lines_outside_a_terminal(caplog):
     from collections import Counter
 
     from tasks.corpus.stream import Totals
-    from workflows.capture_pool import CaptureResult
     from workflows.progress import Progress
 
     totals = Totals(units=10, units_read=5, documents=50, tokens=5000, shards=4)
     progress = Progress(0.0, totals, done_tokens=1000, terminal=False)
     progress.captured(2000)
-    result = CaptureResult(records=[{}] * 3)
     with caplog.at_level(logging.INFO, logger="workflows.progress"):
-        progress.maybe_log(result, Counter({1: 2, "actor 0": 1}))
+        progress.maybe_log(3, Counter({1: 2, "actor 0": 1}))
         totals.done, totals.units_read, totals.tokens = True, 10, 10_000
-        progress.maybe_log(result, Counter({1: 2}))
+        progress.maybe_log(3, Counter({1: 2}))
     first, last = [r.getMessage() for r in caplog.records if r.name == "workflows.progress"]
     assert "corpus: 5,000 tokens read (5/10 units, " in first and "capture: 3,000 of ~10,000 tokens" in first
     assert "3 shards done, 2 retries" in first and "tok/s, ETA " in first

@@ -129,7 +129,7 @@ class CapturePool:
                         break
                 waiting = list(self.in_flight) + list(self.flushing) + list(self.starting) + stream.waiting()
                 ready, _ = ray.wait(waiting, num_returns=1, timeout=min(10.0, self.progress.every))
-                self.progress.maybe_log(self.result, self.failures)
+                self.progress.maybe_log(self.shards_done(), self.failures)
                 if not ready:
                     if not self.live and time.monotonic() - last_progress > cc.actor_wait_s:
                         raise RunError(f"no capture actor could be placed for {cc.actor_wait_s:g} s; the cluster lacks "
@@ -152,7 +152,7 @@ class CapturePool:
                 else:
                     self.progress.captured(self.on_shard(ref))
         finally:
-            self.progress.close(self.result, self.failures)
+            self.progress.close(self.shards_done(), self.failures)
             for actor in self.actors.values():
                 ray.kill(actor, no_restart=True)  # free CPUs/GPUs for merge and similarity; stop work on failure
             stream.close()
@@ -198,6 +198,10 @@ class CapturePool:
         self.unflushed[slot] = []
         self.generation[slot] += 1
         self.start(slot)
+
+    def shards_done(self) -> int:
+        """Shards captured in this attempt: booked, or waiting for their actor's statistics flush."""
+        return len(self.result.records) + len(self.done)
 
     def book(self, rec: dict) -> None:
         """A shard is done: its record counts, and its tokens are no longer held for a retry."""

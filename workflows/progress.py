@@ -60,19 +60,20 @@ class Progress:
                 f"capture: {self.done:,} of {total} tokens, {rate:,.0f} tok/s, ETA {_duration(left)}, "
                 f"{shards_done} shards done, {retries} retries")
 
-    def maybe_log(self, result, failures: Counter) -> None:
-        """Log a line if `every` seconds passed since the last (never in a terminal: the bar shows it)."""
+    def maybe_log(self, shards_done: int, failures: Counter) -> None:
+        """Log a line if `every` seconds passed since the last (never in a terminal: the bar shows it);
+        `shards_done` counts the shards captured, their statistics flushed or not."""
         now = time.monotonic()
         if self.terminal or now - self.last < self.every:
             return
         self.last = now
-        log.info("%s", self.line(len(result.records), _retries(failures)))
+        log.info("%s", self.line(shards_done, _retries(failures)))
 
-    def close(self, result, failures: Counter) -> None:
+    def close(self, shards_done: int, failures: Counter) -> None:
         if self.bar is not None:
             self.bar.close()
         else:
-            log.info("%s", self.line(len(result.records), _retries(failures)))
+            log.info("%s", self.line(shards_done, _retries(failures)))
 
 
 def _retries(failures: Counter) -> int:
