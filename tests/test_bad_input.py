@@ -1,12 +1,17 @@
 """Every user mistake gets one line naming the problem and the fix, exit status 2, and no traceback: a table of
-mistakes, each run through the real command line in its own process (a few processes at once)."""
+mistakes, each through the command line's entry point (`workflows.cli.main`) on the session's Ray cluster, and
+a few (`IN_A_PROCESS`: one stopped before Ray starts, one stopped in a Ray task; the unsafe weights below, in an
+actor) also through the real command line in a process of its own, which starts its own cluster and shows
+whatever Ray prints."""
 
+import contextlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import traceback
 from pathlib import Path
 
 import pytest
@@ -86,8 +91,13 @@ def _make(kind: str, tmp_path: Path) -> list[str]:
     return ["corpus.source=files", f"corpus.files=[{path}]"]
 
 
-def _run_case(case: tuple, folder: Path, model: Path, text: Path) -> subprocess.CompletedProcess:
-    """One case of CASES through the real command line, in its own process, with its own folder."""
+# cases also run as a process of their own: the real command line, its exit status and everything it prints
+IN_A_PROCESS = ("missing config file", "corpus file invalid past 64 KiB")
+ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def _case_args(case: tuple, folder: Path, model: Path, text: Path) -> list[str]:
+    """The command line (after `run`) of one case of CASES, its files made in `folder`."""
     _name, overrides, _message = case
     cfg = folder / "c.yaml"
     cfg.write_text(yaml.safe_dump({
@@ -97,27 +107,59 @@ def _run_case(case: tuple, folder: Path, model: Path, text: Path) -> subprocess.
         "run": {"out": str(folder / "out")},
     }))
     if overrides is None:
-        args = ["missing.yaml"]
-    else:
-        sets = _make(overrides, folder) if isinstance(overrides, str) else overrides
-        args = [str(cfg)] + [a for s in sets for a in ("--set", s)]
+        return ["missing.yaml"]
+    sets = _make(overrides, folder) if isinstance(overrides, str) else overrides
+    return [str(cfg)] + [a for s in sets for a in ("--set", s)]
+
+
+def _in_process(argv: list[str]) -> subprocess.CompletedProcess:
+    """`gpt-stats ARGV` through the CLI's entry point in this process, run from the project root; an exception
+    that escapes it is a failure of the contract, kept as its traceback on stderr with no exit status."""
+    from workflows.cli import main as cli_main
+
+    err, cwd = io.StringIO(), os.getcwd()
+    try:
+        os.chdir(ROOT)
+        with contextlib.redirect_stderr(err):
+            try:
+                code = cli_main(argv)
+            except BaseException:  # noqa: BLE001 - SystemExit included: the entry point returns its status
+                code = None
+                err.write(traceback.format_exc())
+    finally:
+        os.chdir(cwd)
+    return subprocess.CompletedProcess(["gpt-stats", *argv], code, "", err.getvalue())
+
+
+def _process(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "workflows.run", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+                          timeout=300, env={**os.environ, **ENV})
 
 
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory, tiny_gpt2, wikitext) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
-    """Every case's folder and finished process. The processes run a few at a time: each spends most of its life
-    importing torch and transformers, so the cases need not wait for one another."""
-    folders = {case[0]: tmp_path_factory.mktemp("case") for case in CASES}
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        done = pool.map(lambda case: _run_case(case, folders[case[0]], tiny_gpt2, wikitext), CASES)
-        return {case[0]: (folders[case[0]], res) for case, res in zip(CASES, done)}
+def outcomes(ray_cluster, tmp_path_factory, tiny_gpt2, wikitext) -> dict[tuple[str, str], tuple[Path, subprocess.CompletedProcess]]:
+    """(case, "entry point" or "process") -> the case's folder and finished command."""
+    done = {}
+    saved = {key: os.environ.get(key) for key in ENV}
+    os.environ.update(ENV)
+    try:
+        for case in CASES:
+            folder = tmp_path_factory.mktemp("case")
+            done[case[0], "entry point"] = folder, _in_process(["run", *_case_args(case, folder, tiny_gpt2, wikitext)])
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+    for case in [c for c in CASES if c[0] in IN_A_PROCESS]:
+        folder = tmp_path_factory.mktemp("case")
+        done[case[0], "process"] = folder, _process(_case_args(case, folder, tiny_gpt2, wikitext))
+    return done
 
 
-@pytest.mark.parametrize("name, overrides, message", CASES, ids=[c[0] for c in CASES])
-def test_user_mistake_is_one_line(name, overrides, message, outcomes):
-    folder, res = outcomes[name]
+@pytest.mark.parametrize("name, overrides, message, how", [
+    pytest.param(*case, how, id=f"{case[0]}-{how}") for case in CASES for how in ("entry point", "process")
+    if how == "entry point" or case[0] in IN_A_PROCESS])
+def test_user_mistake_is_one_line(name, overrides, message, how, outcomes):
+    folder, res = outcomes[name, how]
     assert res.returncode == 2, res.stderr[-2000:]
     lines = [line for line in res.stderr.splitlines() if line.startswith("gpt-stats: error:")]
     assert len(lines) == 1 and message in lines[0], res.stderr[-2000:]
@@ -180,13 +222,6 @@ def test_unsafe_model_weights_stop_the_run_at_once(tmp_path, tiny_gpt2, wikitext
     assert not marker.exists()
 
 
-def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    import os
-
-    return subprocess.run([sys.executable, "-m", "workflows.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=180, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})})
-
-
 def _one_error_line(res: subprocess.CompletedProcess, message: str) -> None:
     assert res.returncode == 2, res.stderr[-2000:]
     lines = [line for line in res.stderr.splitlines() if line.startswith("gpt-stats: error:")]
@@ -205,12 +240,12 @@ def test_damaged_manifest_is_named(content, tmp_path, tiny_gpt2, wikitext):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"model": {"name": str(tiny_gpt2)}, "corpus": {"source": "files", "files": [str(wikitext)]},
                                    "run": {"out": str(out)}}))
-    res = _cli("run", str(cfg))
+    res = _in_process(["run", str(cfg)])
     _one_error_line(res, "manifest.json is unreadable")
     assert "--fresh" in res.stderr and "restore" in res.stderr
     assert (out / "manifest.json").read_bytes() == content and sorted(p.name for p in out.iterdir()) == ["manifest.json", "shards"]
 
 
 def test_compare_out_existing_directory_is_one_line(tmp_path):
-    res = _cli("compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path))
+    res = _in_process(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path)])
     _one_error_line(res, "is a directory")

@@ -1,8 +1,8 @@
 """Damaged run directories, unloadable models, oversized settings: one clear line, exit status 2, no traceback.
 
-A tiny finished run (1 layer, 100 sampled states) is copied and one of the files the report reads is damaged;
-`gpt-stats report` and `gpt-stats compare` must name the file, say what is wrong and which command rebuilds it,
-and a rerun of the same config (the documented recovery) must give the clean run's results again.
+The session's tiny finished run (tests/conftest.py `tiny_run`) is copied and one of the files the report reads is
+damaged; `gpt-stats report` and `gpt-stats compare` must name the file, say what is wrong and which command
+rebuilds it, and a rerun of the same config (the documented recovery) must give the clean run's results again.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.conftest import tiny_config
 from workflows.cli import main as cli_main
-from workflows.config import config_from_dict
 from workflows.driver import run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,21 +28,9 @@ from same_results import differences  # noqa: E402
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
 
 
-def _config(model: Path, corpus: Path, out: Path, *overrides: str):
-    return config_from_dict({
-        "model": {"name": str(model), "dtype": "float32"},
-        "corpus": {"source": "files", "files": [str(corpus)], "max_docs": 60, "shard_tokens": 3000},
-        "capture": {"layers": [0], "batch_tokens": 1024},
-        "sample": {"size": 100},
-        "similarity": {"bins": 60, "tile": 128},
-        "report": {"prompts": ["The history of the"], "top_k": 3},
-        "run": {"seed": 1, "out": str(out)},
-    }, list(overrides))
-
-
 @pytest.fixture(scope="module")
-def clean_run(ray_cluster, tiny_gpt2, wikitext, tmp_path_factory) -> Path:
-    return Path(run(_config(tiny_gpt2, wikitext, tmp_path_factory.mktemp("runs") / "clean")))
+def clean_run(tiny_run) -> Path:
+    return Path(tiny_run)  # read only here: the tests damage and rerun copies of it
 
 
 def _garbage(path: Path) -> None:
@@ -118,7 +105,7 @@ def test_rerun_of_the_same_config_repairs_a_damaged_directory(clean_run, tiny_gp
         _garbage(bad / name)
     _truncate(bad / "histograms.parquet")
     assert cli_main(["report", str(bad)]) == 2
-    run(_config(tiny_gpt2, wikitext, bad))  # the documented recovery: the same config, into the same directory
+    run(tiny_config(tiny_gpt2, wikitext, bad))  # the documented recovery: the same config, into the same directory
     assert json.loads((bad / "manifest.json").read_text())["status"] == "complete"
     for name in ("summary", "histograms", "exemplars", "moments", "sanity"):
         a, b = pq.read_table(clean_run / f"{name}.parquet"), pq.read_table(bad / f"{name}.parquet")

@@ -2,9 +2,9 @@
 through `model.sites`, over the shared text: the sample is the brute-force bottom-k of the corpus, sampled states
 equal a direct forward pass, and the sanity check's top token is the language model's own argmax.
 
-Two representative families (a sequential decoder with rotary positions, a post-norm encoder) are in `make test`;
-the other families and the `model.sites` run (tests/test_architectures.py covers that key without a workflow) are
-marked slow: one run costs about 30 s on an idle 2-core machine."""
+Every run here is marked slow (`make test-all` and CI run them): each is a whole workflow, and `make test` already
+runs the workflow end to end on GPT-2 (tests/conftest.py `tiny_run`) and every family's sites on a tiny model
+without the workflow (tests/test_architectures.py, which also covers `model.sites`)."""
 
 import json
 from pathlib import Path
@@ -19,7 +19,6 @@ from tests.conftest import tiny_config
 from tests.families import CASES, save_tiny
 from tests.test_workflow import expected_sample
 
-FAST = {"llama", "roberta"}
 FAMILIES = [case for case, (model_type, _cls, _kw) in CASES.items() if case == model_type]
 MAX_DOCS, K, SEED, SEQ = 40, 60, 1, 128
 SETTINGS = (f"corpus.max_docs={MAX_DOCS}", f"corpus.max_length={SEQ}", f"sample.size={K}", "stats.bootstrap=10",
@@ -68,7 +67,7 @@ def _check_run(run_dir: Path, model: Path, text: Path, base_model, causal: bool)
 
 
 def _family_params():
-    return [pytest.param(case, marks=() if case in FAST else pytest.mark.slow) for case in FAMILIES]
+    return [pytest.param(case, marks=pytest.mark.slow) for case in FAMILIES]
 
 
 @pytest.mark.parametrize("case", _family_params())

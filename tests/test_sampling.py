@@ -98,3 +98,45 @@ def test_state_round_trip():
         assert np.array_equal(np.asarray(v), np.asarray(again.state()[name]))
     with pytest.raises(ValueError):
         BottomKSample(3).state()
+
+
+def _stream_capture(hashes: np.ndarray, k: int, shard: int, in_flight: int, rng) -> tuple[np.ndarray, int, int]:
+    """The capture pool's use of `StreamingThreshold`, simulated: shards dispatched in order with the threshold
+    of the moment, `in_flight` of them running at once, finishing in a random order. Returns the merged bottom-k,
+    the candidates kept in all, and the shards dispatched before k candidates were known."""
+    from tasks.capture.sampling import StreamingThreshold
+
+    keeper = StreamingThreshold(k)
+    starts = list(range(0, len(hashes), shard))
+    running, kept, blind = [], [], 0
+    for i, start in enumerate(starts + [None] * in_flight):
+        if start is not None:
+            t = keeper.threshold()
+            blind += int(t == np.uint64(2**64 - 1))
+            running.append((hashes[start : start + shard], t))
+        if len(running) >= in_flight or start is None and running:
+            h, t = running.pop(int(rng.integers(len(running))))
+            mine = np.sort(h[h < t])[:k]  # a shard keeps at most k candidates under its threshold
+            keeper.add(mine)
+            kept.append(mine)
+    every = np.concatenate(kept)
+    return np.sort(every)[:k], len(every), blind
+
+
+@pytest.mark.parametrize("shard, in_flight", [(1000, 1), (1000, 4), (777, 2), (5000, 3)])
+def test_streaming_threshold_keeps_the_exact_bottom_k_with_few_candidates(shard, in_flight):
+    """Whatever the shard size, the number of shards in flight and the order they finish in, the merged sample is
+    the brute-force global bottom-k; the candidates kept stay within the bound k (S0 + 1 + ln(N / m)) (S0 the
+    shards dispatched before k candidates were known, m the tokens of a shard), with a margin for chance."""
+    rng = np.random.default_rng(shard + in_flight)
+    doc, window, pos = _tokens(2000, 100)  # 200,000 tokens
+    hashes = token_hash(5, doc, window, pos)
+    k = 300
+    truth = np.sort(hashes)[:k]
+    sample, kept, blind = _stream_capture(hashes, k, shard, in_flight, rng)
+    assert np.array_equal(sample, truth)
+    bound = k * (blind + 1 + np.log(len(hashes) / shard))
+    assert kept <= 1.1 * bound, (kept, bound)
+    assert kept < len(hashes) // shard * k / 4  # far fewer than k per shard
+    # a second simulation with another finishing order gives the same sample
+    assert np.array_equal(_stream_capture(hashes, k, shard, in_flight, np.random.default_rng(99))[0], truth)

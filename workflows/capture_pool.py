@@ -17,14 +17,15 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
-import numpy as np
-from tqdm.auto import tqdm
 
 from tasks.capture.actor import ShardCapturer
-from tasks.corpus.shards import Exclusion, Shard
+from tasks.capture.sampling import StreamingThreshold
+from tasks.corpus.shards import Exclusion
+from tasks.corpus.stream import ShardStream, ShardTicket
 from tasks.errors import RunError, UserError, first_line
 from tasks.storage import RunStore, partial_file
 from workflows.config import Config
+from workflows.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,6 @@ class CaptureSpec:
 
     sites: list[tuple[int, str]]
     k: int  # sample size
-    threshold: np.uint64  # a token is a sample candidate only if its hash is below this
     config_hash: str
     seq_len: int  # the longest sequence, for the actors' batch budget
     attempt: int  # of this run directory: names the statistics partials
@@ -52,6 +52,9 @@ class CaptureResult:
     retries: int = 0
     startup_s: float = 0.0  # wall seconds until the first actors were all ready (model loads)
     driver_cpu_s: float = 0.0  # CPU seconds of the driver process during the stage (scheduling overhead)
+    corpus_s: float = 0.0  # wall seconds until the whole corpus was read and cut into shards
+    first_shard_s: float | None = None  # wall seconds until the first shard was handed to an actor
+    threshold: int = 0  # the candidate threshold handed to the last shard
 
 
 def _user_error(exc: BaseException) -> UserError | None:
@@ -93,34 +96,40 @@ class CapturePool:
         self.done: dict[int, dict] = {}  # shard index -> record, for shards whose statistics are not yet flushed
         self.flushed_early: set[int] = set()  # flushed before their own result reached the driver
         self.failures: Counter = Counter()
-        self.pending: deque[Shard] = deque()
-        self.by_index: dict[int, Shard] = {}
+        self.pending: deque[ShardTicket] = deque()
+        self.by_index: dict[int, ShardTicket] = {}  # shards not yet booked as done (their Shard stays in the store)
+        self.threshold = StreamingThreshold(spec.k)  # handed to each shard at dispatch
         self.result = CaptureResult()
 
     # -- the loop ---------------------------------------------------------------------------------------------
 
-    def run(self, todo: list[Shard], total_tokens: int, done_tokens: int) -> CaptureResult:
+    def run(self, stream: ShardStream, done_tokens: int) -> CaptureResult:
+        """Capture every shard `stream` produces (reading the corpus as capture runs); `done_tokens` were
+        captured by earlier attempts."""
         import ray
 
         t0, cpu0 = time.perf_counter(), time.process_time()
+        self.t0 = t0
         cc = self.cfg.cluster
-        self.by_index = {s.index: s for s in todo}
-        self.pending = deque(todo)
-        n_actors = min(cc.actors, len(todo))
+        self.stream = stream
+        stream.refill(0)
+        n_actors = cc.actors
         for slot in range(n_actors):
             self.unflushed[slot] = []
             self.start(slot)
         last_progress = time.monotonic()
-        bar = tqdm(total=total_tokens, initial=done_tokens, unit="tok", desc="capture", disable=None)
+        self.progress = Progress(self.cfg.run.progress_s, stream.totals, done_tokens)
         try:
             while True:
+                stream.refill(len(self.pending))
                 self.dispatch()
-                if not self.pending and not self.in_flight:
+                if stream.done and not self.pending and not self.in_flight:
                     self.flush_remaining()
                     if not self.flushing:
                         break
-                waiting = list(self.in_flight) + list(self.flushing) + list(self.starting)
-                ready, _ = ray.wait(waiting, num_returns=1, timeout=10.0)
+                waiting = list(self.in_flight) + list(self.flushing) + list(self.starting) + stream.waiting()
+                ready, _ = ray.wait(waiting, num_returns=1, timeout=min(10.0, self.progress.every))
+                self.progress.maybe_log(self.shards_done(), self.failures)
                 if not ready:
                     if not self.live and time.monotonic() - last_progress > cc.actor_wait_s:
                         raise RunError(f"no capture actor could be placed for {cc.actor_wait_s:g} s; the cluster lacks "
@@ -128,19 +137,27 @@ class CapturePool:
                     continue
                 ref = ready[0]
                 last_progress = time.monotonic()
-                if ref in self.starting:
+                if ref in stream.inflight:
+                    for ticket in stream.on_ready(ref):
+                        self.by_index[ticket.index] = ticket
+                        self.pending.append(ticket)
+                    if stream.done and not self.result.corpus_s:
+                        self.result.corpus_s = time.perf_counter() - t0
+                elif ref in self.starting:
                     self.on_started(ref)
                     if not self.result.startup_s and len(self.live) == n_actors:
                         self.result.startup_s = time.perf_counter() - t0
                 elif ref in self.flushing:
                     self.on_flushed(ref)
                 else:
-                    bar.update(self.on_shard(ref))
+                    self.progress.captured(self.on_shard(ref))
         finally:
-            bar.close()
+            self.progress.close(self.shards_done(), self.failures)
             for actor in self.actors.values():
                 ray.kill(actor, no_restart=True)  # free CPUs/GPUs for merge and similarity; stop work on failure
+            stream.close()
         self.result.retries = sum(v for key, v in self.failures.items() if isinstance(key, int))
+        self.result.threshold = int(self.threshold.threshold())
         self.result.driver_cpu_s = time.process_time() - cpu0
         return self.result
 
@@ -151,11 +168,14 @@ class CapturePool:
             key = (slot, self.generation[slot])
             while self.pending and self.queued[key] < self.cfg.cluster.shards_in_flight:
                 shard = self.pending.popleft()
-                ref = self.actors[slot].process.remote(shard, spec.k, spec.threshold, self.cfg.run.seed, None,
+                ref = self.actors[slot].process.remote(shard.ref, spec.k, self.threshold.threshold(), self.cfg.run.seed,
+                                                       None,
                                                        self.store.root, spec.config_hash, self.stats_fraction,
                                                        spec.exclusion)
                 self.in_flight[ref] = (slot, self.generation[slot], shard)
                 self.queued[key] += 1
+                if self.result.first_shard_s is None:
+                    self.result.first_shard_s = time.perf_counter() - self.t0
 
     # -- actors ---------------------------------------------------------------------------------------------
 
@@ -178,6 +198,15 @@ class CapturePool:
         self.unflushed[slot] = []
         self.generation[slot] += 1
         self.start(slot)
+
+    def shards_done(self) -> int:
+        """Shards captured in this attempt: booked, or waiting for their actor's statistics flush."""
+        return len(self.result.records) + len(self.done)
+
+    def book(self, rec: dict) -> None:
+        """A shard is done: its record counts, and its tokens are no longer held for a retry."""
+        self.result.records.append(rec)
+        self.by_index.pop(rec["shard"], None)
 
     def requeue(self, indices) -> None:
         for i in indices:
@@ -236,11 +265,12 @@ class CapturePool:
                                                  or isinstance(exc, ray.exceptions.RayActorError)):
                 self.replace(slot)
             return 0
+        self.threshold.add(rec.pop("kept_hashes"))
         if self.stats_fraction is None:
-            self.result.records.append(rec)
+            self.book(rec)
         elif shard.index in self.flushed_early:
             self.flushed_early.discard(shard.index)
-            self.result.records.append(rec)
+            self.book(rec)
         elif gen == self.generation[slot]:
             self.done[shard.index] = rec
             self.unflushed[slot].append(shard.index)
@@ -289,7 +319,7 @@ class CapturePool:
             self.unflushed[slot] = [i for i in self.unflushed[slot] if i not in covered]
             for i in covered:
                 if i in self.done:
-                    self.result.records.append(self.done.pop(i))
+                    self.book(self.done.pop(i))
                 else:
                     self.flushed_early.add(i)  # its own result is still on its way to the driver
         if partials and len(self.unflushed[slot]) >= self.cfg.stats.flush_every:

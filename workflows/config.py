@@ -66,9 +66,12 @@ class CorpusConfig:
     files: tuple[str, ...] = ()
     text_field: str = "text"
     max_docs: int | None = None
+    max_tokens: int | None = None  # the first N text tokens of the corpus, the last document cut there
     long_docs: Literal["window", "truncate"] = "window"
     max_length: int | None = None
     shard_tokens: int = 32768
+    readers: int | Literal["auto"] = "auto"  # unit reads in flight; auto: the cluster's CPUs less the actors'
+    streaming: bool = False  # hub: read through `datasets` streaming (for datasets without Parquet files)
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,7 @@ class RunConfig:
 
     seed: int = 0
     out: str = "runs/default"
+    progress_s: float = 30.0  # outside a terminal, a progress line every this many seconds
 
 
 @dataclass(frozen=True)
@@ -172,7 +176,8 @@ class Config:
     def result_hash(self) -> str:
         """SHA-256 (16 hex digits) of every setting that can change the results.
 
-        Excludes `cluster` (how many actors and where), `run.out` (where results go), `report` (the sanity
+        Excludes `cluster` (how many actors and where), `run.out` (where results go), `run.progress_s` and
+        `corpus.readers` (how often progress is logged, how many units are read at once), `report` (the sanity
         check's prompts, which change no statistic) and `stats.flush_every` (how partial statistics are
         grouped): the same corpus, model and seed give the same numbers however they are scheduled.
         """
@@ -180,6 +185,11 @@ class Config:
         d.pop("cluster")
         d.pop("report")
         d["run"].pop("out")
+        d["run"].pop("progress_s")
+        d["corpus"].pop("readers")
+        for key, default in (("max_tokens", None), ("streaming", False)):  # left out at their defaults: configs
+            if d["corpus"][key] == default:  # that do not use them keep their hash
+                d["corpus"].pop(key)
         d["stats"].pop("flush_every")
         blob = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
@@ -298,6 +308,11 @@ def _validate(cfg: Config) -> None:
         positive["capture.batch_tokens"] = cfg.capture.batch_tokens
     if cfg.corpus.max_docs is not None:
         positive["corpus.max_docs"] = cfg.corpus.max_docs
+    if cfg.corpus.max_tokens is not None:
+        positive["corpus.max_tokens"] = cfg.corpus.max_tokens
+    if cfg.corpus.readers != "auto":
+        positive["corpus.readers"] = cfg.corpus.readers
+    positive["run.progress_s"] = cfg.run.progress_s
     if cfg.corpus.max_length is not None:
         positive["corpus.max_length"] = cfg.corpus.max_length
     for key, value in positive.items():

@@ -1,11 +1,11 @@
 """The driver: one run of the whole data flow on a Ray cluster.
 
-    corpus (driver) -> capture (GPU/CPU actors, one model replica each; shard samples -> run directory)
+    corpus (CPU tasks, streamed) -> capture (GPU/CPU actors, one model replica each; shard samples -> run directory)
         -> merge (CPU tasks) -> similarity + baselines (a CPU task per layer and site)
         -> tables, plots, manifest (driver)
 
-The driver holds only small things: shard token ids on their way out, shard records, and per-site results
-(counts and numbers). Sample vectors travel actor -> run directory -> merge task -> object store -> site task ->
+The driver holds only small things: shard records (object-store references and counts; the corpus is read,
+tokenized and cut into shards by Ray tasks while capture runs), and per-site results (counts and numbers). Sample vectors travel actor -> run directory -> merge task -> object store -> site task ->
 Parquet. A rerun of the same config into the same run directory reuses every finished shard (resume).
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,10 @@ from tqdm.auto import tqdm
 from tasks.analysis.baselines import check_bins, empirical_gaussian
 from tasks.analysis.site import analyze_site, samples_part
 from tasks.capture.models import d_model, load_model_config, load_tokenizer, n_layers, resolve_layers, validated_table
-from tasks.capture.sampling import candidate_threshold
-from tasks.corpus.plan import CorpusPlan, plan_corpus
+from tasks.corpus.shards import Exclusion, context_length, special_tokens
+from tasks.corpus.sources import list_units
+from tasks.corpus.stream import ShardStream, Totals, load_plan, planned_fingerprints
+from tasks.corpus.tokenized import Framing
 from tasks.errors import RunError, UserError
 from tasks.merge.reduce import merge_samples, merge_statistics
 from tasks.report.plots import draw_plots
@@ -86,17 +89,13 @@ def _run(cfg: Config, store: RunStore, fresh: bool, manifest: dict, model_config
 
     sites = [(layer, site) for layer in layers for site in cfg.capture.sites]
     k = cfg.sample.size
-    with timer.stage("corpus"):
+    with timer.stage("corpus"):  # the listing: file sizes and Parquet footers; the text is read during capture
         trust = cfg.model.trust_remote_code == cfg.model.name
         tokenizer = load_tokenizer(cfg.model.name, cfg.model.revision, trust)
-        corpus = plan_corpus(cfg.corpus, tokenizer, model_config, cfg.capture.exclude)
-    if corpus.eligible < k:
-        hint = ", or set capture.exclude=[] to keep position 0 and special tokens" if corpus.excluded else ""
-        raise UserError(f"the corpus has {corpus.eligible} usable tokens, fewer than sample.size={k}; lower "
-                        f"sample.size or add documents{hint}")
-    log.info("corpus: %d documents, %d sequences, %d tokens (%d excluded: %s) in %d shards", corpus.documents,
-             corpus.sequences, corpus.tokens, corpus.excluded, ", ".join(cfg.capture.exclude) or "none",
-             len(corpus.shards))
+        units = list_units(cfg.corpus)
+        seq_len = context_length(model_config, cfg.corpus.max_length)
+        framing = corpus_framing(cfg, tokenizer, seq_len)
+        exclusion = Exclusion.from_config(cfg.capture.exclude, tokenizer)
 
     with timer.stage("cluster_start"):
         started = connect_ray(cfg)
@@ -105,23 +104,33 @@ def _run(cfg: Config, store: RunStore, fresh: bool, manifest: dict, model_config
         wait_for_gpus(cfg)
         with timer.stage("validate"):  # every input check passed: only now is the run directory changed
             manifest.update(prepare_run_dir(store, cfg, fresh))
-        spec = CaptureSpec(sites, k, candidate_threshold(k, corpus.eligible), cfg.result_hash(), corpus.seq_len,
-                           manifest["attempt"], corpus.exclusion)
-        # capture: shards -> actor pool -> shard samples and statistics partials in the run directory
+        spec = CaptureSpec(sites, k, cfg.result_hash(), seq_len, manifest["attempt"], exclusion)
+        # capture: corpus units -> shards -> actor pool -> shard samples and statistics partials in the run directory
         with timer.stage("resume_check"):
-            reused, partials = reusable_shards(store, corpus.shards, spec.config_hash, cfg.stats.enabled)
+            plan = load_plan(store, spec.config_hash, units)
+            reused, partials = reusable_shards(store, planned_fingerprints(plan), spec.config_hash, cfg.stats.enabled)
         if reused:
-            log.info("resuming: %d of %d shards already done", len(reused), len(corpus.shards))
-        todo = [s for s in corpus.shards if s.index not in reused]
+            log.info("resuming: %d shards already done", len(reused))
+        stream = ShardStream(cfg.corpus, framing, units, store, spec.config_hash, plan, set(reused),
+                             readers=corpus_readers(cfg), backlog=2 * cfg.cluster.actors * cfg.cluster.shards_in_flight)
         captured = CaptureResult()
-        if todo:
+        if not stream.done:
             with timer.stage("capture"):
                 done_tokens = sum(r["n_tokens"] for r in reused.values())
-                captured = CapturePool(cfg, store, spec).run(todo, corpus.tokens, done_tokens)
+                captured = CapturePool(cfg, store, spec).run(stream, done_tokens)
             # the driver's own share of the stage: its CPU seconds, and the wall time before every actor was ready
             timer.seconds["capture_driver_cpu"] = round(captured.driver_cpu_s, 3)
             timer.seconds["capture_startup"] = round(captured.startup_s, 3)
+            timer.seconds["corpus_read"] = round(captured.corpus_s, 3)  # overlaps capture
         records = sorted([*reused.values(), *captured.records], key=lambda r: r["shard"])
+        corpus = CorpusSummary(stream.totals, sum(r["n_excluded"] for r in records), seq_len, exclusion)
+        if corpus.eligible < k:
+            hint = ", or set capture.exclude=[] to keep position 0 and special tokens" if corpus.excluded else ""
+            raise UserError(f"the corpus has {corpus.eligible} usable tokens, fewer than sample.size={k}; lower "
+                            f"sample.size or add documents{hint}")
+        log.info("corpus: %d documents, %d sequences, %d tokens (%d excluded: %s) in %d shards", corpus.documents,
+                 corpus.sequences, corpus.tokens, corpus.excluded, ", ".join(cfg.capture.exclude) or "none",
+                 corpus.shards)
         # merge: tree reductions to one sample and one set of statistics, split per site
         with timer.stage("merge"):
             keys_ref, vector_refs = merge_samples(store.root, k, records, len(sites))
@@ -153,8 +162,47 @@ def _run(cfg: Config, store: RunStore, fresh: bool, manifest: dict, model_config
 
     finish_run(cfg, store, manifest, model_config.model_type, timer.seconds, t_start)
     log.info("run complete: %s (%.1f s; %d of %d shards reused)", store.root, timer.seconds["total"], len(reused),
-             len(corpus.shards))
+             corpus.shards)
     return store.root if is_uri(store.root) else Path(store.local_path())
+
+
+@dataclass(frozen=True)
+class CorpusSummary:
+    """What the corpus stage read, for the manifest: the stream's totals and the excluded tokens the shards
+    counted."""
+
+    totals: Totals
+    excluded: int
+    seq_len: int
+    exclusion: Exclusion
+
+    def __getattr__(self, name):
+        return getattr(self.totals, name)  # documents, sequences, tokens, shards, units_read
+
+    @property
+    def eligible(self) -> int:
+        """The tokens that can be sampled."""
+        return self.tokens - self.excluded
+
+
+def corpus_framing(cfg: Config, tokenizer, seq_len: int) -> Framing:
+    """How the corpus tasks turn documents into model inputs (the tokenizer is loaded again in each worker)."""
+    prefix, suffix = special_tokens(tokenizer)
+    body = seq_len - len(prefix) - len(suffix)
+    if body <= 0:
+        raise UserError(f"sequence length {seq_len} leaves no room for tokens; raise corpus.max_length")
+    return Framing(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code == cfg.model.name, tuple(prefix),
+                   tuple(suffix), body, cfg.corpus.long_docs, cfg.corpus.text_field)
+
+
+def corpus_readers(cfg: Config) -> int:
+    """`corpus.readers`, or (auto) the cluster's CPUs left by the actors, at least one."""
+    import ray
+
+    if cfg.corpus.readers != "auto":
+        return cfg.corpus.readers
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    return max(1, int(cpus - cfg.cluster.actors * cfg.cluster.cpus_per_actor))
 
 
 def analyze(cfg: Config, store: RunStore, sites, keys_ref, vector_refs, stats_refs, n: int, d: int):
@@ -188,7 +236,7 @@ def similarity_parts(results: list[dict]) -> dict[str, float]:
     return {step: round(s, 3) for step, s in total.items()}
 
 
-def run_summary(cfg: Config, model_config, layers, corpus: CorpusPlan, spec: CaptureSpec, records: list[dict],
+def run_summary(cfg: Config, model_config, layers, corpus: CorpusSummary, spec: CaptureSpec, records: list[dict],
                 reused: dict, captured: CaptureResult, n: int, nonfinite: np.ndarray, capture_s: float) -> dict:
     """The manifest's account of what the run read, captured and reused."""
     new = captured.records
@@ -198,11 +246,11 @@ def run_summary(cfg: Config, model_config, layers, corpus: CorpusPlan, spec: Cap
                   "n_layers": n_layers(model_config), "layers": list(layers), "sites": list(cfg.capture.sites)},
         "corpus": {"documents": corpus.documents, "sequences": corpus.sequences, "tokens": corpus.tokens,
                    "tokens_excluded": corpus.excluded, "excluded_kinds": list(cfg.capture.exclude),
-                   "special_ids": list(corpus.exclusion.special_ids), "shards": len(corpus.shards),
-                   "sequence_length": corpus.seq_len},
-        "shards": {"total": len(corpus.shards), "reused": len(reused), "computed": len(new),
+                   "special_ids": list(corpus.exclusion.special_ids), "shards": corpus.shards,
+                   "sequence_length": corpus.seq_len, "units_read": corpus.units_read},
+        "shards": {"total": corpus.shards, "reused": len(reused), "computed": len(new),
                    "retries": captured.retries},
-        "sample": {"size": n, "candidate_threshold": int(spec.threshold),
+        "sample": {"size": n, "candidate_threshold": captured.threshold,
                    "candidates": sum(r["n_kept"] for r in records), "vectors_saved": cfg.sample.save_vectors},
         "nonfinite": {"tokens_examined": sum(r["n_examined"] for r in records),
                       "per_site": {site_key(layer, site): int(v) for (layer, site), v in zip(spec.sites, nonfinite)}},

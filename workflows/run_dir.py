@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 OUTPUTS = ("manifest.json", "config.yaml", "summary.parquet", "histograms.parquet", "exemplars.parquet",
            "samples.parquet", "moments.parquet", "massive.parquet", "statistics", "stats", "sanity.parquet", "plots",
-           "shards", "report.html")
+           "shards", "corpus", "report.html")
 
 
 def versions() -> dict[str, str]:
@@ -158,21 +158,21 @@ def _records(store: RunStore, folder: str) -> list[tuple[str, dict]]:
     return out
 
 
-def reusable_shards(store: RunStore, shards, config_hash: str, with_stats: bool) -> tuple[dict[int, dict], list[dict]]:
-    """What an earlier attempt of this config left that can be trusted: the records of finished shards whose
-    sample files pass their checksums and, with statistics on, the statistics partials that cover only such
+def reusable_shards(store: RunStore, fingerprints: dict[int, str], config_hash: str,
+                    with_stats: bool) -> tuple[dict[int, dict], list[dict]]:
+    """What an earlier attempt of this config left that can be trusted: the records of finished shards of the saved
+    corpus plan (`fingerprints`: shard index -> fingerprint) whose sample files pass their checksums and, with statistics on, the statistics partials that cover only such
     shards (each shard in at most one). A shard counts as done only when both hold; everything else is run
     again, and partials that cannot be used are deleted so that no statistic is ever counted twice."""
-    by_index = {s.index: s for s in shards}
     records = {}
     for _, rec in _records(store, "shards"):
-        shard = by_index.get(rec.get("shard"))
-        if shard is None or rec.get("config_hash") != config_hash or rec.get("fingerprint") != shard.fingerprint():
+        index = rec.get("shard")
+        if index not in fingerprints or rec.get("config_hash") != config_hash or rec.get("fingerprint") != fingerprints[index]:
             continue
         if not record_intact(rec):
-            log.warning("shard %d: its record does not match its own checksum; recomputing the shard", shard.index)
+            log.warning("shard %d: its record does not match its own checksum; recomputing the shard", index)
             continue
-        records[shard.index] = rec
+        records[index] = rec
     partials = []
     if with_stats:
         for file, p in _records(store, "stats"):

@@ -261,7 +261,8 @@ class ShardCapturer:
             record["sha256"] = store.write_arrays(shard_file(shard.index, "npz"), state)
         record["write_seconds"] = round(time.perf_counter() - t_write, 4)  # `seconds` above ends before the write
         store.write_json(shard_file(shard.index, "json"), seal_record(record))  # written last: its presence means done
-        return record
+        # the candidates' hashes travel back with the reply (not saved): the driver tightens the next thresholds
+        return {**record, "kept_hashes": np.empty(0, np.uint64) if state is None else state["hash"]}
 
     def _regather(self, input_ids: np.ndarray, mask: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> torch.Tensor:
         """The states at (rows, cols) from another forward pass of a batch that already fed the statistics and the

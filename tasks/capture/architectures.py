@@ -13,7 +13,7 @@ Dropout between a sublayer and the residual add is the identity in eval mode, so
 Some families switch residual kind with a config flag (`switch`): GPT-NeoX's `use_parallel_residual`, Falcon's
 `parallel_attn`, OPT's `do_layer_norm_before` (OPT-350m is post-norm).
 
-The README's architecture table is `markdown_table()` (tests/test_architectures.py keeps the two equal).
+The architecture table in docs/design.md is `markdown_table()` (tests/test_architectures.py keeps the two equal).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def _cell(path: str | None) -> str:
 
 
 def markdown_table() -> str:
-    """The README's architecture table: one row per `model_type`, its module paths and residual kind."""
+    """The documented architecture table: one row per `model_type`, its module paths and residual kind."""
     rows = ["| model_type | blocks | attn_out | mlp_out | residual |", "|---|---|---|---|---|"]
     for name, t in ARCHITECTURES.items():
         kind = t.residual + (f" (`{t.switch[0]}: false`: {t.switch[1]})" if t.switch else "")

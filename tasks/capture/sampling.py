@@ -4,10 +4,15 @@ Every token gets a 64-bit hash of (seed, doc, window, pos) (SplitMix64 finalizer
 (`tasks.stats.bottom_k.BottomKSample`) is the k tokens with the smallest hashes (bottom-k sampling: Cohen &
 Kaplan 2007): a uniform random sample without replacement, fixed by the seed, mergeable in any order or grouping.
 
-To keep a shard's sample in proportion to its share of the corpus (not k per shard), a token is a candidate
-only if its hash is below a threshold chosen from the corpus size so that, with overwhelming probability, at
-least k tokens in the whole corpus pass it (mean + 8 standard deviations). The final sample is the same
-bottom-k as without the threshold; the driver checks the count and fails loudly in the ~1e-15 case it is short.
+To keep a shard's sample in proportion to its share of the corpus (not k per shard) without knowing the corpus
+size in advance, each shard gets a threshold when it is dispatched (`StreamingThreshold`): the k-th smallest
+candidate hash returned by the shards finished so far. It only tightens, and it is never below the final k-th
+smallest hash of the corpus (the k-th smallest of a subset is at least the k-th smallest of the whole), so every
+token of the global bottom-k passes it and the merged bottom-k is exact. A shard dispatched once j shards have
+finished keeps about k / j candidates, so over N tokens in shards of m the candidates total about
+k (S0 + 0.58 + ln(N / m - S0)) <= k (S0 + 1 + ln(N / m)), S0 being the shards dispatched before the first one
+finished (the actors' slots), each keeping up to k (`candidate_threshold`, from a known corpus size, stays for
+callers that know it).
 """
 
 from __future__ import annotations
@@ -46,6 +51,29 @@ def candidate_threshold(k: int, total_tokens: int) -> np.uint64:
     if p >= 1.0:
         return np.uint64(MASK64)
     return np.uint64(int(p * 2.0**64))
+
+
+class StreamingThreshold:
+    """The candidate threshold handed to each shard at dispatch: the k-th smallest of the candidate hashes that
+    finished shards returned (no limit until k are known). Holds at most 2k hashes."""
+
+    def __init__(self, k: int):
+        self.k = int(k)
+        self.hashes = np.empty(0, dtype=np.uint64)
+
+    def add(self, hashes: np.ndarray) -> None:
+        """Fold in a finished shard's candidate hashes."""
+        self.hashes = np.concatenate([self.hashes, np.asarray(hashes, dtype=np.uint64)])
+        if len(self.hashes) > 2 * self.k:
+            self.hashes = np.partition(self.hashes, self.k - 1)[: self.k]
+
+    def threshold(self) -> np.uint64:
+        """The strict bound for `BottomKSample` (a token passes when its hash is below it): one above the k-th
+        smallest hash seen, so a token tied with it still passes."""
+        if len(self.hashes) < self.k:
+            return np.uint64(MASK64)
+        kth = int(np.partition(self.hashes, self.k - 1)[self.k - 1])
+        return np.uint64(min(kth + 1, MASK64))
 
 
 def context_ids(ids: np.ndarray, seq_start: np.ndarray, seq_len: np.ndarray, pos: np.ndarray) -> np.ndarray:

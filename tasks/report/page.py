@@ -25,7 +25,7 @@ from tasks.storage import RunStore
 log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-SCRIPTS = {"report": ("common.js", "massive.js", "report.js"), "compare": ("common.js", "compare.js")}
+SCRIPTS = {"report": ("common.js", "massive.js", "curves.js", "report.js"), "compare": ("common.js", "compare.js")}
 _PLACEHOLDER = re.compile(r"\{\{([A-Z]+)\}\}")
 
 

@@ -22,7 +22,6 @@ keys of the batch.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 

@@ -1,0 +1,80 @@
+"""What a user sees while the corpus is read and captured: a tqdm bar in a terminal, and outside one (`ray job
+submit`, a batch log) a log line every `run.progress_s` seconds with tokens read and captured, the total where it
+is known, tokens per second, the time left, shards done and retries."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import Counter
+
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class Progress:
+    """Progress of the corpus (a `tasks.corpus.stream.Totals`) and of capture (tokens booked by `captured`)."""
+
+    def __init__(self, every: float, corpus, done_tokens: int, terminal: bool | None = None):
+        self.every = float(every)
+        self.corpus = corpus
+        self.done0 = self.done = done_tokens  # captured, this attempt's and the earlier attempts'
+        self.start = self.last = time.monotonic()
+        self.first: float | None = None  # when the first shard of this attempt was done
+        self.terminal = sys.stderr.isatty() if terminal is None else terminal
+        self.bar = tqdm(initial=done_tokens, unit="tok", desc="capture") if self.terminal else None
+
+    def captured(self, tokens: int) -> None:
+        if self.first is None:  # the rate counts from the first shard done, not from the actors' start
+            self.first, self.done0 = time.monotonic(), self.done + tokens
+        self.done += tokens
+        if self.bar is not None:
+            if self.corpus.done and self.bar.total != self.corpus.tokens:
+                self.bar.total = self.corpus.tokens
+            self.bar.update(tokens)
+
+    def line(self, shards_done: int, retries: int) -> str:
+        c = self.corpus
+        rate = (self.done - self.done0) / max(time.monotonic() - self.first, 1e-9) if self.first else 0.0
+        if c.done:
+            total, read = f"{c.tokens:,}", "read"
+        else:  # the total extrapolated from the units read so far
+            total = f"~{int(c.tokens * c.units / max(c.units_read, 1)):,}" if c.units and c.units_read else "?"
+            elapsed = max(time.monotonic() - self.start, 1e-9)
+            eta = elapsed * (c.units - c.units_read) / c.units_read if c.units_read else None
+            read = (f"read ({c.units_read}/{c.units or '?'} units, {c.tokens / elapsed:,.0f} tok/s, "
+                    f"ETA {_duration(eta)})")
+        left = None
+        if rate > 0 and total != "?":
+            left = (int(total.lstrip("~").replace(",", "")) - self.done) / rate
+        return (f"corpus: {c.tokens:,} tokens {read} ({c.documents:,} documents, {c.shards} shards); "
+                f"capture: {self.done:,} of {total} tokens, {rate:,.0f} tok/s, ETA {_duration(left)}, "
+                f"{shards_done} shards done, {retries} retries")
+
+    def maybe_log(self, shards_done: int, failures: Counter) -> None:
+        """Log a line if `every` seconds passed since the last (never in a terminal: the bar shows it);
+        `shards_done` counts the shards captured, their statistics flushed or not."""
+        now = time.monotonic()
+        if self.terminal or now - self.last < self.every:
+            return
+        self.last = now
+        log.info("%s", self.line(shards_done, _retries(failures)))
+
+    def close(self, shards_done: int, failures: Counter) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        else:
+            log.info("%s", self.line(shards_done, _retries(failures)))
+
+
+def _retries(failures: Counter) -> int:
+    return sum(v for key, v in failures.items() if isinstance(key, int))
