@@ -301,3 +301,8 @@ def test_progress_lines_outside_a_terminal(caplog):
     assert "corpus: 5,000 tokens read (5/10 units, " in first and "capture: 3,000 of ~10,000 tokens" in first
     assert "3 shards done, 2 retries" in first and "tok/s, ETA " in first
     assert "capture: 3,000 of 10,000 tokens" in last
+    # with corpus.max_tokens the corpus ends at the cut, not at the last unit: 4,000 of 8,000 text tokens read
+    # (5,000 model tokens) is half of it, whatever the share of units
+    cut = Totals(units=100, units_read=5, documents=50, tokens=5000, body_tokens=4000, shards=4)
+    line = Progress(0.0, cut, done_tokens=0, terminal=False, max_tokens=8000).line(0, 0)
+    assert "capture: 0 of ~10,000 tokens" in line and "(5/100 units, " in line

@@ -118,7 +118,8 @@ class CapturePool:
             self.unflushed[slot] = []
             self.start(slot)
         last_progress = time.monotonic()
-        self.progress = Progress(self.cfg.run.progress_s, stream.totals, done_tokens)
+        self.progress = Progress(self.cfg.run.progress_s, stream.totals, done_tokens,
+                                 max_tokens=self.cfg.corpus.max_tokens)
         try:
             while True:
                 stream.refill(len(self.pending))

@@ -24,9 +24,11 @@ def _duration(seconds: float | None) -> str:
 class Progress:
     """Progress of the corpus (a `tasks.corpus.stream.Totals`) and of capture (tokens booked by `captured`)."""
 
-    def __init__(self, every: float, corpus, done_tokens: int, terminal: bool | None = None):
+    def __init__(self, every: float, corpus, done_tokens: int, terminal: bool | None = None,
+                 max_tokens: int | None = None):
         self.every = float(every)
         self.corpus = corpus
+        self.max_tokens = max_tokens  # `corpus.max_tokens`: the corpus ends there, however many units are left
         self.done0 = self.done = done_tokens  # captured, this attempt's and the earlier attempts'
         self.start = self.last = time.monotonic()
         self.first: float | None = None  # when the first shard of this attempt was done
@@ -48,9 +50,12 @@ class Progress:
         if c.done:
             total, read = f"{c.tokens:,}", "read"
         else:  # the total extrapolated from the units read so far
-            total = f"~{int(c.tokens * c.units / max(c.units_read, 1)):,}" if c.units and c.units_read else "?"
+            share = c.units_read / c.units if c.units and c.units_read else 0.0  # of the corpus read so far
+            if self.max_tokens and c.body_tokens:
+                share = max(share, c.body_tokens / self.max_tokens)
+            total = f"~{int(c.tokens / share):,}" if share else "?"
             elapsed = max(time.monotonic() - self.start, 1e-9)
-            eta = elapsed * (c.units - c.units_read) / c.units_read if c.units_read else None
+            eta = elapsed * (1 - share) / share if share else None
             read = (f"read ({c.units_read}/{c.units or '?'} units, {c.tokens / elapsed:,.0f} tok/s, "
                     f"ETA {_duration(eta)})")
         left = None
