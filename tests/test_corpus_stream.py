@@ -194,6 +194,11 @@ def test_max_tokens_cut_is_exact_and_nothing_past_it_is_read(readers, tok, corpo
         assert len(stream.totals.read_units) < n_units
         before, end = read_before_last(stream)
         assert before < max_tokens and end  # the last unit read holds the cut
+        # two readers: the same cut (a read started past it is cancelled and its result dropped)
+        got, stream = stream_shards(readers, tok, files, RunStore(str(tmp_path / f"{max_tokens}-2")), 2, 2000,
+                                    max_tokens=max_tokens)
+        same_shards(got, want)
+        assert stream.totals.body_tokens == max_tokens
 
 
 def test_max_docs_reads_nothing_past_the_last_document(readers, tok, corpora, small_units, tmp_path):
