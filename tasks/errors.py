@@ -4,6 +4,8 @@ A `UserError` carries a single line that names the problem and what to do about 
 that line and exits non-zero without a traceback; every other exception is a bug and keeps its traceback.
 """
 
+from __future__ import annotations
+
 
 class UserError(Exception):
     """A problem with the user's input (config, model, corpus, paths), stated in one actionable line."""
@@ -12,6 +14,12 @@ class UserError(Exception):
 class RunError(Exception):
     """A run that could not finish for a reason outside the user's input (a shard failing every retry, no actor
     placeable). Also one line; finished shards stay in the run directory for the next attempt."""
+
+
+def user_error(exc: BaseException) -> UserError | None:
+    """The UserError raised inside a Ray task or actor, if that is what `exc` carries."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, UserError) else None
 
 
 def first_line(exc: BaseException) -> str:

@@ -22,7 +22,7 @@ from tasks.capture.actor import ShardCapturer
 from tasks.capture.sampling import StreamingThreshold
 from tasks.corpus.shards import Exclusion
 from tasks.corpus.stream import ShardStream, ShardTicket
-from tasks.errors import RunError, UserError, first_line
+from tasks.errors import RunError, first_line, user_error
 from tasks.storage import RunStore, partial_file
 from workflows.config import Config
 from workflows.progress import Progress
@@ -56,11 +56,6 @@ class CaptureResult:
     first_shard_s: float | None = None  # wall seconds until the first shard was handed to an actor
     threshold: int = 0  # the candidate threshold handed to the last shard
 
-
-def _user_error(exc: BaseException) -> UserError | None:
-    """The UserError raised inside a Ray task or actor, if that is what `exc` carries."""
-    cause = getattr(exc, "cause", None)
-    return cause if isinstance(cause, UserError) else None
 
 
 class CapturePool:
@@ -232,7 +227,7 @@ class CapturePool:
     def fail(self, key, what: str, exc: BaseException) -> None:
         """Count a failure; past `cluster.max_retries` of the same key the run stops. A user's mistake found
         inside an actor (a model that cannot load) stops it at once."""
-        if (user := _user_error(exc)) is not None:
+        if (user := user_error(exc)) is not None:
             raise user from None
         self.failures[key] += 1
         retries = self.cfg.cluster.max_retries

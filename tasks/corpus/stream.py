@@ -1,5 +1,5 @@
-"""The corpus stage on the cluster: units read and tokenized by Ray tasks, cut into shards by the driver in corpus
-order, each shard assembled by a task into the object store. The driver holds only small records.
+"""The corpus stage on the cluster: units read and tokenized by reader actors, cut into shards by the driver in
+corpus order, each shard assembled by a reader into the object store. The driver holds only small records.
 
 The reads and the shard assembly run on `corpus.readers` reader actors (`CorpusReader`) that hold no CPU, so
 that they never wait behind capture actors holding every CPU; actors, not tasks, because Ray gives a task that
@@ -29,7 +29,7 @@ import numpy as np
 
 from tasks.corpus.sources import Unit
 from tasks.corpus.tokenized import Framing, assemble_shard, tokenize_unit
-from tasks.errors import RunError, UserError, first_line
+from tasks.errors import RunError, UserError, first_line, user_error
 from tasks.storage import RunStore, record_intact, seal_record
 
 log = logging.getLogger(__name__)
@@ -113,10 +113,6 @@ def planned_fingerprints(plan: list[dict]) -> dict[int, str]:
     return {s["index"]: s["fingerprint"] for rec in plan for s in rec["shards"]}
 
 
-def _user_error(exc: BaseException) -> UserError | None:
-    cause = getattr(exc, "cause", None)
-    return cause if isinstance(cause, UserError) else None
-
 
 class ShardStream:
     """Produces `ShardTicket`s in corpus order for the capture pool (`workflows.capture_pool`)."""
@@ -197,7 +193,7 @@ class ShardStream:
                 ray.get(data_ref)  # the same failure: taken, so that Ray does not report it again as unhandled
             except Exception:  # noqa: BLE001
                 pass
-            if (user := _user_error(exc)) is not None:
+            if (user := user_error(exc)) is not None:
                 raise user from None
             raise RunError(f"reading corpus file {self.units[u].name!r} failed: {first_line(exc)}") from None
         self.arrived[u] = (meta, data_ref)

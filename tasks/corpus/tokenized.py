@@ -1,5 +1,5 @@
 """One unit's documents as model inputs, and shards assembled from slices of such units: the work the corpus
-stage's Ray tasks do (`tasks.corpus.stream` schedules them), as plain functions testable without Ray.
+stage's reader actors do (`tasks.corpus.stream` schedules them), as plain functions testable without Ray.
 
 A unit's sequences are built exactly as `tasks.corpus.shards.make_sequences` builds them (windows of at most the
 context length, the tokenizer's special tokens around each), with document indices local to the unit; a shard is
@@ -9,6 +9,7 @@ a run of consecutive sequences of one or more units, its documents offset by the
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,7 +37,7 @@ class Framing:
 
 @functools.lru_cache(maxsize=4)
 def _tokenizer(model: str, revision: str | None, trust: bool):
-    """Loaded once per worker process (Ray reuses workers across tasks)."""
+    """Loaded once per reader actor's process."""
     from tasks.capture.models import load_tokenizer
 
     return load_tokenizer(model, revision, trust)
@@ -50,7 +51,7 @@ def unit_sequences(texts: list, tokenizer, framing: Framing) -> tuple[dict, dict
     for start in range(0, len(kept), TOKENIZE_CHUNK):
         docs.extend(tokenizer(kept[start : start + TOKENIZE_CHUNK], add_special_tokens=False)["input_ids"])
     lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
-    flat = np.fromiter((i for d in docs for i in d), dtype=np.int32, count=int(lengths.sum()))
+    flat = np.fromiter(itertools.chain.from_iterable(docs), dtype=np.int32, count=int(lengths.sum()))
     doc_start = np.concatenate([[0], np.cumsum(lengths)])[:-1]
     body = framing.body
     n_win = -(-lengths // body) if framing.long_docs == "window" else np.minimum(lengths, 1)
