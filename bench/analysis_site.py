@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from synthetic_site import synthetic_site  # bench/ is the script's folder: on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,27 +37,17 @@ def worker(code: str, n: int, d: int, repeats: int) -> None:
     import time
 
     sys.path.insert(0, code)
-    import torch
-
     from tasks.analysis.site import analyze_site
     from tasks.stats.site import SiteStatistics
 
-    rng = np.random.default_rng(0)
-    mix = rng.standard_normal((d, d)) * np.linspace(0.05, 1.0, d)
-    n_docs = 10 * n // 60
-    docs = np.repeat(np.arange(n_docs), 60)
-    x = (rng.standard_normal((len(docs), d)) @ mix + 0.8 * rng.standard_normal((n_docs, d))[docs] + 0.5).astype(np.float32)
-    stats = SiteStatistics()
-    stats.add(torch.from_numpy(x))
-    pick = np.sort(rng.choice(len(x), n, replace=False))
-    keys = {"doc": docs[pick], "window": np.zeros(n, np.int64), "pos": pick % 60, "token_id": pick % 1000}
+    sample, keys, stats = synthetic_site(n, d, SiteStatistics)
     kw = dict(bins=200, tile=1024, quantiles=(0.001, 0.01, 0.5, 0.99, 0.999), store_root=tempfile.mkdtemp(),
-              save_samples=False, stats=stats.state(), n_boot=200)
-    analyze_site(0, "resid_post", x[pick], keys, **kw)  # warm-up
+              save_samples=False, stats=stats, n_boot=200)
+    analyze_site(0, "resid_post", sample, keys, **kw)  # warm-up
     walls = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        r = analyze_site(0, "resid_post", x[pick], keys, **kw)
+        r = analyze_site(0, "resid_post", sample, keys, **kw)
         walls.append(time.perf_counter() - t0)
     v = r["variants"]
     numbers = {"cos_mean": v["raw"]["cos_mean"], "w1_matched_ci_low": v["raw"]["w1_matched_ci_low"],

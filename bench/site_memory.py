@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+from synthetic_site import synthetic_site  # bench/ is the script's folder: on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,20 +40,12 @@ def worker(code: str, n: int, d: int, bins: int, limit_gb: float) -> None:
         from tasks.stats.moments import SiteStatistics
 
     torch.set_num_threads(1)
-    rng = np.random.default_rng(0)
-    mix = rng.standard_normal((d, d)) * np.linspace(0.05, 1.0, d)
-    n_docs = max(2, 10 * n // 60)
-    docs = np.repeat(np.arange(n_docs), 60)
-    x = (rng.standard_normal((len(docs), d)) @ mix + 0.8 * rng.standard_normal((n_docs, d))[docs] + 0.5).astype(np.float32)
-    stats = SiteStatistics()
-    stats.add(torch.from_numpy(x))
-    pick = np.sort(rng.choice(len(x), n, replace=False))
-    keys = {"doc": docs[pick], "window": np.zeros(n, np.int64), "pos": pick % 60, "token_id": pick % 1000}
+    sample, keys, stats = synthetic_site(n, d, SiteStatistics)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     try:
-        r = analyze_site(0, "resid_post", x[pick], keys, bins=bins, tile=1024, quantiles=(0.01, 0.5, 0.99),
-                         store_root=tempfile.mkdtemp(), save_samples=False, stats=stats.state(), n_boot=200)
+        r = analyze_site(0, "resid_post", sample, keys, bins=bins, tile=1024, quantiles=(0.01, 0.5, 0.99),
+                         store_root=tempfile.mkdtemp(), save_samples=False, stats=stats, n_boot=200)
         ok, w1 = True, r["variants"]["raw"]["w1_matched_ci_high"]
     except (MemoryError, RuntimeError) as exc:  # torch reports a failed allocation as a RuntimeError
         ok, w1 = False, f"{type(exc).__name__}"

@@ -259,8 +259,6 @@ def grouped_cosine_counts(units: torch.Tensor, groups: np.ndarray, n_groups: int
     if size > (DENSE_CELLS if max_dense is None else max_dense):
         return _sparse_grouped_counts(units, g, n_groups, bins, tile, hist)
     key_type = torch.int32 if size < 2**31 else torch.int64  # half the memory traffic of int64 keys where they fit
-    row_key = (g * (n_groups * bins)).to(key_type)  # key = row_key[i] + col_key[j] + bin
-    col_key = (g * bins).to(key_type)
     # A bincount costs O(size) on top of its keys (a zeroed output of n_groups^2 x bins, often more cells than a
     # tile has pairs): keys wait in a buffer until they number at least that, or KEY_BUFFER.
     counts, pending, held = None, [], 0
@@ -271,14 +269,9 @@ def grouped_cosine_counts(units: torch.Tensor, groups: np.ndarray, n_groups: int
         counts = found if counts is None else counts.add_(found)
         pending, held = [], 0
 
-    for i0, j0, block, mask in iter_tiles(units, tile):
-        key = bin_index(block, bins).to(key_type)
-        key += row_key[i0 : i0 + block.shape[0], None]
-        key += col_key[None, j0 : j0 + block.shape[1]]
-        pending.append(key[mask] if mask is not None else key.reshape(-1))
-        if hist is not None:
-            hist.add_sums(block[mask] if mask is not None else block)
-        held += pending[-1].numel()
+    for keys in _cell_keys(units, g, n_groups, bins, tile, hist, key_type):
+        pending.append(keys)
+        held += keys.numel()
         if held >= min(size, KEY_BUFFER):
             count()
     if pending or counts is None:
@@ -290,12 +283,25 @@ def grouped_cosine_counts(units: torch.Tensor, groups: np.ndarray, n_groups: int
     return out
 
 
+def _cell_keys(units: torch.Tensor, g: torch.Tensor, n_groups: int, bins: int, tile: int,
+               hist: CosineHistogram | None, key_type: torch.dtype) -> Iterator[torch.Tensor]:
+    """Every tile's pairs as their cells' keys (group(i) * n_groups + group(j)) * bins + bin, in `key_type`; the
+    tile's cosines also go into `hist` where one is given."""
+    row_key = (g * (n_groups * bins)).to(key_type)
+    col_key = (g * bins).to(key_type)
+    for i0, j0, block, mask in iter_tiles(units, tile):
+        key = bin_index(block, bins).to(key_type)
+        key += row_key[i0 : i0 + block.shape[0], None]
+        key += col_key[None, j0 : j0 + block.shape[1]]
+        if hist is not None:
+            hist.add_sums(block[mask] if mask is not None else block)
+        yield key[mask] if mask is not None else key.reshape(-1)
+
+
 def _sparse_grouped_counts(units: torch.Tensor, g: torch.Tensor, n_groups: int, bins: int, tile: int,
                            hist: CosineHistogram | None) -> SparseGroupedCounts:
     """`grouped_cosine_counts` keeping only the non-empty cells: the same keys (int64), merged by `unique` whenever
     KEY_BUFFER have gathered."""
-    row_key = g * (n_groups * bins)
-    col_key = g * bins
     keys = torch.zeros(0, dtype=torch.int64, device=units.device)
     counts = torch.zeros(0, dtype=torch.int64, device=units.device)
     pending, held = [], 0
@@ -308,14 +314,9 @@ def _sparse_grouped_counts(units: torch.Tensor, g: torch.Tensor, n_groups: int, 
         keys, counts = everything, torch.zeros(len(everything), dtype=torch.int64, device=units.device).scatter_add_(0, inverse, weights)
         pending, held = [], 0
 
-    for i0, j0, block, mask in iter_tiles(units, tile):
-        key = bin_index(block, bins).to(torch.int64)
-        key += row_key[i0 : i0 + block.shape[0], None]
-        key += col_key[None, j0 : j0 + block.shape[1]]
-        pending.append(key[mask] if mask is not None else key.reshape(-1))
-        if hist is not None:
-            hist.add_sums(block[mask] if mask is not None else block)
-        held += pending[-1].numel()
+    for cell_keys in _cell_keys(units, g, n_groups, bins, tile, hist, torch.int64):
+        pending.append(cell_keys)
+        held += cell_keys.numel()
         if held >= KEY_BUFFER:
             merge()
     if pending:

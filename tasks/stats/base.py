@@ -272,3 +272,16 @@ class FieldStatistic:
             s.t = {k: to_tensor(state[k], copy and k not in packed) for k in cls.FIELDS}
             s.t.update({k: s.tensor(k) for k in packed})
         return s
+
+
+class SumStatistic(FieldStatistic):
+    """A `FieldStatistic` whose fields are plain sums over rows: merges add counts and fields, exact up to the
+    rounding of one addition."""
+
+    def merge(self: F, other: F) -> F:
+        if not self._take(other):
+            device = next(iter(self.t.values())).device
+            self._n = as_number(float_count(self._n, device) + float_count(other._n, device))
+            for k, v in self._fields_of(other).items():
+                self._add(k, v)
+        return self

@@ -10,12 +10,12 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from tasks.stats.base import F64, as_batch, row_count, to_array, to_tensor
+from tasks.stats.base import F64, row_count, to_array, to_tensor
 from tasks.stats.moments import Moments
-from tasks.stats.reductions import provisional_centre, row_norms
+from tasks.stats.reductions import NormedRows, provisional_centre
 
 
-class NormHistogram:
+class NormHistogram(NormedRows):
     """Counts of state norms in `BINS` log-spaced bins on [LO, HI] (outside values clipped into the end bins), with
     the norms' moments (read as a `Moments` of dimension 1). Counts merge exactly; moments as `Moments` does.
 
@@ -73,14 +73,7 @@ class NormHistogram:
     def edges(cls) -> np.ndarray:
         return np.geomspace(cls.LO, cls.HI, cls.BINS + 1)
 
-    def add(self, x: torch.Tensor | np.ndarray, /, *, norms: torch.Tensor | None = None,
-            weights: torch.Tensor | None = None) -> None:
-        """Add a batch (n, d); `norms`: its rows' norms if already known (`row_norms`); `weights`: a bool mask of
-        the rows to feed (None: all)."""
-        x = as_batch(x)
-        if x.shape[0] == 0:
-            return
-        norms = row_norms(x) if norms is None else norms
+    def _add_rows(self, x: torch.Tensor, norms: torch.Tensor, weights: torch.Tensor | None) -> None:
         scaled = (torch.log(norms.clamp(self.LO, self.HI)) - np.log(self.LO)) * (self.BINS / np.log(self.HI / self.LO))
         idx = scaled.long().clamp_(0, self.BINS - 1)
         if weights is not None:  # rows left out go to one more bin, dropped

@@ -12,9 +12,10 @@ import math
 from contextlib import contextmanager
 from typing import Iterator
 
+import numpy as np
 import torch
 
-from tasks.stats.base import F64, product_dtype
+from tasks.stats.base import F64, as_batch, product_dtype
 
 NORM_TINY = 2.0**-40  # float32 row norms below this may have lost precision to underflowing squares
 CPU_BLOCK = 1 << 18  # elements per block for the O(n d) reductions on a CPU (1 MiB of float32); a GPU takes the batch
@@ -122,3 +123,20 @@ def block_sums(x: torch.Tensor, centre: torch.Tensor | None = None, norms: torch
                 torch.sum(u.square_(), 0, out=part[1])
                 units += part[:2]
     return powers, units
+
+
+class NormedRows:
+    """The `add` of the statistics that read a batch's rows together with their norms (`UnitSums`,
+    `UnitSecondMoment`, `NormHistogram`): the norms are computed here unless the caller already has them
+    (`SiteStatistics` computes them once per site and batch), and a non-empty batch goes to `_add_rows`."""
+
+    def add(self, x: torch.Tensor | np.ndarray, /, *, norms: torch.Tensor | None = None,
+            weights: torch.Tensor | None = None) -> None:
+        """Add a batch (n, d); `norms`: its rows' norms if already known (`row_norms`); `weights`: a bool mask of
+        the rows to feed (None: all)."""
+        x = as_batch(x)
+        if x.shape[0]:
+            self._add_rows(x, row_norms(x) if norms is None else norms, weights)
+
+    def _add_rows(self, x: torch.Tensor, norms: torch.Tensor, weights: torch.Tensor | None) -> None:
+        raise NotImplementedError  # pragma: no cover - every subclass has its own

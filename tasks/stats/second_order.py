@@ -17,9 +17,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tasks.stats.base import (F64, FieldStatistic, as_batch, as_number, float_count, positive, product_dtype,
-                              row_count)
-from tasks.stats.reductions import block_sums, row_norms, unit_scaled
+from tasks.stats.base import (F64, FieldStatistic, SumStatistic, as_batch, as_number, float_count, positive,
+                              product_dtype, row_count)
+from tasks.stats.reductions import NormedRows, block_sums, unit_scaled
 
 
 class Covariance(FieldStatistic):
@@ -80,7 +80,7 @@ class Covariance(FieldStatistic):
         return self.comoment / max(self.n - 1, 1)
 
 
-class UnitSums(FieldStatistic):
+class UnitSums(NormedRows, SumStatistic):
     """n, s = sum of unit vectors u_i = x_i / |x_i| and sq = per-coordinate sum of u_ik^2 (zero vectors count as
     zero): the exact all-pairs mean cosine (|s|^2 - sum(sq)) / (n (n - 1)) and each coordinate's share of it.
     Plain sums, so merges are exact up to the rounding of one addition."""
@@ -95,14 +95,7 @@ class UnitSums(FieldStatistic):
     def sq(self) -> np.ndarray | None:
         return self._array("sq")
 
-    def add(self, x: torch.Tensor | np.ndarray, /, *, norms: torch.Tensor | None = None,
-            weights: torch.Tensor | None = None) -> None:
-        """Add a batch (n, d); `norms`: its rows' norms if already known (`row_norms`); `weights`: a bool mask of
-        the rows to feed (None: all)."""
-        x = as_batch(x)
-        if x.shape[0] == 0:
-            return
-        norms = row_norms(x) if norms is None else norms
+    def _add_rows(self, x: torch.Tensor, norms: torch.Tensor, weights: torch.Tensor | None) -> None:
         self.add_sums(block_sums(x, norms=norms, weights=weights)[1], n=row_count(weights, len(x)))
 
     def add_sums(self, sums: torch.Tensor, *, n: int | torch.Tensor) -> None:
@@ -112,17 +105,9 @@ class UnitSums(FieldStatistic):
         other._n, other.t = n, {"sum": sums[0], "sq": sums[1]}
         self._absorb(other)
 
-    def merge(self, other: UnitSums) -> UnitSums:
-        if not self._take(other):
-            b = self._fields_of(other)
-            device = self.t["sum"].device
-            self._n = as_number(float_count(self._n, device) + float_count(other._n, device))
-            for k in self.FIELDS:
-                self.t[k].add_(b[k])
-        return self
 
 
-class UnitSecondMoment(FieldStatistic):
+class UnitSecondMoment(NormedRows, SumStatistic):
     """n and Q = sum u_i u_i^T of unit vectors (zero vectors count as zero): the exact all-pairs mean squared
     cosine (||Q||_F^2 - n) / (n (n - 1)). Plain sums, so merges are exact up to the rounding of one addition."""
 
@@ -133,23 +118,10 @@ class UnitSecondMoment(FieldStatistic):
     def second(self) -> np.ndarray | None:
         return self._array("second")
 
-    def add(self, x: torch.Tensor | np.ndarray, /, *, norms: torch.Tensor | None = None,
-            weights: torch.Tensor | None = None) -> None:
-        """Add a batch (n, d); `norms`: its rows' norms if already known (`row_norms`); `weights`: a bool mask of
-        the rows to feed (None: all)."""
-        x = as_batch(x)
-        if x.shape[0] == 0:
-            return
+    def _add_rows(self, x: torch.Tensor, norms: torch.Tensor, weights: torch.Tensor | None) -> None:
         u = unit_scaled(x, product_dtype(x), norms)
         if weights is not None:
             u.masked_fill_(~weights[:, None], 0.0)
         other = UnitSecondMoment()
         other._n, other.t = row_count(weights, x.shape[0]), {"second": (u.T @ u).to(F64)}
         self._absorb(other)
-
-    def merge(self, other: UnitSecondMoment) -> UnitSecondMoment:
-        if not self._take(other):
-            device = self.t["second"].device
-            self._n = as_number(float_count(self._n, device) + float_count(other._n, device))
-            self._add("second", self._fields_of(other)["second"])
-        return self
