@@ -53,7 +53,7 @@ class Progress:
             share = c.units_read / c.units if c.units and c.units_read else 0.0  # of the corpus read so far
             if self.max_tokens and c.body_tokens:
                 share = max(share, c.body_tokens / self.max_tokens)
-            total = f"~{int(c.tokens / share):,}" if share else "?"
+            total = f"~{round(c.tokens / share):,}" if share else "?"
             elapsed = max(time.monotonic() - self.start, 1e-9)
             eta = elapsed * (1 - share) / share if share else None
             read = (f"read ({c.units_read}/{c.units or '?'} units, {c.tokens / elapsed:,.0f} tok/s, "
