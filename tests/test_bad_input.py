@@ -2,7 +2,7 @@
 mistakes, each through the command line's entry point (`workflows.cli.main`) on the session's Ray cluster, and
 a few (`IN_A_PROCESS`: one stopped before Ray starts, one stopped in a Ray task; the unsafe weights below, in an
 actor) also through the real command line in a process of its own, which starts its own cluster and shows
-whatever Ray prints."""
+whatever Ray prints. The processes that start Ray are marked slow (`make test-all` and CI run them)."""
 
 import contextlib
 import io
@@ -93,6 +93,9 @@ def _make(kind: str, tmp_path: Path) -> list[str]:
 
 # cases also run as a process of their own: the real command line, its exit status and everything it prints
 IN_A_PROCESS = ("missing config file", "corpus file invalid past 64 KiB")
+# A process that starts its own Ray cluster and reader and capture actors before it stops: marked slow (`make test`
+# keeps the same case through the entry point, and the process that stops before Ray starts).
+SLOW_PROCESSES = ("corpus file invalid past 64 KiB",)
 ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
@@ -138,7 +141,7 @@ def _process(args: list[str]) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def outcomes(ray_cluster, tmp_path_factory, tiny_gpt2, wikitext) -> dict[tuple[str, str], tuple[Path, subprocess.CompletedProcess]]:
-    """(case, "entry point" or "process") -> the case's folder and finished command."""
+    """(case, "entry point") -> the case's folder and finished command, every case run in this process."""
     done = {}
     saved = {key: os.environ.get(key) for key in ENV}
     os.environ.update(ENV)
@@ -149,17 +152,18 @@ def outcomes(ray_cluster, tmp_path_factory, tiny_gpt2, wikitext) -> dict[tuple[s
     finally:
         for key, value in saved.items():
             os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
-    for case in [c for c in CASES if c[0] in IN_A_PROCESS]:
-        folder = tmp_path_factory.mktemp("case")
-        done[case[0], "process"] = folder, _process(_case_args(case, folder, tiny_gpt2, wikitext))
     return done
 
 
 @pytest.mark.parametrize("name, overrides, message, how", [
-    pytest.param(*case, how, id=f"{case[0]}-{how}") for case in CASES for how in ("entry point", "process")
-    if how == "entry point" or case[0] in IN_A_PROCESS])
-def test_user_mistake_is_one_line(name, overrides, message, how, outcomes):
-    folder, res = outcomes[name, how]
+    pytest.param(*case, how, id=f"{case[0]}-{how}", marks=[pytest.mark.slow] if case[0] in SLOW_PROCESSES else [])
+    for case in CASES for how in ("entry point", "process") if how == "entry point" or case[0] in IN_A_PROCESS])
+def test_user_mistake_is_one_line(name, overrides, message, how, outcomes, tmp_path, tiny_gpt2, wikitext):
+    if how == "process":
+        folder = tmp_path
+        res = _process(_case_args((name, overrides, message), folder, tiny_gpt2, wikitext))
+    else:
+        folder, res = outcomes[name, how]
     assert res.returncode == 2, res.stderr[-2000:]
     lines = [line for line in res.stderr.splitlines() if line.startswith("gpt-stats: error:")]
     assert len(lines) == 1 and message in lines[0], res.stderr[-2000:]
@@ -191,6 +195,7 @@ class _Payload:
         return (__import__("os").system, (f"touch {self.marker}",))
 
 
+@pytest.mark.slow  # a process of its own: its own Ray cluster, two actors refusing the weights
 def test_unsafe_model_weights_stop_the_run_at_once(tmp_path, tiny_gpt2, wikitext):
     """A pytorch_model.bin whose pickle carries code is refused by the weights-only loader (the code never runs);
     the run stops on the first refusal with one line, exit 2, and no actor restarts."""
