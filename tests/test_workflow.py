@@ -176,10 +176,30 @@ def test_report_redraws_plots_from_parquet(tiny_run):
 def test_run_dir_safety_and_small_corpus(tiny_run, tiny_gpt2, wikitext, tmp_path):
     with pytest.raises(UserError, match="holds results of another config"):
         run(tiny_config(tiny_gpt2, wikitext, tiny_run, "run.seed=2"))
-    with pytest.raises(UserError, match=r"the corpus has \d+ usable tokens, fewer than sample.size=100000"):
+    # told as soon as the corpus is read, from what is excluded whatever the text (the exact count needs capture)
+    with pytest.raises(UserError, match=r"the corpus has at most \d+ usable tokens, fewer than sample.size=100000"):
         run(tiny_config(tiny_gpt2, wikitext, tmp_path / "small", "sample.size=100000"))
     manifest = json.loads((tmp_path / "small" / "manifest.json").read_text())
     assert manifest["status"] == "failed" and "usable tokens" in manifest["reason"]
+
+
+@pytest.mark.slow  # one more run, through capture
+def test_corpus_of_special_tokens_is_refused_with_the_exact_count_after_capture(tiny_gpt2, ray_cluster, tmp_path):
+    """Text full of <|endoftext|> passes the check made when the corpus is read (it knows only each window's
+    first token) and is refused after capture, which counts every excluded token: the exact number in the line."""
+    lines = [" ".join(["<|endoftext|>"] * 30 + [f"word{i} and more text"]) for i in range(40)]
+    corpus = tmp_path / "special.txt"
+    corpus.write_text("\n".join(lines) + "\n")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_gpt2)
+    ids = [tok(line, add_special_tokens=False)["input_ids"] for line in lines]
+    tokens, usable = sum(map(len, ids)), sum(int(np.sum(np.asarray(x[1:]) != 0)) for x in ids)  # one window each
+    assert usable + 300 < tokens - len(lines)  # the bound the read-time check uses is far above the truth
+    k = usable + 100
+    with pytest.raises(UserError, match=rf"the corpus has {usable} usable tokens, fewer than sample.size={k}; .*"
+                                        r"capture.exclude=\[\]"):
+        run(tiny_config(tiny_gpt2, corpus, tmp_path / "out", f"sample.size={k}"))
 
 
 @pytest.mark.slow  # the demo config end to end (make demo runs it too)

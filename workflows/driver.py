@@ -112,7 +112,8 @@ def _run(cfg: Config, store: RunStore, fresh: bool, manifest: dict, model_config
         if reused:
             log.info("resuming: %d shards already done", len(reused))
         stream = ShardStream(cfg.corpus, framing, units, store, spec.config_hash, plan, set(reused),
-                             readers=corpus_readers(cfg), backlog=2 * cfg.cluster.actors * cfg.cluster.shards_in_flight)
+                             readers=corpus_readers(cfg), backlog=2 * cfg.cluster.actors * cfg.cluster.shards_in_flight,
+                             on_done=lambda totals: check_corpus_size(totals, framing, exclusion, k))
         captured = CaptureResult()
         if not stream.done:
             with timer.stage("capture"):
@@ -125,9 +126,7 @@ def _run(cfg: Config, store: RunStore, fresh: bool, manifest: dict, model_config
         records = sorted([*reused.values(), *captured.records], key=lambda r: r["shard"])
         corpus = CorpusSummary(stream.totals, sum(r["n_excluded"] for r in records), seq_len, exclusion)
         if corpus.eligible < k:
-            hint = ", or set capture.exclude=[] to keep position 0 and special tokens" if corpus.excluded else ""
-            raise UserError(f"the corpus has {corpus.eligible} usable tokens, fewer than sample.size={k}; lower "
-                            f"sample.size or add documents{hint}")
+            raise too_small(str(corpus.eligible), k, bool(corpus.excluded))
         log.info("corpus: %d documents, %d sequences, %d tokens (%d excluded: %s) in %d shards", corpus.documents,
                  corpus.sequences, corpus.tokens, corpus.excluded, ", ".join(cfg.capture.exclude) or "none",
                  corpus.shards)
@@ -183,6 +182,21 @@ class CorpusSummary:
     def eligible(self) -> int:
         """The tokens that can be sampled."""
         return self.tokens - self.excluded
+
+
+def too_small(usable: str, k: int, excluding: bool) -> UserError:
+    hint = ", or set capture.exclude=[] to keep position 0 and special tokens" if excluding else ""
+    return UserError(f"the corpus has {usable} usable tokens, fewer than sample.size={k}; lower sample.size or add "
+                     f"documents{hint}")
+
+
+def check_corpus_size(totals: Totals, framing: Framing, exclusion: Exclusion, k: int) -> None:
+    """Refuse a corpus, as soon as it is read, whose tokens less those excluded whatever the text (each
+    sequence's framing and first token) cannot fill the sample: capture would run for nothing. The exact count,
+    after capture, catches the rest."""
+    most = totals.tokens - totals.sequences * exclusion.per_sequence(framing.prefix, framing.suffix)
+    if most < k:
+        raise too_small(f"at most {most}", k, bool(exclusion))
 
 
 def corpus_framing(cfg: Config, tokenizer, seq_len: int) -> Framing:

@@ -113,6 +113,16 @@ class Exclusion:
             out |= np.asarray(pos) == 0
         return out
 
+    def per_sequence(self, prefix: Sequence[int], suffix: Sequence[int]) -> int:
+        """The excluded tokens of every sequence whatever its text: the special ids among the ids put before and
+        after it, and its first token (text or not) under `position0`. A corpus's sequences times this is a lower
+        bound of its excluded tokens, known before any shard is captured."""
+        special = set(self.special_ids)
+        n = sum(i in special for i in (*prefix, *suffix))
+        if self.position0 and not (prefix and prefix[0] in special):
+            n += 1
+        return n
+
     def count(self, shard: Shard) -> int:
         """Excluded tokens in a shard."""
         lengths = shard.lengths()

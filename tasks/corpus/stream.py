@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -118,8 +119,10 @@ class ShardStream:
     """Produces `ShardTicket`s in corpus order for the capture pool (`workflows.capture_pool`)."""
 
     def __init__(self, corpus, framing: Framing, units: list[Unit], store: RunStore, config_hash: str,
-                 plan: list[dict], finished: set[int], readers: int, backlog: int, pool: list | None = None):
+                 plan: list[dict], finished: set[int], readers: int, backlog: int, pool: list | None = None,
+                 on_done: Callable[[Totals], None] | None = None):
         self.corpus, self.framing, self.units, self.store = corpus, framing, units, store
+        self.on_done = on_done  # called once the whole corpus is read (it may refuse it: a UserError)
         self.config_hash, self.plan, self.finished = config_hash, plan, finished
         self.readers, self.backlog = max(1, readers), max(1, backlog)
         self.own_pool = pool is None  # reader actors made here are stopped by `close`; a given pool is the caller's
@@ -214,6 +217,8 @@ class ShardStream:
                 ray.cancel(pending)
             self.inflight.clear()
             self.arrived.clear()
+            if self.on_done is not None:
+                self.on_done(self.totals)
         self._release()
         return out
 
