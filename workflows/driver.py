@@ -24,6 +24,7 @@ from tasks.analysis.baselines import check_bins, empirical_gaussian
 from tasks.analysis.site import analyze_site, samples_part
 from tasks.capture.models import d_model, load_model_config, load_tokenizer, n_layers, resolve_layers, validated_table
 from tasks.corpus.shards import Exclusion, context_length, special_tokens
+from tasks.corpus.size import check_corpus_size, too_small
 from tasks.corpus.sources import list_units
 from tasks.corpus.stream import ShardStream, Totals, load_plan, planned_fingerprints
 from tasks.corpus.tokenized import Framing
@@ -182,21 +183,6 @@ class CorpusSummary:
     def eligible(self) -> int:
         """The tokens that can be sampled."""
         return self.tokens - self.excluded
-
-
-def too_small(usable: str, k: int, excluding: bool) -> UserError:
-    hint = ", or set capture.exclude=[] to keep position 0 and special tokens" if excluding else ""
-    return UserError(f"the corpus has {usable} usable tokens, fewer than sample.size={k}; lower sample.size or add "
-                     f"documents{hint}")
-
-
-def check_corpus_size(totals: Totals, framing: Framing, exclusion: Exclusion, k: int) -> None:
-    """Refuse a corpus, as soon as it is read, whose tokens less those excluded whatever the text (each
-    sequence's framing and first token) cannot fill the sample: capture would run for nothing. The exact count,
-    after capture, catches the rest."""
-    most = totals.tokens - totals.sequences * exclusion.per_sequence(framing.prefix, framing.suffix)
-    if most < k:
-        raise too_small(f"at most {most}", k, bool(exclusion))
 
 
 def corpus_framing(cfg: Config, tokenizer, seq_len: int) -> Framing:
