@@ -20,6 +20,7 @@ import pytest
 
 from tasks.analysis.baselines import law_probabilities
 from tasks.report.profiles import panels_for
+from tests.conftest import WIKITEXT
 from workflows.cli import main as cli_main
 from workflows.config import config_from_dict
 from workflows.driver import run
@@ -63,8 +64,10 @@ def run_a(ray_cluster, tiny_gpt2, markup_corpus, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run_b(ray_cluster, tiny_gpt2, markup_corpus, tmp_path_factory) -> Path:
-    return run(_config(tiny_gpt2, markup_corpus, tmp_path_factory.mktemp("runs") / "b", "run.seed=2"))
+def run_b(tiny_run) -> Path:
+    """The run compared with run_a: the session's tiny run (another corpus, statistics flushed per shard; the same
+    model, layers, sites and bins), whose tables no test changes."""
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -393,7 +396,8 @@ def test_compare_page_overlays_runs(run_a, run_b, browser, tmp_path):
             for i in (0, 1):  # the depth profiles of the chosen site, one series per run
                 columns = pq.read_schema((run_a, run_b)[i] / "summary.parquet").names
                 assert _check_profiles(page, summaries[i][summaries[i].site == site], str(i), columns) >= 6
-    assert "run.seed = 2" in page.text("#runs-table")
+    runs = page.text("#runs-table")  # each run with the config keys where it differs from the other
+    assert f"corpus.files = {WIKITEXT}; stats.flush_every = 1; stats.second_order_fraction = 1" in runs
     page.screenshot("compare-page.png")
     p.close()
 
