@@ -56,7 +56,7 @@ def peak_gb() -> float:
 
 
 def run_old(files: list[str]) -> dict:
-    from tasks.capture.models import load_model_config, load_tokenizer
+    from tasks.checkpoint.loading import load_model_config, load_tokenizer
     from tasks.corpus.plan import plan_corpus
     from workflows.config import CorpusConfig
 
@@ -72,7 +72,7 @@ def run_old(files: list[str]) -> dict:
 def run_new(files: list[str], readers: int) -> dict:
     import ray
 
-    from tasks.capture.models import load_model_config, load_tokenizer
+    from tasks.checkpoint.loading import load_model_config, load_tokenizer
     from tasks.corpus.sources import list_units
     from tasks.corpus.stream import ShardStream
     from tasks.storage import RunStore
@@ -168,7 +168,7 @@ def main() -> None:
         print(candidate_counts(tokens, 262_144, 2000, 8), flush=True)
     if args.candidates:
         return
-    from tasks.capture.models import load_tokenizer
+    from tasks.checkpoint.loading import load_tokenizer
 
     tok = load_tokenizer(MODEL)
     print(f"load: {os.getloadavg()}  cpus: {os.cpu_count()}")

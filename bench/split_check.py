@@ -1,7 +1,7 @@
 """A model split over two devices (`cluster.gpus_per_actor` > 1) against the same model on one: the step of
 `bench/gpu.py` that checks the device map, hooks on several devices and statistics per site's device.
 
-The split follows the actor's plan (`tasks.capture.split.device_plan`, budgets of 75 % of the weights per
+The split follows the actor's plan (`tasks.checkpoint.split.device_plan`, budgets of 75 % of the weights per
 device, so that both are used). The two devices are two GPUs where there are two: hooks then run on both, and the
 sampled states cross devices. On one GPU the second half goes to "cpu", which accelerate treats as offload (its
 weights are streamed to the GPU for each forward), and with `--device cpu` both halves are the CPU with
@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from tasks.capture.actor import ShardCapturer
-from tasks.capture.models import empty_model
-from tasks.capture.split import device_plan
+from tasks.checkpoint.loading import empty_model
+from tasks.checkpoint.split import device_plan
 from tasks.corpus.shards import Shard
 from tasks.sites import SITES
 

@@ -149,7 +149,8 @@ def test_model_sites_cover_an_architecture_without_a_table():
     sequential algebra, and pass the weightless module-tree check, which refuses a wrong path naming the nearest."""
     from transformers import AutoModel, Starcoder2Config
 
-    from tasks.capture.models import check_sites, empty_model, site_table
+    from tasks.capture.models import check_sites, site_table
+    from tasks.checkpoint.loading import empty_model
     from tasks.errors import UserError
 
     config = Starcoder2Config(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,

@@ -31,7 +31,7 @@ SEQ_LEN = 128
 
 @pytest.fixture(scope="module")
 def tok():
-    from tasks.capture.models import load_tokenizer
+    from tasks.checkpoint.loading import load_tokenizer
 
     return load_tokenizer(str(TOKENIZER))
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasks.capture.models import empty_model
-from tasks.capture.split import device_plan
+from tasks.checkpoint.loading import empty_model
+from tasks.checkpoint.split import device_plan
 from tasks.errors import UserError
 from tasks.capture.architectures import ARCHITECTURES
 from tests.families import CASES, tiny_config

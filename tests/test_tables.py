@@ -1,7 +1,7 @@
 """The summary schema's columns and where they come from: every column in exactly one source group, so that a row
 built from a site's result fills each column once."""
 
-from tasks.report.tables import (
+from tasks.tables import (
     CORPUS_COLUMNS,
     RAW_ONLY,
     RUN_COLUMNS,

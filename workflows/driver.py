@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from tasks.analysis.baselines import check_bins, empirical_gaussian
 from tasks.analysis.site import analyze_site, samples_part
-from tasks.capture.models import d_model, load_model_config, load_tokenizer, n_layers, resolve_layers, validated_table
+from tasks.capture.models import d_model, n_layers, resolve_layers, validated_table
+from tasks.checkpoint.loading import load_model_config, load_tokenizer
 from tasks.corpus.shards import Exclusion, context_length, special_tokens
 from tasks.corpus.size import check_corpus_size, too_small
 from tasks.corpus.sources import list_units

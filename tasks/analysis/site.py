@@ -51,7 +51,7 @@ from tasks.analysis.similarity import (
 )
 from tasks.sites import site_key
 from tasks.storage import RunStore
-from tasks.report.tables import samples_table
+from tasks.tables import samples_table
 from tasks.analysis.tails import excess_kurtosis, kurtosis_summary, principal_components_kurtosis
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,8 @@ from tasks.capture.hooks import SiteRecorder, StatsFeed, forward_and_gather, pad
 from tasks.corpus.shards import Exclusion, Shard, batches
 from tasks.capture.faults import maybe_fail
 from tasks.errors import UserError
-from tasks.capture.models import SiteTable, check_sites, load_model, load_model_config, site_table
+from tasks.capture.models import SiteTable, check_sites, site_table
+from tasks.checkpoint.loading import load_model, load_model_config
 from tasks.stats.bottom_k import BottomKSample
 from tasks.stats.massive import MASSIVE_TOP
 from tasks.stats.site import SiteStatistics, stack_states

@@ -21,9 +21,7 @@ import math
 
 import numpy as np
 
-from tasks.stats.bottom_k import MASK64
-
-CONTEXT = 10  # tokens of context shown for an exemplar, ending at the token itself
+from tasks.stats.bottom_k import CONTEXT, MASK64
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:

@@ -16,8 +16,8 @@ import pyarrow as pa
 import torch
 
 from tasks.capture.architectures import ARCHITECTURES
-from tasks.capture.models import load_model, load_tokenizer
-from tasks.report.tables import SANITY_SCHEMA
+from tasks.checkpoint.loading import load_model, load_tokenizer
+from tasks.tables import SANITY_SCHEMA
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ class Framing:
 @functools.lru_cache(maxsize=4)
 def _tokenizer(model: str, revision: str | None, trust: bool):
     """Loaded once per reader actor's process."""
-    from tasks.capture.models import load_tokenizer
+    from tasks.checkpoint.loading import load_tokenizer
 
     return load_tokenizer(model, revision, trust)
 

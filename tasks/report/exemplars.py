@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tasks.capture.sampling import CONTEXT
+from tasks.stats.bottom_k import CONTEXT
 
 
 def context_text(tokenizer, context: np.ndarray) -> str:

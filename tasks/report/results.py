@@ -2,7 +2,7 @@
 `exemplars.parquet`, `moments.parquet` and `massive.parquet`.
 
 Each site task (`tasks.analysis.site.analyze_site`) returns its numbers per variant; here they become rows of the
-schemas in `tasks.report.tables`, each histogram is written beside its three Gaussian baselines, and every site
+schemas in `tasks.tables`, each histogram is written beside its three Gaussian baselines, and every site
 gets its verdict from its raw and centred rows.
 """
 
@@ -15,7 +15,7 @@ from tasks.analysis.baselines import law_probabilities, wasserstein1
 from tasks.analysis.similarity import CosineHistogram, bin_edges
 from tasks.analysis.verdict import verdict, verdict_confident
 from tasks.report.exemplars import exemplar_rows, massive_rows
-from tasks.report.tables import (
+from tasks.tables import (
     CORPUS_COLUMNS,
     EXEMPLAR_SCHEMA,
     MASSIVE_SCHEMA,

@@ -16,6 +16,7 @@ import torch
 
 MASK64 = (1 << 64) - 1
 
+CONTEXT = 10  # tokens of context kept with a sampled token, ending at the token itself (then the next id)
 KEYS = ("hash", "doc", "window", "pos", "token_id", "context")
 
 Vectors = np.ndarray | torch.Tensor  # (sites, n, d); a capture actor keeps them on its device until `state`

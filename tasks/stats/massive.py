@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from tasks.capture.sampling import CONTEXT
+from tasks.stats.bottom_k import CONTEXT
 from tasks.stats.base import F64, as_batch, row_count, to_array, to_tensor
 
 IDENTITY = ("doc", "window", "pos", "token_id")  # a token's identity, as the sample keeps it
