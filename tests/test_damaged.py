@@ -98,14 +98,14 @@ def test_report_of_a_damaged_table_through_the_command_line(clean_run, tmp_path)
     assert len(lines) == 1 and "summary.parquet is damaged" in lines[0], res.stderr[-3000:]
 
 
-def test_rerun_of_the_same_config_repairs_a_damaged_directory(clean_run, tiny_gpt2, wikitext, tmp_path):
+def test_rerun_of_the_same_config_repairs_a_damaged_directory(clean_run, tiny_gpt2, prose, tmp_path):
     bad = tmp_path / "repaired"
     shutil.copytree(clean_run, bad)
     for name in ("summary.parquet", "exemplars.parquet", "sanity.parquet"):
         _garbage(bad / name)
     _truncate(bad / "histograms.parquet")
     assert cli_main(["report", str(bad)]) == 2
-    run(tiny_config(tiny_gpt2, wikitext, bad))  # the documented recovery: the same config, into the same directory
+    run(tiny_config(tiny_gpt2, prose, bad))  # the documented recovery: the same config, into the same directory
     assert json.loads((bad / "manifest.json").read_text())["status"] == "complete"
     for name in ("summary", "histograms", "exemplars", "moments", "sanity"):
         a, b = pq.read_table(clean_run / f"{name}.parquet"), pq.read_table(bad / f"{name}.parquet")

@@ -1,5 +1,5 @@
 """The whole workflow on one tiny random model of every built-in family, and of an architecture without a table
-through `model.sites`, over the shared text: the sample is the brute-force bottom-k of the corpus, sampled states
+through `model.sites`, over the tests' text: the sample is the brute-force bottom-k of the corpus, sampled states
 equal a direct forward pass, and the sanity check's top token is the language model's own argmax.
 
 Every run here is marked slow (`make test-all` and CI run them): each is a whole workflow, and `make test` already
@@ -71,17 +71,17 @@ def _family_params():
 
 
 @pytest.mark.parametrize("case", _family_params())
-def test_workflow_runs_on_family(case, ray_cluster, wikitext, tmp_path):
+def test_workflow_runs_on_family(case, ray_cluster, prose, tmp_path):
     from transformers import AutoModel
 
     causal = ARCHITECTURES[case].causal
     model = save_tiny(case, tmp_path / "model", causal)
-    run_dir = _run(model, wikitext, tmp_path / "run")
-    _check_run(run_dir, model, wikitext, AutoModel.from_pretrained(model).eval(), causal)
+    run_dir = _run(model, prose, tmp_path / "run")
+    _check_run(run_dir, model, prose, AutoModel.from_pretrained(model).eval(), causal)
 
 
 @pytest.mark.slow
-def test_unknown_architecture_runs_through_model_sites(ray_cluster, wikitext, tmp_path):
+def test_unknown_architecture_runs_through_model_sites(ray_cluster, prose, tmp_path):
     """StarCoder2 has no built-in table: it stops with the line pointing to model.sites, and runs with it."""
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, Starcoder2Config
 
@@ -97,7 +97,7 @@ def test_unknown_architecture_runs_through_model_sites(ray_cluster, wikitext, tm
     AutoModelForCausalLM.from_config(config).save_pretrained(model)
     AutoTokenizer.from_pretrained(TOKENIZER).save_pretrained(model)
     with pytest.raises(UserError, match="model.sites"):
-        _run(model, wikitext, tmp_path / "refused")
+        _run(model, prose, tmp_path / "refused")
     sites = "model.sites={blocks: layers, resid_post: '', attn_out: self_attn, mlp_out: mlp}"
-    run_dir = _run(model, wikitext, tmp_path / "run", sites)
-    _check_run(run_dir, model, wikitext, AutoModel.from_pretrained(model).eval(), causal=True)
+    run_dir = _run(model, prose, tmp_path / "run", sites)
+    _check_run(run_dir, model, prose, AutoModel.from_pretrained(model).eval(), causal=True)

@@ -123,7 +123,7 @@ def test_gpu_histc_bin_counts_are_exact():
     np.testing.assert_array_equal(histc_counts(torch.from_numpy(idx), 4096).numpy(), np.bincount(idx, minlength=4096))
 
 
-def test_tiny_run_massive_columns_and_entries_equal_brute_force(tiny_run, tiny_gpt2, wikitext):
+def test_tiny_run_massive_columns_and_entries_equal_brute_force(tiny_run, tiny_gpt2, prose):
     """Every site has the new columns, finite, on its raw row; layer 0's `massive.parquet` entries are the
     largest |x| of the model's layer-0 block output over every token of the corpus, recomputed here."""
     from transformers import AutoModel, AutoTokenizer
@@ -144,7 +144,7 @@ def test_tiny_run_massive_columns_and_entries_equal_brute_force(tiny_run, tiny_g
 
     model = AutoModel.from_pretrained(tiny_gpt2).eval()
     tok = AutoTokenizer.from_pretrained(tiny_gpt2)
-    docs = tokenize(load_texts("files", files=[str(wikitext)]), tok, max_docs=300)
+    docs = tokenize(load_texts("files", files=[str(prose)]), tok, max_docs=300)
     states, ident = [], []
     with torch.no_grad():
         for doc, window, seq in make_sequences(docs, tok, 128, "window"):

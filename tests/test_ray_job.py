@@ -27,7 +27,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ray_job_submit_on_loopback(tiny_gpt2, wikitext, tmp_path):
+def test_ray_job_submit_on_loopback(tiny_gpt2, prose, tmp_path):
     bindir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
            "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -54,7 +54,7 @@ def test_ray_job_submit_on_loopback(tiny_gpt2, wikitext, tmp_path):
         out = tmp_path / "out"
         cfg.write_text(yaml.safe_dump({
             "model": {"name": str(tiny_gpt2), "dtype": "float32"},
-            "corpus": {"source": "files", "files": [str(wikitext)], "max_docs": 200, "shard_tokens": 3000},
+            "corpus": {"source": "files", "files": [str(prose)], "max_docs": 200, "shard_tokens": 3000},
             "sample": {"size": 200}, "similarity": {"bins": 50, "tile": 128},
             "cluster": {"actors": 2}, "run": {"out": str(out)},
         }))

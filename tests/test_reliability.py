@@ -54,18 +54,18 @@ def faults(monkeypatch, tmp_path, spec: str) -> None:
     monkeypatch.setenv("GPT_STATS_FAULT_DIR", str(folder))
 
 
-def test_failed_shard_fails_the_run_then_resume_completes_identically(reference, tiny_gpt2, wikitext, tmp_path, monkeypatch):
+def test_failed_shard_fails_the_run_then_resume_completes_identically(reference, tiny_gpt2, prose, tmp_path, monkeypatch):
     out = tmp_path / "run"
     faults(monkeypatch, tmp_path, "raise@2x99")
     with pytest.raises(RunError, match=r"shard 2 failed 2 times; last error: .*injected fault on shard 2"):
-        run(tiny_config(tiny_gpt2, wikitext, out, "cluster.max_retries=1"))
+        run(tiny_config(tiny_gpt2, prose, out, "cluster.max_retries=1"))
     failed = manifest(out)
     assert failed["status"] == "failed" and "shard 2" in failed["reason"]
     time.sleep(1.0)  # actors are killed on failure; let a write already under way land (atomically) first
     saved = finished(out)
     assert 2 not in saved and len(saved) >= 1
     monkeypatch.delenv("GPT_STATS_FAULTS")
-    run(tiny_config(tiny_gpt2, wikitext, out))
+    run(tiny_config(tiny_gpt2, prose, out))
     done = manifest(out)
     assert done["status"] == "complete" and done["attempt"] == 2
     assert done["shards"]["reused"] == len(saved)
@@ -73,18 +73,18 @@ def test_failed_shard_fails_the_run_then_resume_completes_identically(reference,
     assert_same_results(reference, out)
 
 
-def test_actor_death_is_survived(reference, tiny_gpt2, wikitext, tmp_path, monkeypatch):
+def test_actor_death_is_survived(reference, tiny_gpt2, prose, tmp_path, monkeypatch):
     faults(monkeypatch, tmp_path, "exit@1x1,exit@3x1")
-    out = run(tiny_config(tiny_gpt2, wikitext, tmp_path / "run", "cluster.actors=2"))
+    out = run(tiny_config(tiny_gpt2, prose, tmp_path / "run", "cluster.actors=2"))
     m = manifest(out)
     assert m["status"] == "complete" and m["shards"]["retries"] >= 2
     assert len(list((tmp_path / "faults").iterdir())) == 2  # both faults fired
     assert_same_results(reference, out)
 
 
-def test_corrupt_and_partial_shards_are_recomputed(reference, tiny_gpt2, wikitext, tmp_path):
+def test_corrupt_and_partial_shards_are_recomputed(reference, tiny_gpt2, prose, tmp_path):
     out = tmp_path / "run"
-    run(tiny_config(tiny_gpt2, wikitext, out))
+    run(tiny_config(tiny_gpt2, prose, out))
     total = manifest(out)["shards"]["total"]
     npz = sorted((out / "shards").glob("*.npz"))
     data = bytearray(npz[0].read_bytes())
@@ -92,28 +92,28 @@ def test_corrupt_and_partial_shards_are_recomputed(reference, tiny_gpt2, wikitex
     npz[0].write_bytes(bytes(data))  # corrupt: checksum mismatch
     (out / "shards" / npz[1].name.replace(".npz", ".json")).unlink()  # partial: sample without record
     npz[2].unlink()  # record without sample
-    run(tiny_config(tiny_gpt2, wikitext, out))
+    run(tiny_config(tiny_gpt2, prose, out))
     m = manifest(out)
     assert m["shards"]["computed"] == 3 and m["shards"]["reused"] == total - 3
     assert_same_results(reference, out)
     # all shards finished: a rerun only merges and analyses again
-    run(tiny_config(tiny_gpt2, wikitext, out))
+    run(tiny_config(tiny_gpt2, prose, out))
     assert manifest(out)["shards"]["reused"] == total and "capture" not in manifest(out)["timings"]
     assert_same_results(reference, out)
 
 
-def test_other_config_is_refused_and_fresh_replaces(reference, tiny_gpt2, wikitext, tmp_path):
+def test_other_config_is_refused_and_fresh_replaces(reference, tiny_gpt2, prose, tmp_path):
     out = tmp_path / "run"
-    run(tiny_config(tiny_gpt2, wikitext, out))
+    run(tiny_config(tiny_gpt2, prose, out))
     with pytest.raises(UserError, match="holds results of another config .* pass --fresh"):
-        run(tiny_config(tiny_gpt2, wikitext, out, "run.seed=7"))
+        run(tiny_config(tiny_gpt2, prose, out, "run.seed=7"))
     assert manifest(out)["status"] == "complete"  # untouched
-    run(tiny_config(tiny_gpt2, wikitext, out, "run.seed=7"), fresh=True)
+    run(tiny_config(tiny_gpt2, prose, out, "run.seed=7"), fresh=True)
     m = manifest(out)
     assert m["config"]["run"]["seed"] == 7 and m["shards"]["reused"] == 0 and m["attempt"] == 1
 
 
-def test_nonfinite_states_are_counted_and_kept_out(ray_cluster, tiny_gpt2, wikitext, tmp_path):
+def test_nonfinite_states_are_counted_and_kept_out(ray_cluster, tiny_gpt2, prose, tmp_path):
     """A token whose embedding is infinite poisons its own and later positions: the run must count those
     states per site (checked against a direct forward pass), keep them out of the sample, and stay finite."""
     import torch
@@ -124,7 +124,7 @@ def test_nonfinite_states_are_counted_and_kept_out(ray_cluster, tiny_gpt2, wikit
 
     model = AutoModel.from_pretrained(tiny_gpt2)
     tok = AutoTokenizer.from_pretrained(tiny_gpt2)
-    docs = tokenize(load_texts("files", files=[str(wikitext)]), tok, max_docs=40)
+    docs = tokenize(load_texts("files", files=[str(prose)]), tok, max_docs=40)
     counts = np.bincount(np.concatenate(docs))
     poison = int(np.flatnonzero(counts == 3)[0])  # a token that occurs three times
     with torch.no_grad():
@@ -133,7 +133,7 @@ def test_nonfinite_states_are_counted_and_kept_out(ray_cluster, tiny_gpt2, wikit
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     total = sum(len(d) for d in docs)
-    cfg = tiny_config(folder, wikitext, tmp_path / "run", "corpus.max_docs=40", f"sample.size={total // 4}")
+    cfg = tiny_config(folder, prose, tmp_path / "run", "corpus.max_docs=40", f"sample.size={total // 4}")
     out = run(cfg)
     m = manifest(out)
     assert m["nonfinite"]["tokens_examined"] == total  # every batch ran, so every token was examined
@@ -153,7 +153,7 @@ def test_nonfinite_states_are_counted_and_kept_out(ray_cluster, tiny_gpt2, wikit
     assert (samples.token_id != poison).all()
 
 
-def test_killed_driver_resumes(reference, tiny_gpt2, wikitext, tmp_path):
+def test_killed_driver_resumes(reference, tiny_gpt2, prose, tmp_path):
     """SIGKILL a driver connected to the running cluster mid-capture (Ray then ends its job and actors); the
     same command resumes."""
     import os
@@ -164,7 +164,7 @@ def test_killed_driver_resumes(reference, tiny_gpt2, wikitext, tmp_path):
     import yaml
 
     out = tmp_path / "run"
-    cfg = tiny_config(tiny_gpt2, wikitext, out)
+    cfg = tiny_config(tiny_gpt2, prose, out)
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg.to_dict()))
     root = Path(__file__).resolve().parent.parent
@@ -192,11 +192,11 @@ def test_killed_driver_resumes(reference, tiny_gpt2, wikitext, tmp_path):
     assert_same_results(reference, out)
 
 
-def test_shard_failing_mid_way_is_not_counted_twice(reference, tiny_gpt2, wikitext, tmp_path, monkeypatch):
+def test_shard_failing_mid_way_is_not_counted_twice(reference, tiny_gpt2, prose, tmp_path, monkeypatch):
     """A shard that fails after its first forward pass has fed the actor's statistics (a GPU out of memory mid-shard)
     and then runs again must count once: the statistics match the uninterrupted run."""
     faults(monkeypatch, tmp_path, "late@2x1")
-    out = run(tiny_config(tiny_gpt2, wikitext, tmp_path / "run"))  # 3 forward passes per shard
+    out = run(tiny_config(tiny_gpt2, prose, tmp_path / "run"))  # 3 forward passes per shard
     assert len(list((tmp_path / "faults").iterdir())) == 1 and manifest(out)["shards"]["retries"] == 1
     assert_same_results(reference, out)
 
@@ -232,7 +232,7 @@ def _error_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("gpt-stats:")]
 
 
-def test_second_driver_on_the_same_run_directory_is_refused(reference, tiny_gpt2, wikitext, tmp_path):
+def test_second_driver_on_the_same_run_directory_is_refused(reference, tiny_gpt2, prose, tmp_path):
     """Two drivers on one run.out: the second refuses with one line naming the holder (exit 2) and touches
     nothing; the first completes with the results of a lone run and releases the lock."""
     import os
@@ -240,7 +240,7 @@ def test_second_driver_on_the_same_run_directory_is_refused(reference, tiny_gpt2
     import socket
 
     out = tmp_path / "run"
-    cfg = tiny_config(tiny_gpt2, wikitext, out)
+    cfg = tiny_config(tiny_gpt2, prose, out)
     first = second = _driver(cfg, tmp_path, "first")
     try:
         _wait_for_shards(first, out, 1, tmp_path / "first.err")
@@ -287,7 +287,7 @@ def test_lock_of_a_driver_that_is_gone_is_taken_over(tmp_path, caplog):
             pass
 
 
-def test_disk_full_after_capture_is_one_line_and_resumes(reference, tiny_gpt2, wikitext, tmp_path, monkeypatch, capsys):
+def test_disk_full_after_capture_is_one_line_and_resumes(reference, tiny_gpt2, prose, tmp_path, monkeypatch, capsys):
     """A write failing after capture, in the driver (disk full writing the tables) or in a site task on the cluster
     (an OSError inside Ray), ends in one line, exit status 1, manifest `failed` with the reason; the rerun reuses
     every shard and gives the results of an uninterrupted run."""
@@ -300,7 +300,7 @@ def test_disk_full_after_capture_is_one_line_and_resumes(reference, tiny_gpt2, w
 
     out = tmp_path / "run"
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(tiny_config(tiny_gpt2, wikitext, out).to_dict()))
+    path.write_text(yaml.safe_dump(tiny_config(tiny_gpt2, prose, out).to_dict()))
     write_parquet = RunStore.write_parquet
 
     def full(self, rel, table):
@@ -327,20 +327,20 @@ def test_disk_full_after_capture_is_one_line_and_resumes(reference, tiny_gpt2, w
     assert manifest(out)["status"] == "failed" and "IsADirectoryError" in manifest(out)["reason"]
     (squat / "x").rmdir()
     squat.rmdir()
-    run(tiny_config(tiny_gpt2, wikitext, out))
+    run(tiny_config(tiny_gpt2, prose, out))
     m = manifest(out)
     assert m["status"] == "complete" and m["attempt"] == 3 and m["shards"]["reused"] == m["shards"]["total"]
     assert_same_results(reference, out)
 
 
-def test_sigterm_interrupts_like_ctrl_c_and_resumes(reference, tiny_gpt2, wikitext, tmp_path):
+def test_sigterm_interrupts_like_ctrl_c_and_resumes(reference, tiny_gpt2, prose, tmp_path):
     """SIGTERM (`ray job stop`, a batch scheduler) mid-capture: one line, exit status 143, manifest `interrupted`
     with the time, lock released; the same command resumes to the results of an uninterrupted run."""
     import os
     import signal
 
     out = tmp_path / "run"
-    cfg = tiny_config(tiny_gpt2, wikitext, out)
+    cfg = tiny_config(tiny_gpt2, prose, out)
     driver = _driver(cfg, tmp_path, "driver")
     try:
         _wait_for_shards(driver, out, 2, tmp_path / "driver.err")
@@ -375,19 +375,19 @@ def _copy(reference: Path, tmp_path: Path) -> Path:
     return out
 
 
-def test_input_mistake_leaves_a_finished_run_untouched(reference, tiny_gpt2, wikitext, tmp_path):
+def test_input_mistake_leaves_a_finished_run_untouched(reference, tiny_gpt2, prose, tmp_path):
     """A rerun into a complete run directory that stops on an input mistake found late (GPUs asked for, none in
     the cluster) leaves every file of the finished run byte for byte, its manifest `complete` included."""
     out = _copy(reference, tmp_path)
     before = _snapshot(out)
     with pytest.raises(UserError, match="but the Ray cluster has no GPU"):
-        run(tiny_config(tiny_gpt2, wikitext, out, "cluster.gpus_per_actor=1"))
+        run(tiny_config(tiny_gpt2, prose, out, "cluster.gpus_per_actor=1"))
     after = _snapshot(out)
     assert sorted(after) == sorted(before)
     assert [name for name in before if before[name] != after[name]] == []
 
 
-def test_tampered_records_are_recomputed(reference, tiny_gpt2, wikitext, tmp_path):
+def test_tampered_records_are_recomputed(reference, tiny_gpt2, prose, tmp_path):
     """Records are checked against their own checksum: a shard record whose `n_kept` or `nonfinite` was edited, and a
     statistics partial whose `shards` list was edited, are not trusted; those shards run again and the results equal
     an uninterrupted run's (no dropped sample, no changed non-finite count, no statistics counted twice)."""
@@ -405,7 +405,7 @@ def test_tampered_records_are_recomputed(reference, tiny_gpt2, wikitext, tmp_pat
     rec = json.loads(partials[2].read_text())
     rec["shards"] = [3]  # the partial of shard 2 now claims shard 3: shard 2 would run again and count twice
     partials[2].write_text(json.dumps(rec))
-    run(tiny_config(tiny_gpt2, wikitext, out))
+    run(tiny_config(tiny_gpt2, prose, out))
     m = manifest(out)
     assert m["status"] == "complete" and m["shards"]["computed"] == 3 and m["shards"]["reused"] == total - 3
     assert sum(m["nonfinite"]["per_site"].values()) == 0

@@ -49,9 +49,9 @@ def _config(model: Path, corpus: Path, out: Path, *overrides: str):
 
 
 @pytest.fixture(scope="module")
-def markup_corpus(wikitext, tmp_path_factory) -> Path:
-    """WikiText lines interleaved with lines of HTML markup."""
-    lines = [ln for ln in wikitext.read_text().splitlines() if ln.strip()][:150]
+def markup_corpus(prose, tmp_path_factory) -> Path:
+    """Lines of the tests' text interleaved with lines of HTML markup."""
+    lines = [ln for ln in prose.read_text().splitlines() if ln.strip()][:150]
     mixed = [x for i, ln in enumerate(lines) for x in (ln, PAYLOAD.format(i=i))]
     path = tmp_path_factory.mktemp("corpus") / "markup.txt"
     path.write_text("\n".join(mixed) + "\n")

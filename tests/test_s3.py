@@ -45,10 +45,10 @@ def s3_endpoint():
         proc.wait(timeout=30)
 
 
-def test_run_resume_and_report_on_s3(s3_endpoint, ray_cluster, tiny_gpt2, wikitext, tmp_path):
+def test_run_resume_and_report_on_s3(s3_endpoint, ray_cluster, tiny_gpt2, prose, tmp_path):
     uri = f"s3://bucket/tiny?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1"
-    local = run(tiny_config(tiny_gpt2, wikitext, tmp_path / "local"))
-    assert run(tiny_config(tiny_gpt2, wikitext, uri)) == uri
+    local = run(tiny_config(tiny_gpt2, prose, tmp_path / "local"))
+    assert run(tiny_config(tiny_gpt2, prose, uri)) == uri
     store = RunStore(uri)
     m = store.read_json("manifest.json")
     assert m["status"] == "complete" and m["shards"]["reused"] == 0
@@ -60,7 +60,7 @@ def test_run_resume_and_report_on_s3(s3_endpoint, ray_cluster, tiny_gpt2, wikite
     # resume on the object store: drop one shard's record, rerun
     records = [n for n in store.list("shards") if n.endswith(".json")]
     store.delete(f"shards/{records[1]}")
-    run(tiny_config(tiny_gpt2, wikitext, uri))
+    run(tiny_config(tiny_gpt2, prose, uri))
     m = store.read_json("manifest.json")
     assert (m["shards"]["reused"], m["shards"]["computed"]) == (len(records) - 1, 1)
     assert store.read_parquet("histograms.parquet").equals(RunStore(str(local)).read_parquet("histograms.parquet"))

@@ -101,8 +101,8 @@ def expected_sample(model: Path, text: Path, max_docs: int, k: int, seed: int, e
     return doc[best], pos[best], ids[best]
 
 
-def test_sample_is_the_bottom_k_of_corpus_token_hashes(tiny_run, tiny_gpt2, wikitext):
-    doc, pos, token = expected_sample(tiny_gpt2, wikitext, max_docs=300, k=300, seed=1)
+def test_sample_is_the_bottom_k_of_corpus_token_hashes(tiny_run, tiny_gpt2, prose):
+    doc, pos, token = expected_sample(tiny_gpt2, prose, max_docs=300, k=300, seed=1)
     samples = _samples(tiny_run)
     one = samples[(samples.layer == 0) & (samples.site == "resid_post")].sort_values("index")
     assert np.array_equal(one.doc.to_numpy(), doc)
@@ -130,8 +130,8 @@ def test_exemplars_are_the_pairs_at_their_quantiles(tiny_run):
 
 
 @pytest.mark.slow  # two more end-to-end runs (two actors, other shards)
-def test_same_results_with_two_actors_and_other_shards(tiny_run, tiny_gpt2, wikitext, tmp_path):
-    two = run(tiny_config(tiny_gpt2, wikitext, tmp_path / "two", "cluster.actors=2"))
+def test_same_results_with_two_actors_and_other_shards(tiny_run, tiny_gpt2, prose, tmp_path):
+    two = run(tiny_config(tiny_gpt2, prose, tmp_path / "two", "cluster.actors=2"))
     # Same shards on more actors: bit-identical histograms and samples (position 0 and special tokens excluded).
     h1 = pq.read_table(tiny_run / "histograms.parquet")
     assert h1.equals(pq.read_table(two / "histograms.parquet"))
@@ -141,7 +141,7 @@ def test_same_results_with_two_actors_and_other_shards(tiny_run, tiny_gpt2, wiki
     assert pq.read_table(tiny_run / "summary.parquet").equals(pq.read_table(two / "summary.parquet"))
     assert pq.read_table(tiny_run / "massive.parquet").equals(pq.read_table(two / "massive.parquet"))
     # Other shard boundaries: the same tokens are sampled; states agree to float rounding (batches differ).
-    other = run(tiny_config(tiny_gpt2, wikitext, tmp_path / "other", "corpus.shard_tokens=700", "cluster.actors=2"))
+    other = run(tiny_config(tiny_gpt2, prose, tmp_path / "other", "corpus.shard_tokens=700", "cluster.actors=2"))
     a, b = _samples(tiny_run), _samples(other)
     for col in ("layer", "site", "index", "doc", "window", "pos", "token_id"):
         assert np.array_equal(a[col].to_numpy(), b[col].to_numpy()), col
@@ -173,12 +173,12 @@ def test_report_redraws_plots_from_parquet(tiny_run):
     assert len(list((tiny_run / "plots").glob("L*.png"))) == 18
 
 
-def test_run_dir_safety_and_small_corpus(tiny_run, tiny_gpt2, wikitext, tmp_path):
+def test_run_dir_safety_and_small_corpus(tiny_run, tiny_gpt2, prose, tmp_path):
     with pytest.raises(UserError, match="holds results of another config"):
-        run(tiny_config(tiny_gpt2, wikitext, tiny_run, "run.seed=2"))
+        run(tiny_config(tiny_gpt2, prose, tiny_run, "run.seed=2"))
     # told as soon as the corpus is read, from what is excluded whatever the text (the exact count needs capture)
     with pytest.raises(UserError, match=r"the corpus has at most \d+ usable tokens, fewer than sample.size=100000"):
-        run(tiny_config(tiny_gpt2, wikitext, tmp_path / "small", "sample.size=100000"))
+        run(tiny_config(tiny_gpt2, prose, tmp_path / "small", "sample.size=100000"))
     manifest = json.loads((tmp_path / "small" / "manifest.json").read_text())
     assert manifest["status"] == "failed" and "usable tokens" in manifest["reason"]
 
@@ -238,8 +238,8 @@ def all_states(model_dir: Path, text: Path, max_docs: int, layer: int) -> tuple[
 
 
 @pytest.fixture(scope="module")
-def layer0_states(tiny_gpt2, wikitext):
-    return all_states(tiny_gpt2, wikitext, 300, layer=0)  # layer 0 resid_post (no ln_f in between)
+def layer0_states(tiny_gpt2, prose):
+    return all_states(tiny_gpt2, prose, 300, layer=0)  # layer 0 resid_post (no ln_f in between)
 
 
 def test_corpus_numbers_equal_brute_force_over_every_token(tiny_run, layer0_states):
@@ -322,11 +322,11 @@ def test_corpus_numbers_equal_brute_force_over_every_token(tiny_run, layer0_stat
 
 
 @pytest.mark.slow  # one more end-to-end run with the exclusion off
-def test_exclusion_off_keeps_every_token(ray_cluster, tiny_gpt2, wikitext, layer0_states, tmp_path):
+def test_exclusion_off_keeps_every_token(ray_cluster, tiny_gpt2, prose, layer0_states, tmp_path):
     """capture.exclude=[]: the sample is the bottom-k of all tokens and the statistics cover every token."""
-    out = run(tiny_config(tiny_gpt2, wikitext, tmp_path / "all", "capture.exclude=[]", "capture.layers=[0]",
+    out = run(tiny_config(tiny_gpt2, prose, tmp_path / "all", "capture.exclude=[]", "capture.layers=[0]",
                           "capture.sites=[resid_post]", "stats.bootstrap=0"))
-    doc, pos, token = expected_sample(tiny_gpt2, wikitext, max_docs=300, k=300, seed=1, exclude=False)
+    doc, pos, token = expected_sample(tiny_gpt2, prose, max_docs=300, k=300, seed=1, exclude=False)
     one = _samples(out).sort_values("index")
     assert np.array_equal(one.doc.to_numpy(), doc) and np.array_equal(one.pos.to_numpy(), pos)
     assert np.array_equal(one.token_id.to_numpy(), token) and (pos == 0).any()
