@@ -20,7 +20,7 @@ import pytest
 
 from tasks.analysis.baselines import law_probabilities
 from tasks.report.profiles import panels_for
-from tests.conftest import WIKITEXT
+from tests.conftest import PROSE
 from workflows.cli import main as cli_main
 from workflows.config import config_from_dict
 from workflows.driver import run
@@ -397,7 +397,7 @@ def test_compare_page_overlays_runs(run_a, run_b, browser, tmp_path):
                 columns = pq.read_schema((run_a, run_b)[i] / "summary.parquet").names
                 assert _check_profiles(page, summaries[i][summaries[i].site == site], str(i), columns) >= 6
     runs = page.text("#runs-table")  # each run with the config keys where it differs from the other
-    assert f"corpus.files = {WIKITEXT}; stats.flush_every = 1; stats.second_order_fraction = 1" in runs
+    assert f"corpus.files = {PROSE}; stats.flush_every = 1; stats.second_order_fraction = 1" in runs
     page.screenshot("compare-page.png")
     p.close()
 
