@@ -245,6 +245,37 @@ def test_changed_corpus_is_refused_on_resume(readers, tok, tmp_path, wikitext):
         stream_shards(readers, tok, [str(path)], store, 1, 3000, finished={s.index for s in first[1:]})
 
 
+def test_touched_corpus_is_the_same_corpus(readers, tok, tmp_path, wikitext):
+    """A corpus file whose modification time changed over the same bytes (`touch`, restored from a copy) is not a
+    changed corpus: the saved plan loads whole; the same size with other bytes is refused."""
+    path = tmp_path / "c.txt"
+    path.write_text("\n".join(wikitext.read_text(encoding="utf-8").split("\n")[:300]) + "\n", encoding="utf-8")
+    store = RunStore(str(tmp_path / "run"))
+    stream_shards(readers, tok, [str(path)], store, 1, 3000)
+    units = list_units(CorpusConfig(source="files", files=(str(path),)))
+    plan = load_plan(store, "h", units)
+    text, stat = path.read_bytes(), os.stat(path)
+    path.write_bytes(text)  # restored: the same bytes, a new modification time
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    touched = list_units(CorpusConfig(source="files", files=(str(path),)))
+    assert touched[0].mtime != units[0].mtime
+    assert load_plan(store, "h", touched) == plan
+    path.write_bytes(text.replace(b"the", b"tha", 1))
+    with pytest.raises(UserError, match=r"'.*c\.txt' changed since this run directory's earlier attempt \(its size or "
+                                        r"contents differ\)"):
+        load_plan(store, "h", list_units(CorpusConfig(source="files", files=(str(path),))))
+
+
+@pytest.mark.parametrize("kind", ["text", "jsonl", "parquet"])
+def test_unit_checksum_is_the_one_read_gives(corpora, small_units, kind):
+    """`unit_sha256` (what a rerun compares for a touched file) is the checksum `read_unit` saved in the plan."""
+    from tasks.corpus.sources import unit_sha256
+
+    units = list_units(CorpusConfig(source="files", files=tuple(corpora[kind])))
+    assert len(units) > 4
+    assert [unit_sha256(u) for u in units] == [read_unit(u)[1] for u in units]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["text", "parquet"])
 def test_object_store_files_give_the_local_shards(s3_endpoint, readers, tok, corpora, small_units, kind,

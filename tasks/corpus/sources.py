@@ -15,9 +15,10 @@ import fnmatch
 import hashlib
 import json
 import posixpath
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from tasks.corpus.documents import TEXT_SUFFIXES, _expand_files, embedded_texts
 from tasks.errors import UserError
@@ -289,6 +290,48 @@ def _check_encodable(unit: Unit, f, texts: list, lines: list[int] | None, begin:
                             "UTF-16 pair, no character); fix or remove it")
 
 
+@contextmanager
+def _opened(unit: Unit) -> Iterator:
+    """The unit's file, open for reading; a failure to open or read it (a UserError excepted) becomes a UserError
+    naming the file."""
+    try:
+        with filesystem(unit.fs).open_input_file(unit.path) as f:
+            yield f
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"corpus file {unit.name!r} could not be read ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}); check the file") from None
+
+
+def _texts_sha256(texts: list) -> str:
+    return hashlib.sha256("\0".join(t for t in texts if isinstance(t, str)).encode("utf-8", "replace")).hexdigest()
+
+
+def _column_sha256(col) -> str:
+    """SHA-256 of the buffers of a Parquet row group's text column (what a resumed run compares)."""
+    h = hashlib.sha256()
+    for chunk in col.chunks:
+        for buf in chunk.buffers():
+            if buf is not None:
+                h.update(buf)
+    return h.hexdigest()
+
+
+def unit_sha256(unit: Unit, text_field: str = "text") -> str:
+    """The checksum `read_unit` gives for a unit, from its bytes alone (nothing decoded or parsed): what a resumed
+    run compares when a listed file's modification time changed but not its size, to tell a file rewritten with
+    the same bytes from a changed one."""
+    if unit.kind in ("embedded", "hub-stream"):
+        return read_unit(unit, text_field)[1]
+    with _opened(unit) as f:
+        if unit.kind == "parquet":
+            import pyarrow.parquet as pq
+
+            return _column_sha256(pq.ParquetFile(f).read_row_group(unit.start, columns=[text_field]).column(0))
+        return hashlib.sha256(_read_lines(f, unit.start, unit.stop, unit.size)[0]).hexdigest()
+
+
 def read_unit(unit: Unit, text_field: str = "text") -> tuple[list, str]:
     """The texts of one unit, in order (empty and non-text ones included; they are dropped later), and the SHA-256
     of the bytes read (a resumed run refuses a unit whose bytes changed). A file that cannot be read or parsed
@@ -299,28 +342,21 @@ def read_unit(unit: Unit, text_field: str = "text") -> tuple[list, str]:
         else:
             part = _hub_stream(unit.path, unit.fs).shard(num_shards=unit.stop, index=unit.start, contiguous=True)
             texts = [row.get(text_field) for row in part]
-        return texts, hashlib.sha256("\0".join(t for t in texts if isinstance(t, str)).encode("utf-8", "replace")).hexdigest()
-    try:
-        fs = filesystem(unit.fs)
-        with fs.open_input_file(unit.path) as f:
-            if unit.kind == "parquet":
-                return _read_parquet(unit, f, text_field)
-            data, begin = _read_lines(f, unit.start, unit.stop, unit.size)
-            digest = hashlib.sha256(data).hexdigest()
-            text = _decode(unit, f, data, begin)
-            if begin == 0 and text.startswith("\ufeff"):
-                text = text[1:]  # a leading byte order mark is encoding, not text
-            if unit.kind == "text":
-                return text.replace("\r\n", "\n").replace("\r", "\n").splitlines(), digest
-            rows, lines = _json_rows(unit, f, text, begin, unit.kind == "json")
-            texts = _column_texts(unit, rows, text_field)
-            _check_encodable(unit, f, texts, lines, begin)
-            return texts, digest
-    except UserError:
-        raise
-    except Exception as exc:
-        raise UserError(f"corpus file {unit.name!r} could not be read ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''}); check the file") from None
+        return texts, _texts_sha256(texts)
+    with _opened(unit) as f:
+        if unit.kind == "parquet":
+            return _read_parquet(unit, f, text_field)
+        data, begin = _read_lines(f, unit.start, unit.stop, unit.size)
+        digest = hashlib.sha256(data).hexdigest()
+        text = _decode(unit, f, data, begin)
+        if begin == 0 and text.startswith("\ufeff"):
+            text = text[1:]  # a leading byte order mark is encoding, not text
+        if unit.kind == "text":
+            return text.replace("\r\n", "\n").replace("\r", "\n").splitlines(), digest
+        rows, lines = _json_rows(unit, f, text, begin, unit.kind == "json")
+        texts = _column_texts(unit, rows, text_field)
+        _check_encodable(unit, f, texts, lines, begin)
+        return texts, digest
 
 
 def _read_parquet(unit: Unit, f, field: str) -> tuple[list, str]:
@@ -332,10 +368,4 @@ def _read_parquet(unit: Unit, f, field: str) -> tuple[list, str]:
         raise UserError(f"corpus file {unit.name!r} has no column {field!r} (columns: {', '.join(names)}); "
                         "set corpus.text_field")
     col = pf.read_row_group(unit.start, columns=[field]).column(0)
-    texts = col.to_pylist()
-    h = hashlib.sha256()
-    for chunk in col.chunks:
-        for buf in chunk.buffers():
-            if buf is not None:
-                h.update(buf)
-    return texts, h.hexdigest()
+    return col.to_pylist(), _column_sha256(col)
