@@ -59,6 +59,15 @@ CASES = [
     ("negative seed", ["run.seed=-1"], "'run.seed' must be an integer from 0 to"),
     ("seed past 64 bits", [f"run.seed={2**70}"], "'run.seed' must be an integer from 0 to"),
     ("bins too coarse for the width", ["similarity.bins=1"], "similarity.bins=1 is too coarse for d_model=64"),
+    ("CPUs per actor not a number", ["cluster.cpus_per_actor=.nan"],
+     "config key 'cluster.cpus_per_actor' must be a finite number, got nan"),
+    ("CPUs per actor infinite", ["cluster.cpus_per_actor=.inf"],
+     "config key 'cluster.cpus_per_actor' must be a finite number, got inf"),
+    ("GPUs per actor not a number", ["cluster.gpus_per_actor=.nan"],
+     "config key 'cluster.gpus_per_actor' must be a finite number, got nan"),
+    ("negative custom resource", ["cluster.resources={foo: -1}"], "config key 'cluster.resources.foo' must be >= 0, got -1"),
+    ("actor wait not a number", ["cluster.actor_wait_s=.nan"], "config key 'cluster.actor_wait_s' must be a finite number"),
+    ("progress interval not a number", ["run.progress_s=.nan"], "config key 'run.progress_s' must be a finite number"),
 ]
 
 
