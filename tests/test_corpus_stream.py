@@ -276,6 +276,40 @@ def test_unit_checksum_is_the_one_read_gives(corpora, small_units, kind):
     assert [unit_sha256(u) for u in units] == [read_unit(u)[1] for u in units]
 
 
+# every character but the line ends that str.splitlines() also splits at
+NOT_LINE_ENDS = ["\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
+
+
+@pytest.mark.parametrize("char", NOT_LINE_ENDS, ids=[f"U+{ord(c):04X}" for c in NOT_LINE_ENDS])
+def test_txt_documents_end_only_at_line_ends(char, tmp_path):
+    """A `.txt` file is one document per line, lines ending at \\n, \\r\\n or a lone \\r: the other characters
+    str.splitlines() splits at stay inside their document, as `load_texts` (datasets' text reader) keeps them."""
+    docs = [f"doc {i} before{char}after{char}" if i % 3 else f"{char}doc {i}" for i in range(40)]
+    ends = ["\n", "\r\n", "\r"]
+    path = tmp_path / "c.txt"
+    path.write_bytes("".join(d + ends[i % 3] for i, d in enumerate(docs)).encode("utf-8"))
+    (unit,) = list_units(CorpusConfig(source="files", files=(str(path),)))
+    assert read_unit(unit)[0] == docs
+    assert load_texts("files", files=[str(path)]) == docs
+
+
+def test_txt_line_ends_across_unit_boundaries(tmp_path, monkeypatch):
+    """Units cut a `.txt` file at \\n only (a unit ends at the first \\n at or past its last byte), so a \\r\\n
+    split by a unit boundary and a lone \\r at a unit's end give the documents of the whole file, in order, at every
+    unit size."""
+    docs = [f"d{i}" + "x" * (i % 5) + ("\x0c" if i % 4 == 0 else "") for i in range(60)]
+    ends = ["\r\n", "\r", "\n", "\r\r\n"]  # the last: a lone \r then \r\n, an empty line between two documents
+    text = "".join(d + ends[i % 4] for i, d in enumerate(docs))
+    path = tmp_path / "c.txt"
+    path.write_bytes(text.encode("utf-8"))
+    whole = [d for d in text.replace("\r\n", "\n").replace("\r", "\n").split("\n") if d]
+    assert whole == docs
+    for unit_bytes in range(1, 40):
+        monkeypatch.setattr(sources, "UNIT_BYTES", unit_bytes)
+        units = list_units(CorpusConfig(source="files", files=(str(path),)))
+        assert [t for u in units for t in read_unit(u)[0] if t] == docs, unit_bytes
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["text", "parquet"])
 def test_object_store_files_give_the_local_shards(s3_endpoint, readers, tok, corpora, small_units, kind,

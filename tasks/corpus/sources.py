@@ -318,6 +318,15 @@ def _column_sha256(col) -> str:
     return h.hexdigest()
 
 
+def text_lines(text: str) -> list[str]:
+    r"""The lines of a `.txt` unit's text: split at line ends only, `\n`, `\r\n` or a lone `\r` (as Python's
+    universal newlines and `datasets`' text reader do), so form feeds, vertical tabs, U+0085, U+2028, U+2029 and
+    the other characters `str.splitlines` also splits at stay inside their document. No empty last line after a
+    final line end."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return lines[:-1] if lines and not lines[-1] else lines
+
+
 def unit_sha256(unit: Unit, text_field: str = "text") -> str:
     """The checksum `read_unit` gives for a unit, from its bytes alone (nothing decoded or parsed): what a resumed
     run compares when a listed file's modification time changed but not its size, to tell a file rewritten with
@@ -352,7 +361,7 @@ def read_unit(unit: Unit, text_field: str = "text") -> tuple[list, str]:
         if begin == 0 and text.startswith("\ufeff"):
             text = text[1:]  # a leading byte order mark is encoding, not text
         if unit.kind == "text":
-            return text.replace("\r\n", "\n").replace("\r", "\n").splitlines(), digest
+            return text_lines(text), digest
         rows, lines = _json_rows(unit, f, text, begin, unit.kind == "json")
         texts = _column_texts(unit, rows, text_field)
         _check_encodable(unit, f, texts, lines, begin)
