@@ -376,3 +376,19 @@ def test_progress_lines_outside_a_terminal(caplog):
     cut = Totals(units=100, units_read=5, documents=50, tokens=5000, body_tokens=4000, shards=4)
     line = Progress(0.0, cut, done_tokens=0, terminal=False, max_tokens=8000).line(0, 0)
     assert "capture: 0 of ~10,000 tokens" in line and "(5/100 units, " in line
+
+
+def test_progress_rate_counts_from_the_stage_start():
+    """With one shard of 8,226 tokens captured 10 s after the stage started, the line gives 823 tok/s (this
+    attempt's tokens over the time since the stage started; the earlier attempts' 1,000 tokens took none of it)
+    and an ETA from that rate, not 0 tok/s until a second shard."""
+    from tasks.corpus.stream import Totals
+    from workflows.progress import Progress
+
+    now = [100.0]
+    totals = Totals(units=1, units_read=1, documents=9, tokens=17_452, shards=2, done=True)
+    progress = Progress(30.0, totals, done_tokens=1000, terminal=False, clock=lambda: now[0])
+    now[0] = 110.0
+    progress.captured(8226)
+    line = progress.line(1, 0)
+    assert "capture: 9,226 of 17,452 tokens, 823 tok/s, ETA 0m10s, 1 shards done" in line, line
