@@ -392,3 +392,34 @@ def test_progress_rate_counts_from_the_stage_start():
     progress.captured(8226)
     line = progress.line(1, 0)
     assert "capture: 9,226 of 17,452 tokens, 823 tok/s, ETA 0m10s, 1 shards done" in line, line
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("strings.jsonl", '"first document"\n"second document"\n',
+     "'{path}' line 1: a JSON string (\"first document\"), not an object; give each document as an object with its "
+     "text in the field corpus.text_field names ('text'), e.g. {{\"text\": \"...\"}}"),
+    ("late.jsonl", '{"text": "fine"}\n\n[1, 2]\n', "'{path}' line 3: a JSON list ([1, 2]), not an object"),
+    ("list.json", '["first", "second"]', "'{path}' row 1: a JSON string (\"first\"), not an object"),
+    ("numbers.jsonl", '{"text": 1}\n{"text": 2}\n',
+     "'{path}' line 1: 'text' is a JSON number (1), not text; give the documents as JSON strings, or set "
+     "corpus.text_field to the field that holds them"),
+    ("mixed.jsonl", '{"text": "fine"}\n{"text": null}\n{"text": {"a": 1}}\n',
+     "'{path}' line 3: 'text' is a JSON object ({{\"a\": 1}}), not text"),
+], ids=["strings", "a list after a line", "a .json list of strings", "numbers", "an object after null"])
+def test_json_rows_that_are_not_objects_or_not_text_are_named(tmp_path, name, content, message):
+    """A JSON row that is not an object, or a text field that is not text (null is an empty document), is told
+    as such with its line, not as a missing column or an empty corpus."""
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    (unit,) = list_units(CorpusConfig(source="files", files=(str(path),)))
+    with pytest.raises(UserError) as refused:
+        read_unit(unit)
+    assert str(refused.value).startswith("corpus file " + message.format(path=path)), str(refused.value)
+
+
+def test_parquet_text_column_that_is_not_text_is_named(tmp_path):
+    path = tmp_path / "n.parquet"
+    pq.write_table(pa.table({"text": [1, 2, 3]}), path)
+    (unit,) = list_units(CorpusConfig(source="files", files=(str(path),)))
+    with pytest.raises(UserError, match=r"n\.parquet': column 'text' holds int64, not text; set corpus.text_field"):
+        read_unit(unit)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from tasks.corpus.documents import TEXT_SUFFIXES, _expand_files, embedded_texts
+from tasks.corpus.json_rows import check_encodable, column_texts, json_rows, line_of
 from tasks.errors import UserError
 
 UNIT_BYTES = 2 << 20  # bytes of text or JSON Lines per unit: about a second of tokenizing; the first shard waits for one
@@ -227,12 +228,6 @@ def _read_lines(f, start: int, stop: int, size: int) -> tuple[bytes, int]:
     return (data[first + 1 :], lo + first + 1) if first >= 0 else (b"", stop)
 
 
-def _line_of(f, offset: int) -> int:
-    """1-based line number of a byte offset of an open file (counted only when an error names it)."""
-    f.seek(0)
-    return f.read(offset).count(b"\n") + 1
-
-
 def _decode(unit: Unit, f, data: bytes, begin: int) -> str:
     """UTF-8 text of bytes read from `begin`, or the UserError `check_utf8` gives, naming byte and line."""
     try:
@@ -241,53 +236,8 @@ def _decode(unit: Unit, f, data: bytes, begin: int) -> str:
         at = begin + exc.start
         what = (f"a character cut off by the end of the file at byte {at}" if exc.reason == "unexpected end of data"
                 and begin + len(data) >= unit.size else f"invalid byte 0x{data[exc.start]:02x} at byte {at}")
-        raise UserError(f"corpus file {unit.name!r} is not UTF-8 text: {what} (line {_line_of(f, at)}); "
+        raise UserError(f"corpus file {unit.name!r} is not UTF-8 text: {what} (line {line_of(f, at)}); "
                         "convert it to UTF-8 or remove it") from None
-
-
-def _json_rows(unit: Unit, f, text: str, begin: int, whole: bool) -> tuple[list, list[int] | None]:
-    """The JSON objects of a unit and the line (0-based, within the unit) of each: one JSON document (a list of
-    rows; no lines) when `whole` and the text parses as one, else JSON Lines, an error naming its line."""
-    if whole:
-        try:
-            doc = json.loads(text)
-            return (doc if isinstance(doc, list) else [doc]), None
-        except ValueError:
-            pass
-    rows, lines = [], []
-    for n, line in enumerate(text.split("\n")):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except ValueError as exc:
-            raise UserError(f"corpus file {unit.name!r} line {_line_of(f, begin) + n}: not valid JSON ({exc})") from None
-        lines.append(n)
-    return rows, lines
-
-
-def _column_texts(unit: Unit, rows: list, field: str) -> list:
-    if rows and not any(isinstance(r, dict) and field in r for r in rows):
-        cols = sorted({k for r in rows if isinstance(r, dict) for k in r})
-        raise UserError(f"corpus file {unit.name!r} has no column {field!r} (columns: {', '.join(cols)}); "
-                        "set corpus.text_field")
-    return [r.get(field) if isinstance(r, dict) else None for r in rows]
-
-
-def _check_encodable(unit: Unit, f, texts: list, lines: list[int] | None, begin: int) -> None:
-    """A JSON text with a lone surrogate escape stands for no character: named with its line, as `load_texts`
-    names it."""
-    try:
-        "".join(t for t in texts if isinstance(t, str)).encode("utf-8")
-        return
-    except UnicodeEncodeError:
-        pass
-    for i, t in enumerate(texts):
-        if isinstance(t, str) and not t.encode("utf-8", "surrogatepass").decode("utf-8", "ignore") == t:
-            where = f"line {_line_of(f, begin) + lines[i]}: " if lines is not None else ""
-            bad = next(c for c in t if 0xD800 <= ord(c) <= 0xDFFF)
-            raise UserError(f"corpus file {unit.name!r} {where}lone surrogate escape \\u{ord(bad):04x} (half of a "
-                            "UTF-16 pair, no character); fix or remove it")
 
 
 @contextmanager
@@ -362,13 +312,14 @@ def read_unit(unit: Unit, text_field: str = "text") -> tuple[list, str]:
             text = text[1:]  # a leading byte order mark is encoding, not text
         if unit.kind == "text":
             return text_lines(text), digest
-        rows, lines = _json_rows(unit, f, text, begin, unit.kind == "json")
-        texts = _column_texts(unit, rows, text_field)
-        _check_encodable(unit, f, texts, lines, begin)
+        rows, lines = json_rows(unit, f, text, begin, unit.kind == "json")
+        texts = column_texts(unit, f, rows, lines, begin, text_field)
+        check_encodable(unit, f, texts, lines, begin)
         return texts, digest
 
 
 def _read_parquet(unit: Unit, f, field: str) -> tuple[list, str]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(f)
@@ -376,5 +327,10 @@ def _read_parquet(unit: Unit, f, field: str) -> tuple[list, str]:
     if field not in names:
         raise UserError(f"corpus file {unit.name!r} has no column {field!r} (columns: {', '.join(names)}); "
                         "set corpus.text_field")
+    kind = pf.schema_arrow.field(field).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)
+            or (hasattr(pa.types, "is_string_view") and pa.types.is_string_view(kind))):
+        raise UserError(f"corpus file {unit.name!r}: column {field!r} holds {kind}, not text; set corpus.text_field to "
+                        "the column that holds the documents' text")
     col = pf.read_row_group(unit.start, columns=[field]).column(0)
     return col.to_pylist(), _column_sha256(col)
