@@ -51,6 +51,8 @@ CASES = [
     ("config not a mapping", "config_list", "the config must be a mapping of sections"),
     ("config not a mapping, with --set", "config_list_set", "the config must be a mapping of sections"),
     ("text field missing", "jsonl", "has no column 'text'"),
+    ("jsonl of strings, not objects", "jsonl_strings", 'line 1: a JSON string ("hello"), not an object; give each document'),
+    ("jsonl text field of numbers", "jsonl_numbers", "line 1: 'text' is a JSON number (5), not text"),
     ("hub dataset unreachable", ["corpus.source=hub", "corpus.name=no-such-dataset-xyz"], "could not load dataset 'no-such-dataset-xyz'"),
     ("corpus smaller than sample", ["sample.size=10000000"], "usable tokens, fewer than sample.size=10000000"),
     ("GPU asked for, none there", ["cluster.gpus_per_actor=1"], "but the Ray cluster has no GPU"),
@@ -59,6 +61,15 @@ CASES = [
     ("negative seed", ["run.seed=-1"], "'run.seed' must be an integer from 0 to"),
     ("seed past 64 bits", [f"run.seed={2**70}"], "'run.seed' must be an integer from 0 to"),
     ("bins too coarse for the width", ["similarity.bins=1"], "similarity.bins=1 is too coarse for d_model=64"),
+    ("CPUs per actor not a number", ["cluster.cpus_per_actor=.nan"],
+     "config key 'cluster.cpus_per_actor' must be a finite number, got nan"),
+    ("CPUs per actor infinite", ["cluster.cpus_per_actor=.inf"],
+     "config key 'cluster.cpus_per_actor' must be a finite number, got inf"),
+    ("GPUs per actor not a number", ["cluster.gpus_per_actor=.nan"],
+     "config key 'cluster.gpus_per_actor' must be a finite number, got nan"),
+    ("negative custom resource", ["cluster.resources={foo: -1}"], "config key 'cluster.resources.foo' must be >= 0, got -1"),
+    ("actor wait not a number", ["cluster.actor_wait_s=.nan"], "config key 'cluster.actor_wait_s' must be a finite number"),
+    ("progress interval not a number", ["run.progress_s=.nan"], "config key 'run.progress_s' must be a finite number"),
 ]
 
 
@@ -84,8 +95,9 @@ def _make(kind: str, tmp_path: Path) -> list[str]:
         os.mkfifo(tmp_path / "pipe.txt")
         return ["corpus.source=files", f"corpus.files=[{tmp_path / 'pipe.txt'}]"]
     path = tmp_path / {"empty": "e.txt", "binary": "b.txt", "jsonl": "d.jsonl", "late_binary": "late.txt",
-                       "surrogate": "s.jsonl"}[kind]
+                       "surrogate": "s.jsonl", "jsonl_strings": "d.jsonl", "jsonl_numbers": "d.jsonl"}[kind]
     path.write_bytes({"empty": b"", "binary": b"\xff\xfe\x00\x81" * 64, "jsonl": b'{"body": "hello"}\n',
+                      "jsonl_strings": b'"hello"\n"world"\n', "jsonl_numbers": b'{"text": 5}\n{"text": 6}\n',
                       "late_binary": b"a" * 60000 + b"\n" + b"b" * 9000 + b"\n" + b"c" * 998 + b"\xff rest\n",
                       "surrogate": b'{"text": "fine"}\n{"text": "broken \\ud800 here"}\n'}[kind])
     return ["corpus.source=files", f"corpus.files=[{path}]"]

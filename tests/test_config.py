@@ -58,6 +58,17 @@ BAD = [
     ({}, ["corpus.source=files"], "needs 'corpus.files'"),
     ({}, ["model.dtype=float8"], "'model.dtype' must be one of"),
     ({}, ["cluster.gpus_per_actor=-1"], "must be >= 0"),
+    ({}, ["cluster.gpus_per_actor=-1"], "config key 'cluster.gpus_per_actor' must be >= 0, got -1"),
+    ({}, ["cluster.cpus_per_actor=-0.5"], "config key 'cluster.cpus_per_actor' must be >= 0, got -0.5"),
+    ({}, ["cluster.resources={foo: -1}"], "config key 'cluster.resources.foo' must be >= 0, got -1"),
+    ({}, ["cluster.max_retries=-1"], "config key 'cluster.max_retries' must be >= 0, got -1"),
+    ({}, ["cluster.gpu_wait_s=-1"], "config key 'cluster.gpu_wait_s' must be >= 0, got -1"),
+    ({}, ["cluster.actor_wait_s=0"], "config key 'cluster.actor_wait_s' must be positive, got 0"),
+    ({}, ["run.progress_s=-1"], "config key 'run.progress_s' must be positive, got -1"),
+    ({}, ["cluster.cpus_per_actor=.nan"], "config key 'cluster.cpus_per_actor' must be a finite number, got nan"),
+    ({}, ["cluster.actor_wait_s=.inf"], "config key 'cluster.actor_wait_s' must be a finite number, got inf"),
+    ({}, [f"cluster.gpu_wait_s={10**400}"], "config key 'cluster.gpu_wait_s' must be a finite number"),
+    ({"cluster": {"resources": {"accel": float("nan")}}}, [], "'cluster.resources.accel' must be a finite number"),
     ({}, ["nokey"], "--set expects KEY=VALUE"),
     ({"sample": 3}, [], "section 'sample' must be a mapping"),
 ]
@@ -67,6 +78,43 @@ BAD = [
 def test_bad_config_is_named(data, overrides, message):
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
         config_from_dict(data, overrides)
+
+
+def _numeric_fields() -> list[tuple[str, object]]:
+    """(key, type) of every config field whose type holds a number (int or float, alone, in a list, a mapping or
+    a union), found from the dataclasses themselves so that a new field is covered without listing it."""
+    import dataclasses
+    import typing
+
+    def numeric(tp) -> bool:
+        return tp in (int, float) or any(numeric(arg) for arg in typing.get_args(tp))
+
+    out = []
+    for name, cls in typing.get_type_hints(Config).items():
+        hints = typing.get_type_hints(cls)
+        out += [(f"{name}.{f.name}", hints[f.name]) for f in dataclasses.fields(cls) if numeric(hints[f.name])]
+    return out
+
+
+@pytest.mark.parametrize("bad", [".nan", ".inf", "-.inf", "-1"])
+def test_every_number_must_be_finite_and_in_range(bad):
+    """NaN and the infinities are refused for every numeric key, in lists and in mappings too (e.g.
+    cluster.resources), with a line naming the key (NaN passes every `<= 0` range check, so the range checks
+    alone cannot refuse it); so is -1, which no key's range holds."""
+    import typing
+
+    fields = _numeric_fields()
+    assert {"cluster.cpus_per_actor", "cluster.resources", "run.progress_s", "similarity.quantiles"} <= {k for k, _ in fields}
+    for key, tp in fields:
+        if typing.get_origin(tp) is dict or dict in map(typing.get_origin, typing.get_args(tp)):
+            value, named = f"{{foo: {bad}}}", f"config key '{key}.foo' must "
+        elif typing.get_origin(tp) is tuple:
+            value, named = f"[{bad}]", f"config key '{key}' must "
+        else:
+            value, named = bad, f"config key '{key}' must "
+        with pytest.raises(UserError) as refused:
+            config_from_dict({}, [f"{key}={value}"])
+        assert str(refused.value).startswith(named), (key, str(refused.value))
 
 
 def test_cluster_yaml_has_a_cpu_head_and_gpu_workers_from_zero():

@@ -245,6 +245,71 @@ def test_changed_corpus_is_refused_on_resume(readers, tok, tmp_path, prose):
         stream_shards(readers, tok, [str(path)], store, 1, 3000, finished={s.index for s in first[1:]})
 
 
+def test_touched_corpus_is_the_same_corpus(readers, tok, tmp_path, wikitext):
+    """A corpus file whose modification time changed over the same bytes (`touch`, restored from a copy) is not a
+    changed corpus: the saved plan loads whole; the same size with other bytes is refused."""
+    path = tmp_path / "c.txt"
+    path.write_text("\n".join(wikitext.read_text(encoding="utf-8").split("\n")[:300]) + "\n", encoding="utf-8")
+    store = RunStore(str(tmp_path / "run"))
+    stream_shards(readers, tok, [str(path)], store, 1, 3000)
+    units = list_units(CorpusConfig(source="files", files=(str(path),)))
+    plan = load_plan(store, "h", units)
+    text, stat = path.read_bytes(), os.stat(path)
+    path.write_bytes(text)  # restored: the same bytes, a new modification time
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    touched = list_units(CorpusConfig(source="files", files=(str(path),)))
+    assert touched[0].mtime != units[0].mtime
+    assert load_plan(store, "h", touched) == plan
+    path.write_bytes(text.replace(b"the", b"tha", 1))
+    with pytest.raises(UserError, match=r"'.*c\.txt' changed since this run directory's earlier attempt \(its size or "
+                                        r"contents differ\)"):
+        load_plan(store, "h", list_units(CorpusConfig(source="files", files=(str(path),))))
+
+
+@pytest.mark.parametrize("kind", ["text", "jsonl", "parquet"])
+def test_unit_checksum_is_the_one_read_gives(corpora, small_units, kind):
+    """`unit_sha256` (what a rerun compares for a touched file) is the checksum `read_unit` saved in the plan."""
+    from tasks.corpus.sources import unit_sha256
+
+    units = list_units(CorpusConfig(source="files", files=tuple(corpora[kind])))
+    assert len(units) > 4
+    assert [unit_sha256(u) for u in units] == [read_unit(u)[1] for u in units]
+
+
+# every character but the line ends that str.splitlines() also splits at
+NOT_LINE_ENDS = ["\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
+
+
+@pytest.mark.parametrize("char", NOT_LINE_ENDS, ids=[f"U+{ord(c):04X}" for c in NOT_LINE_ENDS])
+def test_txt_documents_end_only_at_line_ends(char, tmp_path):
+    """A `.txt` file is one document per line, lines ending at \\n, \\r\\n or a lone \\r: the other characters
+    str.splitlines() splits at stay inside their document, as `load_texts` (datasets' text reader) keeps them."""
+    docs = [f"doc {i} before{char}after{char}" if i % 3 else f"{char}doc {i}" for i in range(40)]
+    ends = ["\n", "\r\n", "\r"]
+    path = tmp_path / "c.txt"
+    path.write_bytes("".join(d + ends[i % 3] for i, d in enumerate(docs)).encode("utf-8"))
+    (unit,) = list_units(CorpusConfig(source="files", files=(str(path),)))
+    assert read_unit(unit)[0] == docs
+    assert load_texts("files", files=[str(path)]) == docs
+
+
+def test_txt_line_ends_across_unit_boundaries(tmp_path, monkeypatch):
+    """Units cut a `.txt` file at \\n only (a unit ends at the first \\n at or past its last byte), so a \\r\\n
+    split by a unit boundary and a lone \\r at a unit's end give the documents of the whole file, in order, at every
+    unit size."""
+    docs = [f"d{i}" + "x" * (i % 5) + ("\x0c" if i % 4 == 0 else "") for i in range(60)]
+    ends = ["\r\n", "\r", "\n", "\r\r\n"]  # the last: a lone \r then \r\n, an empty line between two documents
+    text = "".join(d + ends[i % 4] for i, d in enumerate(docs))
+    path = tmp_path / "c.txt"
+    path.write_bytes(text.encode("utf-8"))
+    whole = [d for d in text.replace("\r\n", "\n").replace("\r", "\n").split("\n") if d]
+    assert whole == docs
+    for unit_bytes in range(1, 40):
+        monkeypatch.setattr(sources, "UNIT_BYTES", unit_bytes)
+        units = list_units(CorpusConfig(source="files", files=(str(path),)))
+        assert [t for u in units for t in read_unit(u)[0] if t] == docs, unit_bytes
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["text", "parquet"])
 def test_object_store_files_give_the_local_shards(s3_endpoint, readers, tok, corpora, small_units, kind,
@@ -311,3 +376,50 @@ def test_progress_lines_outside_a_terminal(caplog):
     cut = Totals(units=100, units_read=5, documents=50, tokens=5000, body_tokens=4000, shards=4)
     line = Progress(0.0, cut, done_tokens=0, terminal=False, max_tokens=8000).line(0, 0)
     assert "capture: 0 of ~10,000 tokens" in line and "(5/100 units, " in line
+
+
+def test_progress_rate_counts_from_the_stage_start():
+    """With one shard of 8,226 tokens captured 10 s after the stage started, the line gives 823 tok/s (this
+    attempt's tokens over the time since the stage started; the earlier attempts' 1,000 tokens took none of it)
+    and an ETA from that rate, not 0 tok/s until a second shard."""
+    from tasks.corpus.stream import Totals
+    from workflows.progress import Progress
+
+    now = [100.0]
+    totals = Totals(units=1, units_read=1, documents=9, tokens=17_452, shards=2, done=True)
+    progress = Progress(30.0, totals, done_tokens=1000, terminal=False, clock=lambda: now[0])
+    now[0] = 110.0
+    progress.captured(8226)
+    line = progress.line(1, 0)
+    assert "capture: 9,226 of 17,452 tokens, 823 tok/s, ETA 0m10s, 1 shards done" in line, line
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("strings.jsonl", '"first document"\n"second document"\n',
+     "'{path}' line 1: a JSON string (\"first document\"), not an object; give each document as an object with its "
+     "text in the field corpus.text_field names ('text'), e.g. {{\"text\": \"...\"}}"),
+    ("late.jsonl", '{"text": "fine"}\n\n[1, 2]\n', "'{path}' line 3: a JSON list ([1, 2]), not an object"),
+    ("list.json", '["first", "second"]', "'{path}' row 1: a JSON string (\"first\"), not an object"),
+    ("numbers.jsonl", '{"text": 1}\n{"text": 2}\n',
+     "'{path}' line 1: 'text' is a JSON number (1), not text; give the documents as JSON strings, or set "
+     "corpus.text_field to the field that holds them"),
+    ("mixed.jsonl", '{"text": "fine"}\n{"text": null}\n{"text": {"a": 1}}\n',
+     "'{path}' line 3: 'text' is a JSON object ({{\"a\": 1}}), not text"),
+], ids=["strings", "a list after a line", "a .json list of strings", "numbers", "an object after null"])
+def test_json_rows_that_are_not_objects_or_not_text_are_named(tmp_path, name, content, message):
+    """A JSON row that is not an object, or a text field that is not text (null is an empty document), is told
+    as such with its line, not as a missing column or an empty corpus."""
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    (unit,) = list_units(CorpusConfig(source="files", files=(str(path),)))
+    with pytest.raises(UserError) as refused:
+        read_unit(unit)
+    assert str(refused.value).startswith("corpus file " + message.format(path=path)), str(refused.value)
+
+
+def test_parquet_text_column_that_is_not_text_is_named(tmp_path):
+    path = tmp_path / "n.parquet"
+    pq.write_table(pa.table({"text": [1, 2, 3]}), path)
+    (unit,) = list_units(CorpusConfig(source="files", files=(str(path),)))
+    with pytest.raises(UserError, match=r"n\.parquet': column 'text' holds int64, not text; set corpus.text_field"):
+        read_unit(unit)

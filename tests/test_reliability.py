@@ -446,3 +446,18 @@ def test_damaged_manifest_resumes_from_config_yaml(reference, tmp_path):
     m = manifest(out)
     assert m["status"] == "complete" and m["shards"]["reused"] == total and m["attempt"] >= 2
     assert_same_results(reference, out)
+
+
+def test_touched_corpus_resumes_a_complete_run(reference, tiny_gpt2, wikitext, tmp_path, monkeypatch):
+    """A corpus file with a new modification time over the same bytes (`touch`, restored from a copy) is the same
+    corpus: the rerun compares the bytes with the saved plan's checksums, reuses every shard and completes with
+    the same results."""
+    from tests.test_workflow import _listed_as_changed
+
+    out = _copy(reference, tmp_path)
+    total = manifest(out)["shards"]["total"]
+    _listed_as_changed(monkeypatch, mtime="1")
+    run(tiny_config(tiny_gpt2, wikitext, out))
+    m = manifest(out)
+    assert m["status"] == "complete" and m["shards"]["reused"] == total and m["shards"]["computed"] == 0
+    assert_same_results(reference, out)

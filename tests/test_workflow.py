@@ -2,6 +2,7 @@
 across actor counts and shardings, the demo config, and run-directory safety."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -339,3 +340,59 @@ def test_exclusion_off_keeps_every_token(ray_cluster, tiny_gpt2, prose, layer0_s
     np.testing.assert_allclose(m["mean"], x.mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(m["variance"], x.var(0), rtol=1e-5)
     assert json.loads((out / "manifest.json").read_text())["corpus"]["tokens_excluded"] == 0
+
+
+def _listed_as_changed(monkeypatch, **change) -> None:
+    """The driver lists the corpus as it would after the file changed: `change` (size, mtime) replaces the listed
+    stamp's fields, the bytes on disk stay as they are."""
+    import dataclasses
+
+    import workflows.driver as driver
+
+    real = driver.list_units
+    monkeypatch.setattr(driver, "list_units", lambda corpus: [dataclasses.replace(u, **change) for u in real(corpus)])
+
+
+def test_changed_corpus_refuses_a_rerun_before_the_directory_is_taken_over(tiny_run, tiny_gpt2, wikitext, tmp_path,
+                                                                           monkeypatch):
+    """A rerun into a complete run whose corpus file changed (another size) stops with one line before it takes
+    the directory over: every file of the finished run stays byte for byte, its `complete` manifest included."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run, out)
+    before = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    _listed_as_changed(monkeypatch, size=wikitext.stat().st_size + 1)
+    with pytest.raises(UserError, match="changed since this run directory's earlier attempt") as refused:
+        run(tiny_config(tiny_gpt2, wikitext, out))
+    after = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert sorted(after) == sorted(before)
+    assert [name for name in before if before[name] != after[name]] == []
+    assert re.fullmatch(r"corpus file '.*valid\.txt' changed since this run directory's earlier attempt \(its size "
+                        r"or contents differ\); restore it, or pass --fresh to start over with the corpus as it is now",
+                        str(refused.value))
+
+
+def test_stopped_rerun_of_a_complete_run_keeps_its_account(tiny_run, tiny_gpt2, wikitext, tmp_path):
+    """An attempt that takes a complete run's directory over and then stops (failed, interrupted) leaves a manifest
+    that says so and still describes the finished results its tables hold: the model, corpus, shards, sample,
+    checks, actors and throughput sections stay until a completed attempt replaces them."""
+    import shutil
+
+    from tasks.errors import RunError
+    from tasks.storage import RunStore
+    from workflows.interrupts import end_run
+    from workflows.run_dir import prepare_run_dir
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run, out)
+    complete = json.loads((out / "manifest.json").read_text())
+    store = RunStore(str(out))
+    manifest = prepare_run_dir(store, tiny_config(tiny_gpt2, wikitext, out), fresh=False)
+    assert manifest["status"] == "running" and manifest["attempt"] == complete["attempt"] + 1
+    with pytest.raises(RunError):
+        end_run(store, manifest, RunError("a shard failed every retry"), {"merge": 1.0})
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["status"] == "failed" and m["reason"] == "RunError: a shard failed every retry" and "finished" not in m
+    for section in ("model", "corpus", "shards", "sample", "nonfinite", "checks", "actors", "throughput", "sanity"):
+        assert m[section] == complete[section], section

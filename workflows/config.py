@@ -196,7 +196,8 @@ class Config:
 
 
 def _validate(cfg: Config) -> None:
-    """Value checks that types alone cannot express; each failure is one actionable line."""
+    """Value checks that types alone cannot express; each failure is one actionable line naming the key. Every
+    number is finite already (`config_build`); here each gets its range."""
     positive = {
         "corpus.shard_tokens": cfg.corpus.shard_tokens,
         "sample.size": cfg.sample.size,
@@ -208,14 +209,10 @@ def _validate(cfg: Config) -> None:
     }
     if not 0.0 < cfg.stats.second_order_fraction <= 1.0:
         raise UserError(f"config key 'stats.second_order_fraction' must be in (0, 1], got {cfg.stats.second_order_fraction}")
-    if cfg.stats.bootstrap < 0:
-        raise UserError(f"config key 'stats.bootstrap' must be >= 0, got {cfg.stats.bootstrap}")
     if not 1 <= cfg.stats.massive_top <= 10_000:
         raise UserError(f"config key 'stats.massive_top' must be an integer from 1 to 10000, got {cfg.stats.massive_top}")
     if cfg.stats.flush_every <= 0:
         raise UserError(f"config key 'stats.flush_every' must be positive, got {cfg.stats.flush_every}")
-    if cfg.cluster.max_retries < 0 or cfg.cluster.gpu_wait_s < 0 or cfg.cluster.actor_wait_s <= 0:
-        raise UserError("config keys 'cluster.max_retries' and 'cluster.gpu_wait_s' must be >= 0, 'cluster.actor_wait_s' > 0")
     if cfg.model.trust_remote_code is not None and cfg.model.trust_remote_code != cfg.model.name:
         raise UserError(
             f"model.trust_remote_code must repeat model.name ({cfg.model.name!r}) to allow that model's own code; "
@@ -232,18 +229,28 @@ def _validate(cfg: Config) -> None:
     if cfg.corpus.readers != "auto":
         positive["corpus.readers"] = cfg.corpus.readers
     positive["run.progress_s"] = cfg.run.progress_s
+    positive["cluster.actor_wait_s"] = cfg.cluster.actor_wait_s
     if cfg.corpus.max_length is not None:
         positive["corpus.max_length"] = cfg.corpus.max_length
     for key, value in positive.items():
         if value <= 0:
             raise UserError(f"config key {key!r} must be positive, got {value}")
+    non_negative = {
+        "stats.bootstrap": cfg.stats.bootstrap,
+        "cluster.gpus_per_actor": cfg.cluster.gpus_per_actor,
+        "cluster.cpus_per_actor": cfg.cluster.cpus_per_actor,
+        "cluster.max_retries": cfg.cluster.max_retries,
+        "cluster.gpu_wait_s": cfg.cluster.gpu_wait_s,
+        **{f"cluster.resources.{name}": amount for name, amount in cfg.cluster.resources.items()},
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise UserError(f"config key {key!r} must be >= 0, got {value}")
     if cfg.sample.size < MIN_SAMPLE:
         raise UserError(f"config key 'sample.size' must be at least {MIN_SAMPLE} (a spread of cosines needs two "
                         f"pairs), got {cfg.sample.size}")
     if not 0 <= cfg.run.seed <= MAX_SEED:
         raise UserError(f"config key 'run.seed' must be an integer from 0 to {MAX_SEED} (2**63 - 1), got {cfg.run.seed}")
-    if cfg.cluster.gpus_per_actor < 0 or cfg.cluster.cpus_per_actor < 0:
-        raise UserError("config keys 'cluster.gpus_per_actor' and 'cluster.cpus_per_actor' must be >= 0")
     if cfg.cluster.gpus_per_actor > 1 and not cfg.cluster.gpus_per_actor.is_integer():
         raise UserError("config key 'cluster.gpus_per_actor' above 1 splits a model over whole GPUs: give an integer")
     if cfg.model.dtype not in DTYPES:

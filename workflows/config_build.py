@@ -1,11 +1,13 @@
 """Nested plain data (YAML) to a tree of frozen dataclasses, with `--set key=value` overrides: every unknown key
-and every value of the wrong type stops with one line naming the key and what it must be. Knows nothing of the
+and every value of the wrong type, numbers that are not finite included (in sections, lists and mappings alike),
+stops with one line naming the key and what it must be. Knows nothing of the
 product's sections; `workflows.config` defines them and checks their values."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from typing import Any, Literal
@@ -26,6 +28,18 @@ def _type_name(tp: Any) -> str:
     return {type(None): "null", str: "string", int: "integer", float: "number", bool: "true/false"}.get(
         tp, str(tp)
     )
+
+
+def _finite(key: str, value: int | float) -> float:
+    """`value` as a float, or UserError naming `key` for NaN, an infinity or an integer past float's range
+    (YAML's `.nan` and `.inf` are numbers, but no setting means anything with them)."""
+    try:
+        number = float(value)
+    except OverflowError:
+        number = float("inf")
+    if not math.isfinite(number):
+        raise UserError(f"config key {key!r} must be a finite number, got {value!r}")
+    return number
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
@@ -63,7 +77,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            return _finite(key, value)
     elif tp is str:
         if isinstance(value, str):
             return value

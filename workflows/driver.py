@@ -95,6 +95,9 @@ def _run(cfg: Config, store: RunStore, fresh: bool, manifest: dict, model_config
         trust = cfg.model.trust_remote_code == cfg.model.name
         tokenizer = load_tokenizer(cfg.model.name, cfg.model.revision, trust)
         units = list_units(cfg.corpus)
+        # the saved plan of an earlier attempt, checked against the corpus as it is now (a changed file refuses the
+        # rerun) before the directory is taken over; --fresh deletes it
+        plan = [] if fresh else load_plan(store, cfg.result_hash(), units, cfg.corpus.text_field)
         seq_len = context_length(model_config, cfg.corpus.max_length)
         framing = corpus_framing(cfg, tokenizer, seq_len)
         exclusion = Exclusion.from_config(cfg.capture.exclude, tokenizer)
@@ -109,7 +112,6 @@ def _run(cfg: Config, store: RunStore, fresh: bool, manifest: dict, model_config
         spec = CaptureSpec(sites, k, cfg.result_hash(), seq_len, manifest["attempt"], exclusion)
         # capture: corpus units -> shards -> actor pool -> shard samples and statistics partials in the run directory
         with timer.stage("resume_check"):
-            plan = load_plan(store, spec.config_hash, units)
             reused, partials = reusable_shards(store, planned_fingerprints(plan), spec.config_hash, cfg.stats.enabled)
         if reused:
             log.info("resuming: %d shards already done", len(reused))

@@ -8,6 +8,7 @@ import logging
 import sys
 import time
 from collections import Counter
+from typing import Callable
 
 from tqdm.auto import tqdm
 
@@ -25,19 +26,17 @@ class Progress:
     """Progress of the corpus (a `tasks.corpus.stream.Totals`) and of capture (tokens booked by `captured`)."""
 
     def __init__(self, every: float, corpus, done_tokens: int, terminal: bool | None = None,
-                 max_tokens: int | None = None):
+                 max_tokens: int | None = None, clock: Callable[[], float] = time.monotonic):
         self.every = float(every)
         self.corpus = corpus
         self.max_tokens = max_tokens  # `corpus.max_tokens`: the corpus ends there, however many units are left
         self.done0 = self.done = done_tokens  # captured, this attempt's and the earlier attempts'
-        self.start = self.last = time.monotonic()
-        self.first: float | None = None  # when the first shard of this attempt was done
+        self.clock = clock
+        self.start = self.last = clock()  # the stage's start: rates count from here
         self.terminal = sys.stderr.isatty() if terminal is None else terminal
         self.bar = tqdm(initial=done_tokens, unit="tok", desc="capture") if self.terminal else None
 
     def captured(self, tokens: int) -> None:
-        if self.first is None:  # the rate counts from the first shard done, not from the actors' start
-            self.first, self.done0 = time.monotonic(), self.done + tokens
         self.done += tokens
         if self.bar is not None:
             if self.corpus.done and self.bar.total != self.corpus.tokens:
@@ -46,7 +45,10 @@ class Progress:
 
     def line(self, shards_done: int, retries: int) -> str:
         c = self.corpus
-        rate = (self.done - self.done0) / max(time.monotonic() - self.first, 1e-9) if self.first else 0.0
+        # this attempt's tokens over the time since the stage started: a real rate from the first shard on (actor
+        # start-up included, so the ETA errs long early on); the earlier attempts' tokens took no time here
+        elapsed = max(self.clock() - self.start, 1e-9)
+        rate = (self.done - self.done0) / elapsed
         if c.done:
             total, read = f"{c.tokens:,}", "read"
         else:  # the total extrapolated from the units read so far
@@ -54,7 +56,6 @@ class Progress:
             if self.max_tokens and c.body_tokens:
                 share = max(share, c.body_tokens / self.max_tokens)
             total = f"~{round(c.tokens / share):,}" if share else "?"
-            elapsed = max(time.monotonic() - self.start, 1e-9)
             eta = elapsed * (1 - share) / share if share else None
             read = (f"read ({c.units_read}/{c.units or '?'} units, {c.tokens / elapsed:,.0f} tok/s, "
                     f"ETA {_duration(eta)})")
@@ -68,7 +69,7 @@ class Progress:
     def maybe_log(self, shards_done: int, failures: Counter) -> None:
         """Log a line if `every` seconds passed since the last (never in a terminal: the bar shows it);
         `shards_done` counts the shards captured, their statistics flushed or not."""
-        now = time.monotonic()
+        now = self.clock()
         if self.terminal or now - self.last < self.every:
             return
         self.last = now

@@ -116,7 +116,12 @@ def prepare_run_dir(store: RunStore, cfg: Config, fresh: bool) -> dict:
         for name in OUTPUTS:
             store.delete(name)
     store.write_text("config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    # Over a complete run of this config, its account of the results (model, corpus, shards, sample, checks, ...)
+    # stays until this attempt's replaces it: the tables it describes stay until new ones of the same numbers
+    # replace them, so an attempt that stops after the takeover leaves them described.
+    kept = {k: v for k, v in old.items() if k not in ("finished", "timings")} if old.get("status") == "complete" else {}
     manifest = {
+        **kept,
         "status": "running",
         "config_hash": cfg.result_hash(),
         "attempt": _last_attempt(store, old) + 1,

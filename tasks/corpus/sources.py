@@ -15,11 +15,13 @@ import fnmatch
 import hashlib
 import json
 import posixpath
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from tasks.corpus.documents import TEXT_SUFFIXES, _expand_files, embedded_texts
+from tasks.corpus.json_rows import check_encodable, column_texts, json_rows, line_of
 from tasks.errors import UserError
 
 UNIT_BYTES = 2 << 20  # bytes of text or JSON Lines per unit: about a second of tokenizing; the first shard waits for one
@@ -226,12 +228,6 @@ def _read_lines(f, start: int, stop: int, size: int) -> tuple[bytes, int]:
     return (data[first + 1 :], lo + first + 1) if first >= 0 else (b"", stop)
 
 
-def _line_of(f, offset: int) -> int:
-    """1-based line number of a byte offset of an open file (counted only when an error names it)."""
-    f.seek(0)
-    return f.read(offset).count(b"\n") + 1
-
-
 def _decode(unit: Unit, f, data: bytes, begin: int) -> str:
     """UTF-8 text of bytes read from `begin`, or the UserError `check_utf8` gives, naming byte and line."""
     try:
@@ -240,53 +236,59 @@ def _decode(unit: Unit, f, data: bytes, begin: int) -> str:
         at = begin + exc.start
         what = (f"a character cut off by the end of the file at byte {at}" if exc.reason == "unexpected end of data"
                 and begin + len(data) >= unit.size else f"invalid byte 0x{data[exc.start]:02x} at byte {at}")
-        raise UserError(f"corpus file {unit.name!r} is not UTF-8 text: {what} (line {_line_of(f, at)}); "
+        raise UserError(f"corpus file {unit.name!r} is not UTF-8 text: {what} (line {line_of(f, at)}); "
                         "convert it to UTF-8 or remove it") from None
 
 
-def _json_rows(unit: Unit, f, text: str, begin: int, whole: bool) -> tuple[list, list[int] | None]:
-    """The JSON objects of a unit and the line (0-based, within the unit) of each: one JSON document (a list of
-    rows; no lines) when `whole` and the text parses as one, else JSON Lines, an error naming its line."""
-    if whole:
-        try:
-            doc = json.loads(text)
-            return (doc if isinstance(doc, list) else [doc]), None
-        except ValueError:
-            pass
-    rows, lines = [], []
-    for n, line in enumerate(text.split("\n")):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except ValueError as exc:
-            raise UserError(f"corpus file {unit.name!r} line {_line_of(f, begin) + n}: not valid JSON ({exc})") from None
-        lines.append(n)
-    return rows, lines
-
-
-def _column_texts(unit: Unit, rows: list, field: str) -> list:
-    if rows and not any(isinstance(r, dict) and field in r for r in rows):
-        cols = sorted({k for r in rows if isinstance(r, dict) for k in r})
-        raise UserError(f"corpus file {unit.name!r} has no column {field!r} (columns: {', '.join(cols)}); "
-                        "set corpus.text_field")
-    return [r.get(field) if isinstance(r, dict) else None for r in rows]
-
-
-def _check_encodable(unit: Unit, f, texts: list, lines: list[int] | None, begin: int) -> None:
-    """A JSON text with a lone surrogate escape stands for no character: named with its line, as `load_texts`
-    names it."""
+@contextmanager
+def _opened(unit: Unit) -> Iterator:
+    """The unit's file, open for reading; a failure to open or read it (a UserError excepted) becomes a UserError
+    naming the file."""
     try:
-        "".join(t for t in texts if isinstance(t, str)).encode("utf-8")
-        return
-    except UnicodeEncodeError:
-        pass
-    for i, t in enumerate(texts):
-        if isinstance(t, str) and not t.encode("utf-8", "surrogatepass").decode("utf-8", "ignore") == t:
-            where = f"line {_line_of(f, begin) + lines[i]}: " if lines is not None else ""
-            bad = next(c for c in t if 0xD800 <= ord(c) <= 0xDFFF)
-            raise UserError(f"corpus file {unit.name!r} {where}lone surrogate escape \\u{ord(bad):04x} (half of a "
-                            "UTF-16 pair, no character); fix or remove it")
+        with filesystem(unit.fs).open_input_file(unit.path) as f:
+            yield f
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"corpus file {unit.name!r} could not be read ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}); check the file") from None
+
+
+def _texts_sha256(texts: list) -> str:
+    return hashlib.sha256("\0".join(t for t in texts if isinstance(t, str)).encode("utf-8", "replace")).hexdigest()
+
+
+def _column_sha256(col) -> str:
+    """SHA-256 of the buffers of a Parquet row group's text column (what a resumed run compares)."""
+    h = hashlib.sha256()
+    for chunk in col.chunks:
+        for buf in chunk.buffers():
+            if buf is not None:
+                h.update(buf)
+    return h.hexdigest()
+
+
+def text_lines(text: str) -> list[str]:
+    r"""The lines of a `.txt` unit's text: split at line ends only, `\n`, `\r\n` or a lone `\r` (as Python's
+    universal newlines and `datasets`' text reader do), so form feeds, vertical tabs, U+0085, U+2028, U+2029 and
+    the other characters `str.splitlines` also splits at stay inside their document. No empty last line after a
+    final line end."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return lines[:-1] if lines and not lines[-1] else lines
+
+
+def unit_sha256(unit: Unit, text_field: str = "text") -> str:
+    """The checksum `read_unit` gives for a unit, from its bytes alone (nothing decoded or parsed): what a resumed
+    run compares when a listed file's modification time changed but not its size, to tell a file rewritten with
+    the same bytes from a changed one."""
+    if unit.kind in ("embedded", "hub-stream"):
+        return read_unit(unit, text_field)[1]
+    with _opened(unit) as f:
+        if unit.kind == "parquet":
+            import pyarrow.parquet as pq
+
+            return _column_sha256(pq.ParquetFile(f).read_row_group(unit.start, columns=[text_field]).column(0))
+        return hashlib.sha256(_read_lines(f, unit.start, unit.stop, unit.size)[0]).hexdigest()
 
 
 def read_unit(unit: Unit, text_field: str = "text") -> tuple[list, str]:
@@ -299,31 +301,25 @@ def read_unit(unit: Unit, text_field: str = "text") -> tuple[list, str]:
         else:
             part = _hub_stream(unit.path, unit.fs).shard(num_shards=unit.stop, index=unit.start, contiguous=True)
             texts = [row.get(text_field) for row in part]
-        return texts, hashlib.sha256("\0".join(t for t in texts if isinstance(t, str)).encode("utf-8", "replace")).hexdigest()
-    try:
-        fs = filesystem(unit.fs)
-        with fs.open_input_file(unit.path) as f:
-            if unit.kind == "parquet":
-                return _read_parquet(unit, f, text_field)
-            data, begin = _read_lines(f, unit.start, unit.stop, unit.size)
-            digest = hashlib.sha256(data).hexdigest()
-            text = _decode(unit, f, data, begin)
-            if begin == 0 and text.startswith("\ufeff"):
-                text = text[1:]  # a leading byte order mark is encoding, not text
-            if unit.kind == "text":
-                return text.replace("\r\n", "\n").replace("\r", "\n").splitlines(), digest
-            rows, lines = _json_rows(unit, f, text, begin, unit.kind == "json")
-            texts = _column_texts(unit, rows, text_field)
-            _check_encodable(unit, f, texts, lines, begin)
-            return texts, digest
-    except UserError:
-        raise
-    except Exception as exc:
-        raise UserError(f"corpus file {unit.name!r} could not be read ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''}); check the file") from None
+        return texts, _texts_sha256(texts)
+    with _opened(unit) as f:
+        if unit.kind == "parquet":
+            return _read_parquet(unit, f, text_field)
+        data, begin = _read_lines(f, unit.start, unit.stop, unit.size)
+        digest = hashlib.sha256(data).hexdigest()
+        text = _decode(unit, f, data, begin)
+        if begin == 0 and text.startswith("\ufeff"):
+            text = text[1:]  # a leading byte order mark is encoding, not text
+        if unit.kind == "text":
+            return text_lines(text), digest
+        rows, lines = json_rows(unit, f, text, begin, unit.kind == "json")
+        texts = column_texts(unit, f, rows, lines, begin, text_field)
+        check_encodable(unit, f, texts, lines, begin)
+        return texts, digest
 
 
 def _read_parquet(unit: Unit, f, field: str) -> tuple[list, str]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(f)
@@ -331,11 +327,10 @@ def _read_parquet(unit: Unit, f, field: str) -> tuple[list, str]:
     if field not in names:
         raise UserError(f"corpus file {unit.name!r} has no column {field!r} (columns: {', '.join(names)}); "
                         "set corpus.text_field")
+    kind = pf.schema_arrow.field(field).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)
+            or (hasattr(pa.types, "is_string_view") and pa.types.is_string_view(kind))):
+        raise UserError(f"corpus file {unit.name!r}: column {field!r} holds {kind}, not text; set corpus.text_field to "
+                        "the column that holds the documents' text")
     col = pf.read_row_group(unit.start, columns=[field]).column(0)
-    texts = col.to_pylist()
-    h = hashlib.sha256()
-    for chunk in col.chunks:
-        for buf in chunk.buffers():
-            if buf is not None:
-                h.update(buf)
-    return texts, h.hexdigest()
+    return col.to_pylist(), _column_sha256(col)

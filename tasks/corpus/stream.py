@@ -14,8 +14,8 @@ cuts shards of `corpus.shard_tokens` exactly as `tasks.corpus.shards.make_shards
 The plan is saved as it is cut, one sealed record per unit in `corpus/` of the run directory (the file's size,
 modification time and the checksum of the bytes read; the shards that close in the unit, with their slices and
 fingerprints). A resumed run replays it: units whose shards are all finished are not read again, the units that
-are read again must have the same checksum, and a listed file whose size or modification time changed stops the
-run, as a changed config does.
+are read again must have the same checksum, and a listed file whose size changed, or whose modification time
+changed over other bytes, stops the run before the run directory is taken over, as a changed config does.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from tasks.corpus.sources import Unit
+from tasks.corpus.sources import Unit, unit_sha256
 from tasks.corpus.tokenized import Framing, assemble_shard, tokenize_unit
 from tasks.errors import RunError, UserError, first_line, user_error
 from tasks.storage import RunStore, record_intact, seal_record
@@ -89,9 +89,11 @@ class Totals:
     done: bool = False
 
 
-def load_plan(store: RunStore, config_hash: str, units: list[Unit]) -> list[dict]:
-    """The saved plan's unit records 0..m of this config (the longest intact run from unit 0). Raises UserError
-    when a listed file changed since they were written."""
+def load_plan(store: RunStore, config_hash: str, units: list[Unit], text_field: str = "text") -> list[dict]:
+    """The saved plan's unit records 0..m of this config (the longest intact run from unit 0). Changes nothing, so
+    the driver calls it before it takes the run directory over. Raises UserError when a listed file changed since
+    they were written: its size differs, or its modification time and its bytes do (a file rewritten with the
+    same bytes, `touch`ed or restored from a copy, is the same corpus)."""
     plan = []
     for u in range(len(units)):
         try:
@@ -100,14 +102,27 @@ def load_plan(store: RunStore, config_hash: str, units: list[Unit]) -> list[dict
             break
         if not record_intact(rec) or rec.get("config_hash") != config_hash:
             break
-        if rec["stamp"] != units[u].stamp():
+        if not _unchanged(rec, units[u], text_field):
             raise UserError(f"corpus file {units[u].name!r} changed since this run directory's earlier attempt (its size "
-                            "or modification time differs); restore it, or pass --fresh to start over with the corpus "
-                            "as it is now")
+                            "or contents differ); restore it, or pass --fresh to start over with the corpus as it is now")
         plan.append(rec)
         if rec.get("end"):
             break
     return plan
+
+
+def _unchanged(rec: dict, unit: Unit, text_field: str) -> bool:
+    """Whether a planned unit is still what its record saw: the same listing stamp, or a stamp that differs only
+    in the file's modification time over bytes with the record's checksum."""
+    stamp = unit.stamp()
+    if rec["stamp"] == stamp:
+        return True
+    if {**rec["stamp"], "mtime": stamp["mtime"]} != stamp:
+        return False
+    same = unit_sha256(unit, text_field) == rec["sha256"]
+    if same:
+        log.debug("corpus file %s: modification time changed, bytes of unit %d unchanged", unit.name, unit.index)
+    return same
 
 
 def planned_fingerprints(plan: list[dict]) -> dict[int, str]:
