@@ -245,11 +245,11 @@ def test_changed_corpus_is_refused_on_resume(readers, tok, tmp_path, prose):
         stream_shards(readers, tok, [str(path)], store, 1, 3000, finished={s.index for s in first[1:]})
 
 
-def test_touched_corpus_is_the_same_corpus(readers, tok, tmp_path, wikitext):
+def test_touched_corpus_is_the_same_corpus(readers, tok, tmp_path, prose):
     """A corpus file whose modification time changed over the same bytes (`touch`, restored from a copy) is not a
     changed corpus: the saved plan loads whole; the same size with other bytes is refused."""
     path = tmp_path / "c.txt"
-    path.write_text("\n".join(wikitext.read_text(encoding="utf-8").split("\n")[:300]) + "\n", encoding="utf-8")
+    path.write_text("\n".join(prose.read_text(encoding="utf-8").split("\n")[:300]) + "\n", encoding="utf-8")
     store = RunStore(str(tmp_path / "run"))
     stream_shards(readers, tok, [str(path)], store, 1, 3000)
     units = list_units(CorpusConfig(source="files", files=(str(path),)))

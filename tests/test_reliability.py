@@ -448,7 +448,7 @@ def test_damaged_manifest_resumes_from_config_yaml(reference, tmp_path):
     assert_same_results(reference, out)
 
 
-def test_touched_corpus_resumes_a_complete_run(reference, tiny_gpt2, wikitext, tmp_path, monkeypatch):
+def test_touched_corpus_resumes_a_complete_run(reference, tiny_gpt2, prose, tmp_path, monkeypatch):
     """A corpus file with a new modification time over the same bytes (`touch`, restored from a copy) is the same
     corpus: the rerun compares the bytes with the saved plan's checksums, reuses every shard and completes with
     the same results."""
@@ -457,7 +457,7 @@ def test_touched_corpus_resumes_a_complete_run(reference, tiny_gpt2, wikitext, t
     out = _copy(reference, tmp_path)
     total = manifest(out)["shards"]["total"]
     _listed_as_changed(monkeypatch, mtime="1")
-    run(tiny_config(tiny_gpt2, wikitext, out))
+    run(tiny_config(tiny_gpt2, prose, out))
     m = manifest(out)
     assert m["status"] == "complete" and m["shards"]["reused"] == total and m["shards"]["computed"] == 0
     assert_same_results(reference, out)

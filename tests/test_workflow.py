@@ -353,7 +353,7 @@ def _listed_as_changed(monkeypatch, **change) -> None:
     monkeypatch.setattr(driver, "list_units", lambda corpus: [dataclasses.replace(u, **change) for u in real(corpus)])
 
 
-def test_changed_corpus_refuses_a_rerun_before_the_directory_is_taken_over(tiny_run, tiny_gpt2, wikitext, tmp_path,
+def test_changed_corpus_refuses_a_rerun_before_the_directory_is_taken_over(tiny_run, tiny_gpt2, prose, tmp_path,
                                                                            monkeypatch):
     """A rerun into a complete run whose corpus file changed (another size) stops with one line before it takes
     the directory over: every file of the finished run stays byte for byte, its `complete` manifest included."""
@@ -362,9 +362,9 @@ def test_changed_corpus_refuses_a_rerun_before_the_directory_is_taken_over(tiny_
     out = tmp_path / "run"
     shutil.copytree(tiny_run, out)
     before = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
-    _listed_as_changed(monkeypatch, size=wikitext.stat().st_size + 1)
+    _listed_as_changed(monkeypatch, size=prose.stat().st_size + 1)
     with pytest.raises(UserError, match="changed since this run directory's earlier attempt") as refused:
-        run(tiny_config(tiny_gpt2, wikitext, out))
+        run(tiny_config(tiny_gpt2, prose, out))
     after = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     assert sorted(after) == sorted(before)
     assert [name for name in before if before[name] != after[name]] == []
@@ -373,7 +373,7 @@ def test_changed_corpus_refuses_a_rerun_before_the_directory_is_taken_over(tiny_
                         str(refused.value))
 
 
-def test_stopped_rerun_of_a_complete_run_keeps_its_account(tiny_run, tiny_gpt2, wikitext, tmp_path):
+def test_stopped_rerun_of_a_complete_run_keeps_its_account(tiny_run, tiny_gpt2, prose, tmp_path):
     """An attempt that takes a complete run's directory over and then stops (failed, interrupted) leaves a manifest
     that says so and still describes the finished results its tables hold: the model, corpus, shards, sample,
     checks, actors and throughput sections stay until a completed attempt replaces them."""
@@ -388,7 +388,7 @@ def test_stopped_rerun_of_a_complete_run_keeps_its_account(tiny_run, tiny_gpt2, 
     shutil.copytree(tiny_run, out)
     complete = json.loads((out / "manifest.json").read_text())
     store = RunStore(str(out))
-    manifest = prepare_run_dir(store, tiny_config(tiny_gpt2, wikitext, out), fresh=False)
+    manifest = prepare_run_dir(store, tiny_config(tiny_gpt2, prose, out), fresh=False)
     assert manifest["status"] == "running" and manifest["attempt"] == complete["attempt"] + 1
     with pytest.raises(RunError):
         end_run(store, manifest, RunError("a shard failed every retry"), {"merge": 1.0})
