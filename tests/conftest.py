@@ -77,8 +77,10 @@ def ray_cluster():
     shutil.rmtree(temp, ignore_errors=True)
 
 
-def tiny_config(model: Path, text: Path, out: Path, *overrides: str):
-    """The tests' run: the tiny GPT-2 over 300 documents of the tests' text, every layer and site, a sample of 300."""
+def tiny_config(model: Path, text: Path, out: Path, *overrides: str, defaults: bool = False):
+    """The tests' run: the tiny GPT-2 over 300 documents of the tests' text, every layer and site, a sample of 300. With
+    `defaults`, `stats.flush_every` and `cluster.shards_in_flight` keep their default values (the determinism
+    tests' setting), not the per-shard partials that the resume tests reason with."""
     from workflows.config import config_from_dict
 
     data = {
@@ -93,6 +95,9 @@ def tiny_config(model: Path, text: Path, out: Path, *overrides: str):
         "cluster": {"actors": 1, "shards_in_flight": 1},  # with flush_every 1: one shard per statistics partial
         "run": {"seed": 1, "out": str(out)},
     }
+    if defaults:
+        data["stats"].pop("flush_every")
+        data["cluster"].pop("shards_in_flight")
     return config_from_dict(data, list(overrides))
 
 

@@ -394,3 +394,16 @@ def test_nonfinite_states_stay_out_of_the_statistics(tiny_gpt2, stats_path):
     np.testing.assert_allclose(st.unit_second.second, u.T @ u, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(st.norms.moments.mean, [np.linalg.norm(kept, axis=1).mean()], rtol=1e-5)
     np.testing.assert_allclose(st.excluded_norms.moments.mean, [np.linalg.norm(excluded, axis=1).mean()], rtol=1e-5)
+
+
+def test_only_whole_statistics_groups_are_reused():
+    """A resumed run reuses a partial only if it is one statistics group (so that it merges to the bits of every
+    other run): `flush_every` consecutive shards from a multiple of it, or the corpus's last, shorter group."""
+    from workflows.run_dir import whole_group
+
+    assert whole_group([4, 5, 6, 7], 4, None) and whole_group([7, 5, 4, 6], 4, 12)
+    assert whole_group([12], 4, 12) and whole_group([8, 9, 10], 4, 10)
+    assert not whole_group([8, 9, 10], 4, None)  # the plan is unfinished: more shards of group 2 may come
+    assert not whole_group([8, 9, 10], 4, 11)  # shard 11 is missing
+    assert not whole_group([5, 6, 7, 8], 4, 12) and not whole_group([4, 6], 4, 6) and not whole_group([], 4, 3)
+    assert all(whole_group([i], 1, None) for i in range(5))

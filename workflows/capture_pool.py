@@ -2,11 +2,13 @@
 
 Each live actor has at most `cluster.shards_in_flight` shards queued. A shard whose task fails, or whose actor
 dies (process exit, out of memory, node lost), goes back to the queue, up to `cluster.max_retries` times; a dead
-actor is replaced, and new actors get work only once they are ready. With streaming statistics on, each actor
-accumulates statistics over the shards it ran and is told to `flush` them every `stats.flush_every` shards and at
-the end; a shard counts as done only once a flush covering it is written, so the shards of an actor that dies
-with unflushed statistics are run again. With statistics on, an actor whose shard fails is replaced as a dead one
-is: its statistics may hold the batches the shard ran before failing.
+actor is replaced, and new actors get work only once they are ready. With streaming statistics on, shards go out
+by statistics group (`stats.flush_every` consecutive shards, fixed by the config): an actor takes a whole group,
+gets its shards in shard order, sums them from empty sums and is told to `flush` the group's partial once it is
+sealed; so every partial, and the merge of all of them, is the same bits whichever actors ran the groups and in
+whatever order they finished. A shard counts as done only once a flush covering it is written, so the shards of
+an actor that dies with unflushed statistics are run again (its whole groups). With statistics on, an actor whose
+shard fails is replaced as a dead one is: its statistics may hold the batches the shard ran before failing.
 """
 
 from __future__ import annotations
@@ -92,6 +94,8 @@ class CapturePool:
         self.flushed_early: set[int] = set()  # flushed before their own result reached the driver
         self.failures: Counter = Counter()
         self.pending: deque[ShardTicket] = deque()
+        self.group_size = cfg.stats.flush_every if self.stats_fraction is not None else None
+        self.cursor: dict[int, int] = {}  # slot -> the next shard of the statistics group its actor is being sent
         self.by_index: dict[int, ShardTicket] = {}  # shards not yet booked as done (their Shard stays in the store)
         self.threshold = StreamingThreshold(spec.k)  # handed to each shard at dispatch
         self.result = CaptureResult()
@@ -117,7 +121,7 @@ class CapturePool:
                                  max_tokens=self.cfg.corpus.max_tokens)
         try:
             while True:
-                stream.refill(len(self.pending))
+                stream.refill(0 if self.starved() else len(self.pending))
                 self.dispatch()
                 if stream.done and not self.pending and not self.in_flight:
                     self.flush_remaining()
@@ -163,7 +167,9 @@ class CapturePool:
         for slot in sorted(self.live):
             key = (slot, self.generation[slot])
             while self.pending and self.queued[key] < self.cfg.cluster.shards_in_flight:
-                shard = self.pending.popleft()
+                shard = self.pending.popleft() if self.group_size is None else self.next_in_group(slot)
+                if shard is None:
+                    break
                 ref = self.actors[slot].process.remote(shard.ref, spec.k, self.threshold.threshold(), self.cfg.run.seed,
                                                        None,
                                                        self.store.root, spec.config_hash, self.stats_fraction,
@@ -172,6 +178,35 @@ class CapturePool:
                 self.queued[key] += 1
                 if self.result.first_shard_s is None:
                     self.result.first_shard_s = time.perf_counter() - self.t0
+
+    def next_in_group(self, slot: int) -> ShardTicket | None:
+        """The next shard for the actor in `slot`, with statistics on: the next of the group it is being sent, in
+        shard order; once that group is all sent, the first shard of the lowest group that no actor holds (None:
+        wait, for the stream to cut the group's next shard or for a group to be free)."""
+        g = self.group_size
+        by_index = {t.index: t for t in self.pending}
+        nxt = self.cursor.get(slot)
+        if nxt is not None and nxt % g and not (self.stream.done and nxt >= self.stream.next_shard):
+            if nxt not in by_index:
+                return None  # not cut yet, or on its way back from a replaced actor
+            return self.take(slot, by_index[nxt])
+        self.cursor.pop(slot, None)
+        held = {i // g for i in self.cursor.values() if i % g}  # groups an actor is still being sent
+        free = [i for i in by_index if i % g == 0 and i // g not in held]
+        return self.take(slot, by_index[min(free)]) if free else None
+
+    def take(self, slot: int, ticket: ShardTicket) -> ShardTicket:
+        self.pending.remove(ticket)
+        self.cursor[slot] = ticket.index + 1
+        return ticket
+
+    def starved(self) -> bool:
+        """True when an actor waits for a shard of its group that is not in the queue (not cut yet, as a rule): the
+        stream must read on, whatever waits in the queue for other actors (a retried group)."""
+        if self.group_size is None:
+            return False
+        waiting = {t.index for t in self.pending}
+        return any(nxt % self.group_size and nxt not in waiting for nxt in self.cursor.values())
 
     # -- actors ---------------------------------------------------------------------------------------------
 
@@ -189,6 +224,7 @@ class CapturePool:
         import ray
 
         self.live.discard(slot)
+        self.cursor.pop(slot, None)  # its group goes back whole: its shards sent so far return to the queue
         ray.kill(self.actors[slot], no_restart=True)
         self.requeue(self.unflushed[slot])
         self.unflushed[slot] = []
@@ -270,7 +306,7 @@ class CapturePool:
         elif gen == self.generation[slot]:
             self.done[shard.index] = rec
             self.unflushed[slot].append(shard.index)
-            if len(self.unflushed[slot]) >= self.cfg.stats.flush_every and not self.is_flushing(slot):
+            if self.sealed(slot) and not self.is_flushing(slot):
                 self.flush(slot, final=False)
         else:
             self.requeue([shard.index])  # finished on an actor since replaced: its statistics are gone
@@ -278,12 +314,18 @@ class CapturePool:
 
     # -- statistics flushes -----------------------------------------------------------------------------------
 
+    def sealed(self, slot: int) -> bool:
+        """Whether the actor in `slot` holds a sealed group unwritten: one whose last shard it ran, or one followed
+        by a shard of another group."""
+        g, held = self.group_size, self.unflushed[slot]
+        return any(i % g == g - 1 for i in held) or len({i // g for i in held}) > 1
+
     def is_flushing(self, slot: int) -> bool:
         return any(s == slot for s, _ in self.flushing.values())
 
     def flush(self, slot: int, final: bool) -> None:
-        """Ask an actor to write the statistics it sealed (every `stats.flush_every` shards; with `final`, also
-        those since). It runs in the actor's own `io` thread while the next shards run; the partials it writes
+        """Ask an actor to write the statistics it sealed (each statistics group once its last shard ran; with
+        `final`, also the group it is in, the run's last and shorter one). It runs in the actor's own `io` thread while the next shards run; the partials it writes
         name the shards they cover, and the driver books them from those lists."""
         self.flushes[slot] += 1
         name = f"partial-a{self.spec.attempt:03d}-s{slot:03d}-g{self.generation[slot]:03d}-{self.flushes[slot]:05d}"
@@ -318,5 +360,5 @@ class CapturePool:
                     self.book(self.done.pop(i))
                 else:
                     self.flushed_early.add(i)  # its own result is still on its way to the driver
-        if partials and len(self.unflushed[slot]) >= self.cfg.stats.flush_every:
+        if partials and self.sealed(slot):
             self.flush(slot, final=False)  # sealed meanwhile, while this flush was writing

@@ -109,8 +109,9 @@ class SimilarityConfig:
 class StatsConfig:
     """Streaming statistics over every token (not only the sample): per-coordinate moments and norms on all
     tokens; covariance and unit-vector second moment (d x d each) on a deterministic `second_order_fraction` of
-    tokens where their cost (2 d^2 flops per token and site) demands it. Each actor accumulates across its
-    shards and writes a partial every `flush_every` shards (what a resumed run can reuse)."""
+    tokens where their cost (2 d^2 flops per token and site) demands it. The shards form fixed groups of
+    `flush_every` consecutive shards; one actor sums a group's shards in shard order and writes it as one partial
+    (what a resumed run can reuse), and the partials merge in group order: the same bits with any actors."""
 
     enabled: bool = True
     second_order_fraction: float = 0.05  # keeps the statistics under 10 % of a forward pass (BENCHMARKS.md)
@@ -178,8 +179,10 @@ class Config:
 
         Excludes `cluster` (how many actors and where), `run.out` (where results go), `run.progress_s` and
         `corpus.readers` (how often progress is logged, how many units are read at once), `report` (the sanity
-        check's prompts, which change no statistic) and `stats.flush_every` (how partial statistics are
-        grouped): the same corpus, model and seed give the same numbers however they are scheduled.
+        check's prompts, which change no statistic) and `stats.flush_every` (the statistics groups: another
+        grouping moves the streaming statistics by float rounding only, and a resumed run with another one runs
+        again the shards whose partials were grouped otherwise): the same corpus, model and seed give the same numbers
+        however they are scheduled.
         """
         d = self.to_dict()
         d.pop("cluster")

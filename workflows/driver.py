@@ -112,7 +112,10 @@ def _run(cfg: Config, store: RunStore, fresh: bool, manifest: dict, model_config
         spec = CaptureSpec(sites, k, cfg.result_hash(), seq_len, manifest["attempt"], exclusion)
         # capture: corpus units -> shards -> actor pool -> shard samples and statistics partials in the run directory
         with timer.stage("resume_check"):
-            reused, partials = reusable_shards(store, planned_fingerprints(plan), spec.config_hash, cfg.stats.enabled)
+            planned = planned_fingerprints(plan)
+            last = max(planned) if planned and plan[-1].get("end") else None
+            reused, partials = reusable_shards(store, planned, spec.config_hash, cfg.stats.enabled,
+                                               cfg.stats.flush_every, last)
         if reused:
             log.info("resuming: %d shards already done", len(reused))
         stream = ShardStream(cfg.corpus, framing, units, store, spec.config_hash, plan, set(reused),

@@ -163,12 +163,26 @@ def _records(store: RunStore, folder: str) -> list[tuple[str, dict]]:
     return out
 
 
+def whole_group(shards: list[int], group_size: int, last_shard: int | None) -> bool:
+    """Whether a partial's shards are one statistics group: `group_size` consecutive shards from a multiple of it,
+    or the run's last, shorter group (`last_shard`: the corpus's last shard, None while the plan is unfinished).
+    Only those merge to the bits of every other run; a partial of another grouping (another `stats.flush_every`,
+    an older version) is not reused."""
+    shards = sorted(shards)
+    first = shards[0] if shards else -1
+    return (first % group_size == 0 and shards == list(range(first, first + len(shards)))
+            and (len(shards) == group_size or (last_shard is not None and shards[-1] == last_shard
+                                               and len(shards) < group_size)))
+
+
 def reusable_shards(store: RunStore, fingerprints: dict[int, str], config_hash: str,
-                    with_stats: bool) -> tuple[dict[int, dict], list[dict]]:
+                    with_stats: bool, group_size: int = 1,
+                    last_shard: int | None = None) -> tuple[dict[int, dict], list[dict]]:
     """What an earlier attempt of this config left that can be trusted: the records of finished shards of the saved
     corpus plan (`fingerprints`: shard index -> fingerprint) whose sample files pass their checksums and, with statistics on, the statistics partials that cover only such
     shards (each shard in at most one). A shard counts as done only when both hold; everything else is run
-    again, and partials that cannot be used are deleted so that no statistic is ever counted twice."""
+    again, and partials that cannot be used (or that are not one statistics group, `whole_group`) are deleted so
+    that no statistic is ever counted twice and every run merges the same groups."""
     records = {}
     for _, rec in _records(store, "shards"):
         index = rec.get("shard")
@@ -200,7 +214,8 @@ def reusable_shards(store: RunStore, fingerprints: dict[int, str], config_hash: 
     accepted, covered = [], set()
     for p in sorted(partials, key=lambda p: p["name"]):
         shard_set = set(p["shards"])
-        if partial_file(p["name"], "npz") in bad or not shard_set <= set(records) or shard_set & covered:
+        if (partial_file(p["name"], "npz") in bad or not shard_set <= set(records) or shard_set & covered
+                or not whole_group(p["shards"], group_size, last_shard)):
             log.warning("statistics partial %s cannot be reused; its shards run again", p["name"])
             store.delete(partial_file(p["name"], "json"))
             store.delete(partial_file(p["name"], "npz"))

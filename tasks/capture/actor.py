@@ -91,7 +91,7 @@ class ShardCapturer:
         self.stats: list[SiteStatistics] | None = None  # accumulated across shards until `flush`
         self.stats_shards: list[int] = []
         self.batch_tokens = CPU_BATCH_TOKENS  # the budget `process` uses when given none; set by `ready`
-        self.flush_every: int | None = None  # seal the statistics every this many shards (set by `ready`)
+        self.flush_every: int | None = None  # shards per statistics group (set by `ready`)
         self.massive_top = MASSIVE_TOP  # |x| entries kept per site (set by `ready`)
         # Sealed statistics, each (on a GPU their packed state on the host, on a CPU the statistics themselves; their
         # shards), waiting for `flush` to write them, guarded by `_state`; the running statistics are `process`'s
@@ -103,9 +103,9 @@ class ShardCapturer:
     def ready(self, batch_tokens: int | str = CPU_BATCH_TOKENS, seq_len: int = 0, k: int = 1, stats: bool = False,
               flush_every: int | None = None, massive_top: int = MASSIVE_TOP) -> dict:
         """Called once by the driver: fixes this replica's forward budget (`auto`: see `tasks.capture.batch_budget`, for
-        sequences of `seq_len` tokens, a sample of `k` and statistics on or off), how many shards' statistics
-        make one partial (`flush_every`) and how many |x| entries the statistics keep per site (`massive_top`),
-        and says where it lives, how long its model took to load and the budget it chose."""
+        sequences of `seq_len` tokens, a sample of `k` and statistics on or off), the statistics groups (`flush_every`
+        shards each: group g is shards g * flush_every ... (g + 1) * flush_every - 1, one partial) and how many |x|
+        entries the statistics keep per site (`massive_top`), and says where it lives, how long its model took to load and the budget it chose."""
         import ray
 
         if getattr(self, "_error", None) is not None:
@@ -173,6 +173,8 @@ class ShardCapturer:
         forwards = examined = n_excluded = 0
         self.recorder.reset_counts(self.device)
         with_stats = stats_fraction is not None
+        if with_stats and self.flush_every:
+            self._enter_group(shard.index)
         if with_stats and self.stats is None:
             self.stats = [SiteStatistics(self.massive_top) for _ in self.recorder.sites]
         self.recorder.stats = self.stats if with_stats else None
@@ -251,8 +253,8 @@ class ShardCapturer:
         if with_stats:
             self.stats_shards.append(shard.index)
             record["stats_pending"] = True
-            if self.flush_every and len(self.stats_shards) >= self.flush_every:
-                self._seal()
+            if self.flush_every and shard.index % self.flush_every == self.flush_every - 1:
+                self._seal()  # the group's last shard: its partial is complete
         state = None if sample.is_empty else sample.state(copy=False)  # the sample is dropped next
         if store_root is None:
             return {**record, "state": state}
@@ -264,6 +266,17 @@ class ShardCapturer:
         store.write_json(shard_file(shard.index, "json"), seal_record(record))  # written last: its presence means done
         # the candidates' hashes travel back with the reply (not saved): the driver tightens the next thresholds
         return {**record, "kept_hashes": np.empty(0, np.uint64) if state is None else state["hash"]}
+
+    def _enter_group(self, index: int) -> None:
+        """Before shard `index` feeds the statistics: seal those of another group (the last, short group of a run
+        is followed by a retried group's shards), and refuse a shard out of its group's order, which would sum
+        the group in another order than every other run's (the driver never sends one: a guard)."""
+        group = index // self.flush_every
+        if self.stats_shards and self.stats_shards[-1] // self.flush_every != group:
+            self._seal()
+        expected = self.stats_shards[-1] + 1 if self.stats_shards else group * self.flush_every
+        if index != expected:
+            raise RuntimeError(f"shard {index} came out of its statistics group's order (expected shard {expected})")
 
     def _regather(self, input_ids: np.ndarray, mask: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> torch.Tensor:
         """The states at (rows, cols) from another forward pass of a batch that already fed the statistics and the
@@ -290,9 +303,9 @@ class ShardCapturer:
         """Write every sealed set of statistics as `stats/NAME-K.npz` and then its record `stats/NAME-K.json` (the
         shards it covers, checksum); with `final`, first seal the running statistics too. Returns the records.
 
-        The sets are sealed by `process` every `flush_every` shards (and by the final flush), so which shards a
-        partial holds depends only on the order this actor ran its shards, not on when the driver asked: the same
-        run merges the same partials to the same bits. Safe to call from a second thread while `process` runs
+        The sets are sealed by `process` at the end of each statistics group (and by the final flush), each summed
+        over its group's shards in shard order from empty sums, so a partial's shards and bits depend only on the
+        config (`flush_every`), not on which actor ran the group or when the driver asked. Safe to call from a second thread while `process` runs
         (the driver runs it in the actor's `io` concurrency group): the checksum and the write (and on a CPU the
         packing) then overlap the next shards' forward passes."""
         if final:
@@ -304,6 +317,8 @@ class ShardCapturer:
         for k in range(len(sets)):
             held, shards = sets.pop(0)  # dropped as soon as written
             record = {"name": f"{name}-{k}", "config_hash": config_hash, "shards": sorted(shards)}
+            if self.flush_every:
+                record["group"] = shards[0] // self.flush_every
             store = RunStore(store_root)
             arrays = held if isinstance(held, dict) else stack_states(held, copy=False, packed=True)
             record["sha256"] = store.write_arrays(partial_file(record["name"], "npz"), arrays)
