@@ -368,7 +368,7 @@ def test_changed_corpus_refuses_a_rerun_before_the_directory_is_taken_over(tiny_
     after = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     assert sorted(after) == sorted(before)
     assert [name for name in before if before[name] != after[name]] == []
-    assert re.fullmatch(r"corpus file '.*valid\.txt' changed since this run directory's earlier attempt \(its size "
+    assert re.fullmatch(r"corpus file '.*prose\.txt' changed since this run directory's earlier attempt \(its size "
                         r"or contents differ\); restore it, or pass --fresh to start over with the corpus as it is now",
                         str(refused.value))
 
