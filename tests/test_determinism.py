@@ -61,25 +61,25 @@ def faults(monkeypatch, tmp_path, spec: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def default_run(ray_cluster, tiny_gpt2, wikitext, tmp_path_factory) -> Path:
+def default_run(ray_cluster, tiny_gpt2, prose, tmp_path_factory) -> Path:
     """The uninterrupted one-actor run at the default settings."""
-    return run(tiny_config(tiny_gpt2, wikitext, tmp_path_factory.mktemp("det") / "run", defaults=True))
+    return run(tiny_config(tiny_gpt2, prose, tmp_path_factory.mktemp("det") / "run", defaults=True))
 
 
 def test_default_settings_same_bytes_with_two_actors_a_late_shard_and_a_killed_actor(
-        default_run, tiny_gpt2, wikitext, tmp_path, monkeypatch):
+        default_run, tiny_gpt2, prose, tmp_path, monkeypatch):
     faults(monkeypatch, tmp_path, "delay@0x1,exit@3x1")
-    out = run(tiny_config(tiny_gpt2, wikitext, tmp_path / "run", "cluster.actors=2", defaults=True))
+    out = run(tiny_config(tiny_gpt2, prose, tmp_path / "run", "cluster.actors=2", defaults=True))
     assert manifest(out)["shards"]["retries"] >= 1
     assert_same_bytes(default_run, out, plots=True)
 
 
 def test_statistics_groups_same_bytes_with_three_actors_late_shards_and_a_killed_actor(
-        tiny_run, tiny_gpt2, wikitext, tmp_path, monkeypatch):
+        tiny_run, tiny_gpt2, prose, tmp_path, monkeypatch):
     """Many statistics groups (the session's run: one shard each) on 3 actors, the first shards finishing last
     and an actor killed: the one-actor run's bytes."""
     faults(monkeypatch, tmp_path, "delay@0x2,delay@1x1,exit@4x1")
-    out = run(tiny_config(tiny_gpt2, wikitext, tmp_path / "run", "cluster.actors=3", "cluster.cpus_per_actor=0.5",
+    out = run(tiny_config(tiny_gpt2, prose, tmp_path / "run", "cluster.actors=3", "cluster.cpus_per_actor=0.5",
                           "cluster.shards_in_flight=2"))
     assert manifest(out)["shards"]["retries"] >= 1 and len(list((out / "stats").glob("*.json"))) >= 10
     assert_same_bytes(tiny_run, out)
