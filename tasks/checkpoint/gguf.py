@@ -162,7 +162,7 @@ def _convert(name: str, source: Path, digest: str, folder: Path) -> None:
     """Read `source` through `transformers`' GGUF support and save it as a model folder at `folder` (built under
     a temporary name and renamed into place whole)."""
     import torch
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -196,10 +196,23 @@ def _convert(name: str, source: Path, digest: str, folder: Path) -> None:
             del config.quantization_config  # the saved weights are plain float32 tensors
         config.save_pretrained(work)
         tokenizer.save_pretrained(work)
-        save_model(model, str(work / "model.safetensors"), metadata={"format": "pt"})  # tied tensors saved once
+        save_file(_untied(model), str(work / "model.safetensors"), metadata={"format": "pt"})
         (work / COMPLETE).write_text(json.dumps({"model": name, "file": str(source), "sha256": digest}) + "\n")
         if folder.exists():
             shutil.rmtree(folder)  # an incomplete leftover of an interrupted conversion
         os.replace(work, folder)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _untied(model) -> dict:
+    """The model's tensors, each stored once: a tensor shared by several names (a tied head) is kept under its
+    first name in module order, the base model's (`model.embed_tokens.weight`, not `lm_head.weight`), which
+    `transformers` ties the head to when it loads the folder, as a base model or a language model."""
+    out, seen = {}, set()
+    for key, tensor in model.state_dict().items():
+        if tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        out[key] = tensor.detach().contiguous()
+    return out
