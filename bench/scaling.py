@@ -137,7 +137,7 @@ def main() -> None:
                 "cluster": {"actors": args.actors, "cpus_per_actor": args.cpus_per_actor,
                             "shards_in_flight": args.shards_in_flight},
                 "run": {"seed": 0, "out": str(work / f"run-{size}-{index}")},
-                "report": {"prompts": []},
+                "report": {"prompts": [], "sanity_tokens": 0},
             }, [])
 
         ray.init(num_cpus=max(2, int(np.ceil(args.actors * args.cpus_per_actor))), include_dashboard=False,

@@ -212,6 +212,48 @@ def test_sanity_check_matches_the_language_model(run_a, tiny_gpt2):
     assert "sanity" in manifest["timings"]
 
 
+def test_sanity_measures_match_the_language_model(run_a, tiny_gpt2, markup_corpus):
+    """The manifest's next-token figures, recomputed here from `transformers`' own logits on the same tokens: the
+    corpus's first 300 documents, each tokenized alone, cut into windows of the model's 128 positions, every
+    token after a window's first one a target, the first 10,000 of them. The random model is no better than the
+    unigram floor, computed here from the targets' counts."""
+    import torch
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel.from_pretrained(tiny_gpt2).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_gpt2)
+    assert tok("a")["input_ids"] == tok("a", add_special_tokens=False)["input_ids"]  # no special tokens
+    # the file's lines, its leading byte order mark read as encoding (as the corpus reader does)
+    docs = [ln for ln in markup_corpus.read_text(encoding="utf-8-sig").splitlines() if ln.strip()][:300]
+    hits, nll, targets = 0, 0.0, []
+    for doc in docs:
+        ids = tok(doc, add_special_tokens=False)["input_ids"]
+        for start in range(0, len(ids), 128):
+            window = ids[start: start + 128][: 10_000 - len(targets) + 1]
+            if len(window) < 2:
+                continue
+            with torch.no_grad():
+                logits = model(torch.tensor([window])).logits[0, :-1].double()
+            target = torch.tensor(window[1:])
+            hits += int((logits.argmax(-1) == target).sum())
+            nll -= float(torch.log_softmax(logits, -1)[torch.arange(len(target)), target].sum())
+            targets += window[1:]
+    n = len(targets)
+    assert n == 10_000
+    counts = np.bincount(targets)
+    p = counts[counts > 0] / n
+    sanity = json.loads((run_a / "manifest.json").read_text())["sanity"]
+    assert sanity["tokens"] == n
+    assert sanity["next_token_top1"] == hits / n
+    # the run takes log-softmax of float32 logits, this test of float64 ones: the mean agrees to ~1e-5 nats
+    np.testing.assert_allclose(sanity["cross_entropy"], nll / n, rtol=1e-5)
+    np.testing.assert_allclose(sanity["perplexity"], np.exp(nll / n), rtol=1e-4)
+    np.testing.assert_allclose(sanity["unigram_top1"], counts.max() / n, rtol=1e-12)
+    np.testing.assert_allclose(sanity["unigram_cross_entropy"], -(p * np.log(p)).sum(), rtol=1e-9)
+    assert sanity["verdict"] == "not better than chance"
+    assert sanity["cross_entropy"] > sanity["unigram_cross_entropy"]  # random weights: about ln(vocab) nats
+
+
 def test_report_page_is_self_contained_and_loads_clean(run_a, browser):
     page_file = run_a / "report.html"
     html = page_file.read_text()
@@ -232,6 +274,10 @@ def test_report_page_is_self_contained_and_loads_clean(run_a, browser):
     sanity = _parquet(run_a, "sanity.parquet")
     shown = page.page.locator(".sanity-prompt").nth(0).locator("td .token").all_text_contents()
     assert shown == sanity[sanity.prompt == PROMPTS[0]].sort_values("rank").token.tolist()
+    measured = manifest["sanity"]
+    assert page.text("#sanity-verdict").startswith(f"Verdict: {measured['verdict']}")
+    assert f"{measured['tokens']:,}" in page.text("#sanity-verdict")
+    assert f"{100 * measured['next_token_top1']:.1f} %" in page.text("#sanity-measures")
     page.screenshot("report-page.png")
     page.page.close()
 

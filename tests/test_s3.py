@@ -67,3 +67,28 @@ def test_run_resume_and_report_on_s3(s3_endpoint, ray_cluster, tiny_gpt2, prose,
     # report from the object store alone
     store.delete("plots")
     assert cli_main(["report", uri]) == 0 and "overview.png" in store.list("plots")
+
+
+def test_gguf_model_from_s3(s3_endpoint, tmp_path, monkeypatch):
+    """`model.name` as an `s3://` URI of a GGUF file: downloaded once into the cache, it loads the same weights as
+    the local file, and its digest (what the config hash covers) is the file's SHA-256."""
+    import hashlib
+
+    import torch
+
+    from tasks.checkpoint.gguf import checkpoint_digest
+    from tasks.checkpoint.loading import load_model
+    from tests.gguf_files import write_tiny_llama
+
+    monkeypatch.setenv("GPT_STATS_CACHE", str(tmp_path / "cache"))
+    local = write_tiny_llama(tmp_path / "tiny.gguf")
+    options = f"endpoint_override={s3_endpoint}&scheme=http&region=us-east-1"
+    fs, _ = pafs.FileSystem.from_uri(f"s3://bucket?{options}")
+    with fs.open_output_stream("bucket/models/tiny.gguf") as f:
+        f.write(local.read_bytes())
+    uri = f"s3://bucket/models/tiny.gguf?{options}"
+    assert checkpoint_digest(uri) == hashlib.sha256(local.read_bytes()).hexdigest() == checkpoint_digest(str(local))
+    remote = load_model(uri, "float32", torch.device("cpu")).state_dict()
+    mine = load_model(str(local), "float32", torch.device("cpu")).state_dict()
+    assert remote.keys() == mine.keys() and all(torch.equal(remote[k], mine[k]) for k in remote)
+    assert len(list((tmp_path / "cache" / "downloads").glob("*.gguf"))) == 1

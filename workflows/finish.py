@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Sequence
 
 from tasks.capture import sanity
+from tasks.capture.next_token import RULE
+from tasks.corpus.sources import Unit
+from tasks.corpus.tokenized import Framing
 from tasks.report.page import write_report
 from tasks.storage import RunStore
 from workflows.config import Config
@@ -20,30 +24,43 @@ from workflows.config import Config
 log = logging.getLogger(__name__)
 
 
-def sanity_check(cfg: Config, store: RunStore, model_type: str) -> dict:
-    """Write `sanity.parquet` for causal LMs (and remove a stale one otherwise); returns the manifest entry."""
-    if not sanity.applies(model_type) or not cfg.report.prompts:
+def sanity_check(cfg: Config, store: RunStore, model_type: str, units: Sequence[Unit] = (),
+                 framing: Framing | None = None) -> dict:
+    """For causal LMs: the corpus measures and their verdict (the manifest entry) and the prompts' top tokens
+    (`sanity.parquet`, removed when stale or when no prompt is configured); for other models, why it does not
+    apply. `units` and `framing` are the run's corpus and how it frames documents."""
+    measure = cfg.report.sanity_tokens > 0 and framing is not None
+    if not sanity.applies(model_type) or not (cfg.report.prompts or measure):
         store.delete("sanity.parquet")
-        reason = sanity.not_applicable_reason(model_type) if cfg.report.prompts else "no report.prompts configured"
+        reason = (sanity.not_applicable_reason(model_type) if not sanity.applies(model_type)
+                  else "no report.prompts and report.sanity_tokens 0")
         log.info("sanity check skipped: %s", reason)
         return {"applies": False, "reason": reason}
     import ray
 
-    args = (cfg.model.name, cfg.model.dtype, list(cfg.report.prompts), cfg.report.top_k, cfg.model.revision)
-    use_gpu, gpus = cfg.cluster.gpus_per_actor > 0, max(1, int(cfg.cluster.gpus_per_actor))
+    args = (cfg.model.name, cfg.model.dtype, list(cfg.report.prompts), cfg.report.top_k,
+            list(units) if measure else [], framing)
+    kwargs = dict(revision=cfg.model.revision, use_gpu=cfg.cluster.gpus_per_actor > 0,
+                  gpus=max(1, int(cfg.cluster.gpus_per_actor)), n_tokens=cfg.report.sanity_tokens,
+                  max_docs=cfg.corpus.max_docs, max_tokens=cfg.corpus.max_tokens)
     if ray.is_initialized():
-        task = ray.remote(sanity.next_token_predictions).options(num_cpus=1, num_gpus=cfg.cluster.gpus_per_actor)
-        table, where = ray.get(task.remote(*args, use_gpu=use_gpu, gpus=gpus)), "ray task"
+        task = ray.remote(sanity.check_model).options(num_cpus=1, num_gpus=cfg.cluster.gpus_per_actor)
+        (table, figures), where = ray.get(task.remote(*args, **kwargs)), "ray task"
     else:
-        table, where = sanity.next_token_predictions(*args, use_gpu=use_gpu, gpus=gpus), "driver"
-    store.write_parquet("sanity.parquet", table)
-    return {"applies": True, "prompts": list(cfg.report.prompts), "top_k": cfg.report.top_k, "ran_in": where}
+        (table, figures), where = sanity.check_model(*args, **kwargs), "driver"
+    if cfg.report.prompts:
+        store.write_parquet("sanity.parquet", table)
+    else:
+        store.delete("sanity.parquet")
+    return {"applies": True, "prompts": list(cfg.report.prompts), "top_k": cfg.report.top_k, "ran_in": where,
+            **figures, "rule": RULE}
 
 
-def finish_run(cfg: Config, store: RunStore, manifest: dict, model_type: str, timings: dict, t_start: float) -> None:
+def finish_run(cfg: Config, store: RunStore, manifest: dict, model_type: str, timings: dict, t_start: float,
+               units: Sequence[Unit] = (), framing: Framing | None = None) -> None:
     """Sanity check, then the manifest with its entry and final timings, then report.html (which reads them)."""
     t0 = time.perf_counter()
-    manifest["sanity"] = sanity_check(cfg, store, model_type)
+    manifest["sanity"] = sanity_check(cfg, store, model_type, units, framing)
     timings["sanity"] = round(time.perf_counter() - t0, 3)
     timings["total"] = round(time.perf_counter() - t_start, 3)
     manifest["timings"] = timings

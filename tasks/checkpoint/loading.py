@@ -1,7 +1,9 @@
 """Loading a checkpoint: the model name resolved to a path, its config, its tokenizer and its weights.
 
 Every stage that needs the model goes through here (the corpus readers for the tokenizer, the capture actors and
-the sanity check for the weights, the driver for the config), so that each loads the same thing the same way.
+the sanity check for the weights, the driver for the config), so that each loads the same thing the same way. A
+GGUF file (`model.name` ending in `.gguf`) stands for the model folder `tasks.checkpoint.gguf` converts it into.
+Weights the checkpoint does not hold are refused, never initialised at random (`load_model`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from tasks.checkpoint.gguf import converted_folder, is_gguf
 from tasks.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -31,7 +34,10 @@ def empty_model(model_config, trust_remote_code: bool = False, causal_lm: bool =
 
 
 def resolve_name(name: str) -> str:
-    """Turn `package:MODULE/SUBDIR` into the folder inside that installed package; pass other names through."""
+    """Turn `package:MODULE/SUBDIR` into the folder inside that installed package, and a GGUF file (a path, URI or
+    `package:MODULE/FILE.gguf`) into its converted model folder; pass other names through."""
+    if is_gguf(name):
+        return str(converted_folder(name))
     if not name.startswith("package:"):
         return name
     module, _, sub = name[len("package:") :].partition("/")
@@ -89,7 +95,11 @@ def load_model(
     gpus: int = 1, causal_lm: bool = False,
 ) -> torch.nn.Module:
     """The base transformer (no task head; with `causal_lm` the language model) in eval mode on `device`, or with
-    `gpus` > 1 split over that many GPUs (`tasks.checkpoint.split`); remote code only when opted in by name."""
+    `gpus` > 1 split over that many GPUs (`tasks.checkpoint.split`); remote code only when opted in by name.
+
+    A parameter the checkpoint does not provide (`transformers`' `missing_keys`, which accounts for tied weights:
+    a tied head is no missing key) is a UserError naming it: `transformers` would initialise it at random and the
+    run would measure noise. The "Loading weights" progress bar is off (one per actor in a cluster's logs)."""
     path = resolve_name(name)
     torch_type = torch_dtype(dtype, device)
     placement = {}
@@ -99,9 +109,14 @@ def load_model(
         skeleton = empty_model(load_model_config(name, revision, trust_remote_code), trust_remote_code, causal_lm)
         placement = {"device_map": device_plan(skeleton, gpu_budgets(gpus), torch_type)}
         log.info("model %s split over %d GPUs: %s", name, gpus, placement["device_map"])
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
-        model = _auto_class(causal_lm).from_pretrained(
-            path, revision=revision, dtype=torch_type, trust_remote_code=trust_remote_code, **placement
+        model, info = _auto_class(causal_lm).from_pretrained(
+            path, revision=revision, dtype=torch_type, trust_remote_code=trust_remote_code, output_loading_info=True,
+            **placement
         )
     except Exception as exc:
         if (unsafe := _unsafe_weights(exc)) is not None:
@@ -110,7 +125,21 @@ def load_model(
                 "(model.safetensors: load the model where its source is trusted and save_pretrained it)"
             ) from None
         raise UserError(f"model {name!r} cannot be loaded ({type(exc).__name__}: {exc}); check model.name") from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    refuse_missing(name, type(model).__name__, info.get("missing_keys") or ())
     return (model if placement else model.to(device)).eval()
+
+
+def refuse_missing(name: str, model_class: str, missing) -> None:
+    """One line naming the parameters of `model_class` that checkpoint `name` does not hold, if any."""
+    missing = sorted(missing)
+    if missing:
+        shown = ", ".join(missing[:6]) + (f", ... ({len(missing)} in all)" if len(missing) > 6 else "")
+        raise UserError(f"model {name!r}: the checkpoint does not hold {len(missing)} weight(s) of {model_class}: "
+                        f"{shown}; they would be random. Use a checkpoint that holds them (a base model's "
+                        "weights saved under the names its class expects)")
 
 
 def _unsafe_weights(exc: BaseException) -> str | None:

@@ -170,10 +170,13 @@ def load_massive(run_dir: RunStore) -> dict[str, list[dict]]:
 
 
 def load_sanity(run_dir: RunStore, manifest: dict) -> dict:
-    """The sanity check as {applies, reason, prompts: [{prompt, top: [{rank, token, token_id, probability}]}]}."""
+    """The sanity check as the manifest's entry (applies, reason, the corpus measures and verdict) with
+    prompts: [{prompt, top: [{rank, token, token_id, probability}]}]."""
     entry = dict(manifest.get("sanity") or {})
     path = "sanity.parquet"
     if not run_dir.exists(path):
+        if entry.get("applies") and not entry.get("prompts"):  # measured, without prompts (report.prompts: [])
+            return {**entry, "prompts": []}
         entry.setdefault("applies", False)
         entry.setdefault("reason", "this run has no sanity.parquet (it predates the check, or the check did not run)")
         return entry

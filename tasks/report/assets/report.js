@@ -70,6 +70,8 @@ function buildSanity(sec) {
     h("p", { class: "muted" }, sec, "For causal LMs the run records the most likely next tokens after a few prompts, as the seed's first cell did.");
     return;
   }
+  buildSanityMeasures(sec, sc);
+  if (!(sc.prompts || []).length) return;
   h("p", { class: "muted" }, sec, `Most likely next tokens and their probabilities (top ${sc.top_k || (sc.prompts[0] || { top: [] }).top.length}); a model that loaded right completes these sensibly.`);
   const wrap = h("div", { class: "row" }, sec);
   sc.prompts.forEach((p, i) => {
@@ -91,6 +93,28 @@ function buildSanity(sec) {
       h("span", {}, pc, " " + (r.probability < 0.01 ? r.probability.toPrecision(2) : r.probability.toFixed(3)));
     }
   });
+}
+
+// Next-token accuracy and cross-entropy on the run's corpus against the unigram floor, with the verdict.
+function buildSanityMeasures(sec, sc) {
+  if (!sc.verdict) return;
+  const good = sc.verdict === "trained";
+  const p = h("p", { id: "sanity-verdict", class: good ? "" : "warn" }, sec);
+  h("b", {}, p, "Verdict: " + sc.verdict);
+  if (!sc.tokens) { h("span", { class: "muted" }, p, " (no corpus tokens to score)"); return; }
+  h("span", { class: "muted" }, p, ` — next-token predictions on the first ${sc.tokens.toLocaleString("en-US")} tokens of this corpus`);
+  const pct = (x) => (100 * x).toFixed(1) + " %", nats = (x) => x.toFixed(3) + " nats";
+  const ppl = (x) => (x === null || x === undefined ? "overflows" : x < 1000 ? x.toFixed(1) : x.toExponential(2));
+  const t = h("table", { id: "sanity-measures" }, sec);
+  const hr = h("tr", {}, h("thead", {}, t));
+  for (const c of ["", "top-1 accuracy", "cross-entropy", "perplexity"]) h("th", { class: c ? "" : "text" }, hr, c);
+  const tb = h("tbody", {}, t);
+  for (const [label, a, b, c] of [["model", sc.next_token_top1, sc.cross_entropy, sc.perplexity],
+                                  ["unigram floor", sc.unigram_top1, sc.unigram_cross_entropy, sc.unigram_perplexity]]) {
+    const tr = h("tr", {}, tb);
+    h("td", { class: "text" }, tr, label); h("td", {}, tr, pct(a)); h("td", {}, tr, nats(b)); h("td", {}, tr, ppl(c));
+  }
+  if (sc.rule) h("p", { class: "muted" }, sec, "Rule: " + sc.rule + ". The floor is the unigram frequencies of the same tokens (docs/outputs.md).");
 }
 
 function buildKeyFacts(sec) {
