@@ -18,7 +18,9 @@ runs, so read the two together):
   hooks+sample   `ShardCapturer.process` with all sites hooked, gathering a dense 5 % of the tokens as sample
                  candidates, no statistics (without statistics, a sparse sample skips most forward passes);
   default stats  the workflow's defaults: a 2000-token sample of a 100M-token corpus (its hash threshold),
-                 position 0 excluded, the streaming statistics at the default `stats.second_order_fraction`;
+                 position 0 and the special ids excluded, the streaming statistics at the default
+                 `stats.second_order_fraction`, accumulated across calls (after the warm-up every batch is merged
+                 into running sums, the steady state of a run);
   all tokens d2  the same with the d x d statistics on every token (`second_order_fraction = 1`).
 Each line gives tokens/s and the time relative to bare; the target is default stats <= 1.10 x bare.
 
@@ -162,8 +164,7 @@ def main() -> None:
     exclusion = Exclusion(position0=True, special_ids=special)
 
     def capture(fraction, threshold=threshold):
-        def run():
-            cap.stats = None  # a fresh accumulation each time, as after a flush
+        def run():  # the statistics accumulate across calls: after the warm-up, later batches (merged), as in a run
             cap.process(shard, 2000, threshold, 0, args.batch_tokens, stats_fraction=fraction, exclusion=exclusion)
         return run
 
