@@ -16,7 +16,7 @@ import torch
 
 from tasks.capture.models import SiteTable
 from tasks.stats.massive import RowIdentity
-from tasks.stats.reductions import row_norms
+from tasks.stats.reductions import one_thread, row_norms
 
 
 def _module(model: torch.nn.Module, path: str) -> torch.nn.Module:
@@ -113,28 +113,34 @@ class SiteRecorder:
             if hidden.dim() == 2:  # a module that sees the batch's tokens flattened (OPT's fc2)
                 hidden = hidden.view(*valid.shape, -1)
             self._out[slot] = hidden[b, t]
-            # One float64 norm per row: it tells the finite rows (a NaN or Inf anywhere makes it non-finite; squares
-            # of finite bf16/fp16/fp32 values cannot overflow a float64 sum) and feeds the statistics.
-            norms = row_norms(hidden)
-            finite = torch.isfinite(norms)
-            self.nonfinite[slot] += ((~finite) & valid).sum().to(self.nonfinite.device)
-            if self.stats is not None:
-                # The tokens the feed names, gathered by index; those with a NaN or Inf left out by weights. On a
-                # model split over devices, each site's statistics live on its layer's device.
-                stats = self.stats[slot]
-                flat, flat_norms, ok = hidden.reshape(-1, hidden.shape[-1]), norms.reshape(-1), finite.reshape(-1)
-                if feed.excluded is not None:
-                    out = feed.excluded
-                    stats.add_excluded(flat.index_select(0, out), norms=flat_norms.index_select(0, out),
-                                       weights=_fed(ok.index_select(0, out)))
-                rows = feed.rows
-                stats.add(flat.index_select(0, rows), second_order_rows=feed.second,
-                          norms=flat_norms.index_select(0, rows), weights=_fed(ok.index_select(0, rows)))
-                if feed.identity is not None:  # the whole batch, excluded tokens included, padding left out
-                    stats.add_massive(flat, weights=ok if feed.real is None else ok & feed.real,
-                                      identity=feed.identity)
+            with one_thread(hidden.device):  # the O(n d) work on one thread of two (`one_thread`)
+                # One float64 norm per row: it tells the finite rows (a NaN or Inf anywhere makes it non-finite;
+                # squares of finite bf16/fp16/fp32 values cannot overflow a float64 sum) and feeds the statistics.
+                norms = row_norms(hidden)
+                finite = torch.isfinite(norms)
+                self.nonfinite[slot] += ((~finite) & valid).sum().to(self.nonfinite.device)
+                if self.stats is not None:
+                    self._feed(self.stats[slot], hidden, norms, finite, feed)
 
         return hook
+
+    @staticmethod
+    def _feed(stats, hidden: torch.Tensor, norms: torch.Tensor, finite: torch.Tensor, feed: StatsFeed) -> None:
+        """Feed a site's statistics (a `SiteStatistics`) the batch's states `hidden` with their row `norms`: the
+        tokens the feed names, gathered by index; those with a NaN or Inf (not `finite`) left out by weights. On a
+        model split over devices, each site's statistics live on its layer's device."""
+        flat, flat_norms, ok = hidden.reshape(-1, hidden.shape[-1]), norms.reshape(-1), finite.reshape(-1)
+        if feed.excluded is not None:
+            out = feed.excluded
+            stats.add_excluded(flat.index_select(0, out), norms=flat_norms.index_select(0, out),
+                               weights=_fed(ok.index_select(0, out)))
+        rows = feed.rows
+        stats.add(flat.index_select(0, rows), second_order_rows=feed.second,
+                  norms=flat_norms.index_select(0, rows), weights=_fed(ok.index_select(0, rows)))
+        if feed.identity is not None:  # the whole batch, excluded tokens included, padding left out
+            fed = _fed(ok)
+            stats.add_massive(flat, weights=feed.real if fed is None else fed if feed.real is None else fed & feed.real,
+                              identity=feed.identity)
 
     def reset_counts(self, device: torch.device) -> None:
         self.nonfinite = torch.zeros(len(self.sites), dtype=torch.int64, device=device)

@@ -86,9 +86,33 @@ class RowIdentity:
 
 def masked_absolute(x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """|x| in float32 (float64 stays float64), -1 on the rows that `weights` leaves out: what `TopAbs` and
-    `AbsHistogram` read, computed once for both."""
+    `AbsHistogram` read when given it (`absolute=`)."""
     a = x.abs() if x.dtype in (torch.float32, F64) else x.float().abs_()
     return a if weights is None else torch.where(weights[:, None], a, -1.0)
+
+
+def row_max_abs(x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The largest |x| of every row, -1 on the rows that `weights` leaves out: `masked_absolute(x, weights)
+    .amax(1)`, read from the rows' max and min (max |x| = max(max x, -min x), exact), without writing |x| out."""
+    big = torch.maximum(x.amax(1), x.amin(1).neg_())
+    big = big if x.dtype in (torch.float32, F64) else big.float()
+    return big if weights is None else big.masked_fill_(~weights, -1.0)
+
+
+def abs_bins(x: torch.Tensor, shift: int, weights: torch.Tensor | None = None, dropped: int = 0) -> torch.Tensor:
+    """Every entry's `AbsHistogram` bin (its |x| as float32, bit pattern shifted right by `shift`), flat, int32;
+    `dropped` on the rows that `weights` leaves out. Read from x's own bits with the sign bit masked off (|x|'s
+    pattern), without writing |x| out; on a CPU by NumPy, whose integer shift and mask run at memory speed."""
+    f = x if x.dtype == torch.float32 else x.float()  # float32 rounding is symmetric: |x| as float32 = |float32(x)|
+    keep = (1 << (31 - shift)) - 1  # the pattern's bits below the sign bit, shifted
+    if f.device.type == "cpu":
+        bits = np.ascontiguousarray(f.detach().numpy()).view(np.int32) >> shift
+        idx = torch.from_numpy(np.bitwise_and(bits, keep, out=bits))
+    else:
+        idx = (f.view(torch.int32) >> shift).bitwise_and_(keep)
+    if weights is not None:
+        idx.masked_fill_(~weights[:, None], dropped)
+    return idx.view(-1)
 
 
 def first_k(values: torch.Tensor, rank: torch.Tensor, k: int) -> torch.Tensor:
@@ -135,10 +159,11 @@ class TopAbs:
         n, d = x.shape
         if n == 0 or d == 0:
             return
-        a = masked_absolute(x, weights) if absolute is None else absolute
         rank = identity.rank if identity is not None else torch.arange(n, device=x.device)
-        rows = first_k(a.amax(1), rank, min(self.m, n))  # left-out rows: max -1, last
-        sub = a.index_select(0, rows)
+        big = row_max_abs(x, weights) if absolute is None else absolute.amax(1)
+        rows = first_k(big, rank, min(self.m, n))  # left-out rows: max -1, last
+        sub = masked_absolute(x.index_select(0, rows), None if weights is None else weights.index_select(0, rows)) \
+            if absolute is None else absolute.index_select(0, rows)
         k = min(self.m, sub.numel())
         flat = first_k(sub.view(-1), (rank.index_select(0, rows)[:, None] * d + self._coords(d, x.device)).view(-1), k)
         value = x.index_select(0, rows).view(-1).index_select(0, flat)
@@ -266,9 +291,11 @@ class AbsHistogram:
         x = as_batch(x)
         if x.shape[0] == 0:
             return
-        a = masked_absolute(x, weights) if absolute is None else absolute
-        # The bin: the float32 bit pattern shifted; a left-out entry (-1.0, sign bit set) lands at 6128, dropped.
-        idx = ((a if a.dtype == torch.float32 else a.float()).view(torch.int32) >> self.SHIFT) & self.MASK
+        if absolute is None:  # a left-out row's entries land at 6128, dropped, as they do from `masked_absolute`
+            idx = abs_bins(x, self.SHIFT, weights, dropped=6128)
+        else:  # the bin: the float32 bit pattern shifted; a left-out entry (-1.0, sign bit set) lands at 6128, dropped
+            idx = ((absolute if absolute.dtype == torch.float32 else absolute.float()).view(torch.int32)
+                   >> self.SHIFT) & self.MASK
         if self._counts is None:
             self._counts = torch.zeros(self.MASK + 1, dtype=torch.int64, device=x.device)
         self._same_width(x.shape[1])

@@ -5,8 +5,7 @@ and arbitrary-order statistical moments", Sandia report SAND2008-6212, 2008, eqs
 variance update of Chan, Golub & LeVeque ("Updating formulae and a pairwise algorithm for computing sample
 variances", 1979) to third and fourth moments. A merge of partial statistics then equals one pass over all the
 data up to rounding. A batch enters through its power sums about a provisional centre (`reductions.block_sums`),
-shifted to the batch mean by the binomial formulas; both formulas run as one contraction each under tables built
-once per device, so a call is a handful of kernels whatever the width.
+shifted to the batch mean by the binomial formulas; both formulas run as a few elementwise kernels over the width.
 """
 
 from __future__ import annotations
@@ -19,31 +18,26 @@ import torch
 from tasks.stats.base import (F64, FieldStatistic, as_batch, as_number, float_count, positive, row_count)
 from tasks.stats.reductions import block_sums, provisional_centre
 
-# Where the terms of the two moment formulas go (`Moments.from_power_sums`, `Moments.merge`): constant tables,
-# built once per device so that no call copies them from the host.
+# Where the count-dependent coefficients of `Moments.merge` go in its (4, 4, 5) weight tensor.
 _MERGE_PLACES = ((0, 0, 0), (1, 1, 0), (2, 2, 0), (2, 0, 1), (2, 0, 3), (3, 3, 0), (3, 1, 1), (3, 1, 3), (3, 0, 2),
                  (3, 0, 4))  # (moment p, power i of delta - 1, term k of [1, M2a, M3a, M2b, M3b]) per coefficient
 
 
 @functools.lru_cache(maxsize=8)
-def _moment_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(shift, places, tail scale, order): `shift[k, i, j]` weighs delta^(i+1) S_(j+1) in M_(k+2); `places` are the
-    flat indices of `_MERGE_PLACES` in a (4, 4, 5) weight tensor; the last two assemble the coefficients."""
-    shift = torch.zeros(3, 3, 3, dtype=F64)
-    shift[0, 0, 0] = -1.0
-    shift[1, 0, 1], shift[1, 1, 0] = -3.0, 2.0
-    shift[2, 0, 2], shift[2, 1, 1], shift[2, 2, 0] = -4.0, 6.0, -3.0
+def _merge_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(places, tail scale, order): the flat indices of `_MERGE_PLACES` in a (4, 4, 5) weight tensor, and two
+    constants that assemble the coefficients; built once per device so that no call copies them from the host."""
     places = torch.tensor([p * 20 + i * 5 + k for p, i, k in _MERGE_PLACES])
     tail = torch.tensor([-3.0, 3.0, 6.0, 6.0, -4.0, 4.0], dtype=F64)
     order = torch.tensor([0, 1, 2, 4, 5, 3, 6, 7, 8, 9])
-    return shift.to(device), places.to(device), tail.to(device), order.to(device)
+    return places.to(device), tail.to(device), order.to(device)
 
 
 def _merge_weights(na, nb, device: torch.device) -> torch.Tensor:
     """The (4, 4, 5) weights of `Moments.merge`, from the counts (floats, or tensors on `device`): in
     `_MERGE_PLACES` order, with fa = na / n and fb = nb / n, fb, n fa fb, n fa fb (fa - fb), -3 fb, 3 fa,
     n fa fb (fa^2 - fa fb + fb^2), 6 fb^2, 6 fa^2, -4 fb, 4 fa."""
-    _shift, places, tail, order = _moment_tables(device)
+    places, tail, order = _merge_tables(device)
     if isinstance(na, torch.Tensor) or isinstance(nb, torch.Tensor):
         v = torch.stack([torch.as_tensor(na, dtype=F64, device=device), torch.as_tensor(nb, dtype=F64, device=device)])
         n = v.sum().clamp(min=1)
@@ -103,11 +97,14 @@ class Moments(FieldStatistic):
         """The statistic of n rows (an int, or a device count) from their power sums s[p - 1] = sum (x - c)^p,
         p = 1..4, about a centre c: the binomial shift to their mean, with delta = S_1 / n (small against the
         spread when c is near the mean, so no cancellation to speak of; n delta^k = delta^(k-1) S_1),
-        M2 = S2 - delta S1, M3 = S3 - 3 delta S2 + 2 delta^2 S1, M4 = S4 - 4 delta S3 + 6 delta^2 S2 - 3 delta^3 S1,
-        as one contraction of the products delta^i S_j."""
+        M2 = S2 - delta S1, M3 = S3 - 3 delta S2 + 2 delta^2 S1, M4 = S4 - 4 delta S3 + 6 delta^2 S2 - 3 delta^3 S1."""
         delta = s[0] / positive(n)
-        powers = delta.expand(3, -1).cumprod(0)  # delta, delta^2, delta^3
-        shift = torch.einsum("kij,id,jd->kd", _moment_tables(s.device)[0], powers, s[:3])
+        d2 = delta * delta
+        d3 = d2 * delta  # delta, delta^2, delta^3 as cumprod gives them
+        # Term by term, in the order a contraction over the binomial table sums them (the same bits), without the
+        # batched product over d of tiny matrices that a contraction runs.
+        shift = torch.stack([-delta * s[0], (2.0 * d2) * s[0] + (-3.0 * delta) * s[1],
+                             ((-3.0 * d3) * s[0] + (6.0 * d2) * s[1]) + (-4.0 * delta) * s[2]])
         other = cls()
         other._n = n
         other._set(torch.cat([(centre + delta)[None], s[1:] + shift]))
@@ -125,17 +122,23 @@ class Moments(FieldStatistic):
         M3 = M3a + M3b + delta^3 n_a n_b (n_a - n_b) / n^2 + 3 delta (n_a M2b - n_b M2a) / n,
         M4 = M4a + M4b + delta^4 n_a n_b (n_a^2 - n_a n_b + n_b^2) / n^3 + 6 delta^2 (n_a^2 M2b + n_b^2 M2a) / n^2
              + 4 delta (n_a M3b - n_b M3a) / n,
-        as one contraction of delta^i with [1, M2a, M3a, M2b, M3b] under count-dependent weights (`_merge_weights`):
-        a few dozen kernels with counts on a device, instead of one per term."""
+        as one product of [1, M2a, M3a, M2b, M3b] with count-dependent weights (`_merge_weights`) and a sum over
+        the powers of delta: a few dozen kernels with counts on a device, instead of one per term."""
         if self._take(other):
             return self
         a, b = self._stacked(self.t), self._stacked(self._fields_of(other))
         device = a.device
         na, nb = float_count(self._n, device), float_count(other._n, device)
         delta = b[0] - a[0]
-        powers = delta.expand(4, -1).cumprod(0)  # delta .. delta^4
+        d2 = delta * delta
+        d3 = d2 * delta
+        d4 = d3 * delta  # delta .. delta^4 as cumprod gives them
         terms = torch.cat([torch.ones_like(delta)[None], a[1:3], b[1:3]])
-        shift = torch.einsum("pik,kd,id->pd", _merge_weights(na, nb, device), terms, powers)
+        t = (_merge_weights(na, nb, device).view(16, 5) @ terms).view(4, 4, -1)  # t[p, i]: the weight of delta^(i+1)
+        # The contraction over i term by term, where t is not zero, in the order a contraction sums them (the same
+        # bits), without its batched products of tiny matrices over the width.
+        shift = torch.stack([t[0, 0] * delta, t[1, 1] * d2, t[2, 0] * delta + t[2, 2] * d3,
+                             (t[3, 0] * delta + t[3, 1] * d2) + t[3, 3] * d4])
         self._set(torch.cat([a[:1], a[1:] + b[1:]]) + shift)
         self._n = as_number(na + nb)
         return self

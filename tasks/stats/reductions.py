@@ -30,21 +30,42 @@ def row_slices(x: torch.Tensor) -> list[slice]:
     return [slice(s, s + step) for s in range(0, n, step)]
 
 
+_OUTER_THREADS: list[int] = []  # the intra-op threads outside each active `one_thread`, innermost last
+
+
 @contextmanager
 def one_thread(device: torch.device) -> Iterator[None]:
-    """On a CPU with at most two intra-op threads, run the block reductions on one. Each block is a dozen small
-    elementwise ops, and waking the thread pool for each costs more than a second thread saves once a forward pass
-    has let the pool go idle. With more threads the parallel gain grows (unmeasured), so they are left alone. The
-    d x d products keep every thread."""
+    """On a CPU with at most two intra-op threads, run the O(n d) statistics on one (the capture hook wraps a
+    site's whole statistics in it; `block_sums` its blocks). They are a few dozen elementwise ops and reductions of
+    a few MiB each, and waking the thread pool for each costs more than a second thread saves once a forward pass
+    has let the pool go idle (and far more when other processes hold the cores). With more threads the parallel
+    gain grows (unmeasured), so they are left alone. The d x d products take every thread back (`all_threads`).
+    None of the reductions run here splits a sum between threads, so their results do not depend on the count."""
     threads = torch.get_num_threads()
     if device.type != "cpu" or threads == 1 or threads > 2:
         yield
         return
     torch.set_num_threads(1)
+    _OUTER_THREADS.append(threads)
     try:
         yield
     finally:
+        _OUTER_THREADS.pop()
         torch.set_num_threads(threads)
+
+
+@contextmanager
+def all_threads() -> Iterator[None]:
+    """Inside `one_thread`: the threads it took away, for a d x d product (BLAS gains from every core); elsewhere
+    nothing changes."""
+    if not _OUTER_THREADS or torch.get_num_threads() == _OUTER_THREADS[-1]:
+        yield
+        return
+    torch.set_num_threads(_OUTER_THREADS[-1])
+    try:
+        yield
+    finally:
+        torch.set_num_threads(1)
 
 
 def provisional_centre(x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch
 
 from tasks.stats.base import (F64, FieldStatistic, SumStatistic, as_batch, as_number, float_count, positive,
                               product_dtype, row_count)
-from tasks.stats.reductions import NormedRows, block_sums, unit_scaled
+from tasks.stats.reductions import NormedRows, all_threads, block_sums, unit_scaled
 
 
 class Covariance(FieldStatistic):
@@ -51,8 +51,10 @@ class Covariance(FieldStatistic):
         dev = x.to(dtype) - mean.to(dtype)
         if weights is not None:
             dev.masked_fill_(~weights[:, None], 0.0)
+        with all_threads():
+            product = dev.T @ dev
         other = Covariance()
-        other._n, other.t = n, {"mean": mean, "comoment": (dev.T @ dev).to(F64)}
+        other._n, other.t = n, {"mean": mean, "comoment": product.to(F64)}
         self._absorb(other)
 
     def merge(self, other: Covariance) -> Covariance:
@@ -122,6 +124,8 @@ class UnitSecondMoment(NormedRows, SumStatistic):
         u = unit_scaled(x, product_dtype(x), norms)
         if weights is not None:
             u.masked_fill_(~weights[:, None], 0.0)
+        with all_threads():
+            product = u.T @ u
         other = UnitSecondMoment()
-        other._n, other.t = row_count(weights, x.shape[0]), {"second": (u.T @ u).to(F64)}
+        other._n, other.t = row_count(weights, x.shape[0]), {"second": product.to(F64)}
         self._absorb(other)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from tasks.stats.base import as_batch, row_count
-from tasks.stats.massive import MASSIVE_TOP, AbsHistogram, RowIdentity, TopAbs, masked_absolute
+from tasks.stats.massive import MASSIVE_TOP, AbsHistogram, RowIdentity, TopAbs
 from tasks.stats.moments import Moments
 from tasks.stats.norms import NormHistogram
 from tasks.stats.reductions import block_sums, provisional_centre, row_norms
@@ -91,15 +91,15 @@ class SiteStatistics:
 
     def add_massive(self, x: torch.Tensor | np.ndarray, /, *, weights: torch.Tensor | None = None,
                     identity: RowIdentity | None = None) -> None:
-        """Add a batch (n, d) of tokens, excluded ones included, to `massive` and `abs_hist`, which share one
-        |x|; `identity`: the rows' tokens (None: unknown). The capture hooks feed them the whole batch in one call
-        (padding left out by `weights`), not the gathered rows of `add` and `add_excluded`: one pass, no gather."""
+        """Add a batch (n, d) of tokens, excluded ones included, to `massive` and `abs_hist`; `identity`: the rows'
+        tokens (None: unknown). The capture hooks feed them the whole batch in one call (padding left out by
+        `weights`), not the gathered rows of `add` and `add_excluded`: no gather. Neither writes |x| out: `massive`
+        reads the rows' max and min, `abs_hist` x's bits."""
         x = as_batch(x)
         if len(x) == 0:
             return
-        a = masked_absolute(x, weights)
-        self.massive.add(x, identity=identity, weights=weights, absolute=a)
-        self.abs_hist.add(x, weights=weights, absolute=a)
+        self.massive.add(x, identity=identity, weights=weights)
+        self.abs_hist.add(x, weights=weights)
 
     def merge(self, other: SiteStatistics) -> SiteStatistics:
         for name, part in self._parts():
