@@ -140,3 +140,24 @@ def test_streaming_threshold_keeps_the_exact_bottom_k_with_few_candidates(shard,
     assert kept < len(hashes) // shard * k / 4  # far fewer than k per shard
     # a second simulation with another finishing order gives the same sample
     assert np.array_equal(_stream_capture(hashes, k, shard, in_flight, np.random.default_rng(99))[0], truth)
+
+
+def test_streaming_threshold_counts_a_retried_shard_once():
+    """A shard run again (its actor died before its statistics were written) returns the same candidates twice:
+    the threshold stays one above the k-th smallest distinct hash (brute force), never below it, so the run again
+    and every later shard keep every token of the true bottom-k."""
+    from tasks.capture.sampling import StreamingThreshold
+
+    doc, window, pos = _tokens(40, 100)
+    hashes = token_hash(9, doc, window, pos)
+    shards = np.array_split(hashes, 8)
+    k = 300
+    keeper = StreamingThreshold(k)
+    for i, shard in enumerate(shards):
+        keeper.add(np.sort(shard)[:k])
+        if i in (1, 2, 5):  # retried: the same tokens again, some before and some after others finished
+            keeper.add(np.sort(shard)[: k // 2])
+            keeper.add(np.sort(shard)[:k])
+    kth = np.sort(np.unique(np.concatenate([np.sort(s)[:k] for s in shards])))[k - 1]
+    assert keeper.threshold() == np.uint64(int(kth) + 1)
+    assert np.all(np.sort(hashes)[:k] < keeper.threshold())

@@ -60,10 +60,12 @@ class StreamingThreshold:
         self.hashes = np.empty(0, dtype=np.uint64)
 
     def add(self, hashes: np.ndarray) -> None:
-        """Fold in a finished shard's candidate hashes."""
-        self.hashes = np.concatenate([self.hashes, np.asarray(hashes, dtype=np.uint64)])
+        """Fold in a finished shard's candidate hashes. A set, not a multiset: a shard run again (its actor died
+        before its statistics were written) returns the same tokens' hashes a second time, and counting them twice
+        would put the k-th smallest below the corpus's, dropping tokens of the true bottom-k."""
+        self.hashes = np.union1d(self.hashes, np.asarray(hashes, dtype=np.uint64))
         if len(self.hashes) > 2 * self.k:
-            self.hashes = np.partition(self.hashes, self.k - 1)[: self.k]
+            self.hashes = self.hashes[: self.k]  # sorted by union1d
 
     def threshold(self) -> np.uint64:
         """The strict bound for `BottomKSample` (a token passes when its hash is below it): one above the k-th
