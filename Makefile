@@ -7,6 +7,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 # This machine installs torch's CPU wheel; on a GPU host use e.g. TORCH_SPEC="torch==2.13.0" with its CUDA index.
 TORCH_SPEC ?= torch==2.13.0
 VENV := .venv
+# pytest worker processes (pytest-xdist, tests handed out as workers free up), each with a Ray cluster of its
+# own; 0 runs the suite in this one process
+TEST_WORKERS ?= 2
 STAMP := $(VENV)/.installed
 
 .PHONY: demo demo-causal test test-all bench bench-scaling clean
@@ -27,10 +30,10 @@ demo-causal: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/gpt-stats run configs/demo-causal.yaml
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q -m "not slow" tests
+	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow" tests
 
 test-all: $(STAMP)
-	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q tests
+	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal tests
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/similarity_tiles.py

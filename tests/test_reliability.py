@@ -88,8 +88,7 @@ def test_actor_death_is_survived(reference, tiny_gpt2, prose, tmp_path, monkeypa
 
 
 def test_corrupt_and_partial_shards_are_recomputed(reference, tiny_gpt2, prose, tmp_path):
-    out = tmp_path / "run"
-    run(tiny_config(tiny_gpt2, prose, out))
+    out = _copy(reference, tmp_path)  # a finished run of the config
     total = manifest(out)["shards"]["total"]
     npz = sorted((out / "shards").glob("*.npz"))
     data = bytearray(npz[0].read_bytes())
@@ -108,8 +107,7 @@ def test_corrupt_and_partial_shards_are_recomputed(reference, tiny_gpt2, prose, 
 
 
 def test_other_config_is_refused_and_fresh_replaces(reference, tiny_gpt2, prose, tmp_path):
-    out = tmp_path / "run"
-    run(tiny_config(tiny_gpt2, prose, out))
+    out = _copy(reference, tmp_path)  # a finished run of the config
     with pytest.raises(UserError, match="holds results of another config .* pass --fresh"):
         run(tiny_config(tiny_gpt2, prose, out, "run.seed=7"))
     assert manifest(out)["status"] == "complete"  # untouched

@@ -45,9 +45,9 @@ def s3_endpoint():
         proc.wait(timeout=30)
 
 
-def test_run_resume_and_report_on_s3(s3_endpoint, ray_cluster, tiny_gpt2, prose, tmp_path):
+def test_run_resume_and_report_on_s3(s3_endpoint, tiny_run, tiny_gpt2, prose, tmp_path):
     uri = f"s3://bucket/tiny?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1"
-    local = run(tiny_config(tiny_gpt2, prose, tmp_path / "local"))
+    local = tiny_run  # the same config's run into a local directory
     assert run(tiny_config(tiny_gpt2, prose, uri)) == uri
     store = RunStore(uri)
     m = store.read_json("manifest.json")
