@@ -86,6 +86,10 @@ def _png(fig, dpi: int) -> bytes:
     return buf.getvalue()
 
 
+def _percent(share: float | None) -> str:
+    return "–" if share is None or not np.isfinite(share) else f"{100 * share:.0f} %"
+
+
 def plot_site(sources: dict, row: dict) -> bytes:
     fig, ax = plt.subplots(figsize=(8, 3.2))
     labels = {
@@ -100,6 +104,11 @@ def plot_site(sources: dict, row: dict) -> bytes:
         f"mean cos {row['cos_mean']:.3f}, d_model {row['d_model']}, fitted d {row['d_fit']:.3g}",
         fontsize=9,
     )
+    if row.get("top_coord_dominates"):  # the rule of tasks/analysis/coordinates.py, as beside the page's verdict
+        ax.text(0.99, 0.95, f"coordinate {row['top_coord']} dominates: {_percent(row.get('top_coord_cos_share'))} of the "
+                f"mean cosine, {_percent(row.get('top_coord_var_share'))} of the variance", transform=ax.transAxes,
+                ha="right", va="top", fontsize=7, color="#b03000",
+                bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=1))
     # Fixed margins, not tight_layout: every site plot has the same size and text, and measuring the text costs
     # a second rendering (a third of the plot's time; three plots per site).
     fig.subplots_adjust(left=0.075, right=0.975, bottom=0.15, top=0.9)
