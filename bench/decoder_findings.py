@@ -102,22 +102,32 @@ def massive_table(run: dict, title: str) -> None:
 
 
 def compare_table(excluded: dict, kept: dict) -> None:
-    """Per layer and site: mean cosine, d_fit, PR, max kurtosis, the top coordinate's variance share and the
-    verdict, with the first token excluded and kept."""
-    te, tk = top_coords(excluded), top_coords(kept)
+    """Per layer, for each site: the mean cosine, d_fit and corrected PR with the first token excluded and kept,
+    and the kept run's largest single-coordinate variance share; then the largest changes over all sites."""
+    tk = top_coords(kept)
+    se, sk = excluded["summary"], kept["summary"]
     write("### First token excluded (default) against kept (`capture.exclude=[]`)")
     write()
-    write("| layer | site | cos all pairs excl / kept | d_fit excl / kept | PR excl / kept | max kurtosis excl / kept | "
-          "top var share excl / kept (coord) | verdict excl / kept |")
-    write("|---|---|---|---|---|---|---|---|")
-    se, sk = excluded["summary"], kept["summary"]
+    write("| layer | " + " | ".join(f"{SHORT[s]}: cos excl/kept, d_fit excl/kept, PR excl/kept, var share kept (coord)"
+                                   for s in SITES) + " |")
+    write("|---|" + "---|" * len(SITES))
     for layer in sorted({k[0] for k in se.index}):
+        cells = []
         for site in SITES:
-            a, b = se.loc[(layer, site)], sk.loc[(layer, site)]
-            ta, tb = te[(layer, site)], tk[(layer, site)]
-            write(f"| {layer} | {site} | {a.cos_mean_all:.3f} / {b.cos_mean_all:.3f} | {a.d_fit:.3g} / {b.d_fit:.3g} | "
-                  f"{a.pr_corrected:.3g} / {b.pr_corrected:.3g} | {a.kurtosis_max:.3g} / {b.kurtosis_max:.3g} | "
-                  f"{ta.var_share:.2f} ({ta.coord}) / {tb.var_share:.2f} ({tb.coord}) | {verdict(a)} / {verdict(b)} |")
+            a, b, t = se.loc[(layer, site)], sk.loc[(layer, site)], tk[(layer, site)]
+            cells.append(f"{a.cos_mean_all:.3f}/{b.cos_mean_all:.3f}, {a.d_fit:.3g}/{b.d_fit:.3g}, "
+                         f"{a.pr_corrected:.3g}/{b.pr_corrected:.3g}, {t.var_share:.2f} ({t.coord})")
+        write(f"| {layer} | " + " | ".join(cells) + " |")
+    write()
+    joined = se.merge(sk, left_index=True, right_index=True, suffixes=("_excl", "_kept"))
+    for col in ("cos_mean_all", "cos_mean", "d_fit", "pr_corrected", "kurtosis_max", "w1_gaussian"):
+        diff = (joined[f"{col}_kept"] - joined[f"{col}_excl"]).abs()
+        ratio = joined[f"{col}_kept"] / joined[f"{col}_excl"]
+        write(f"* {col}: largest |kept - excluded| {diff.max():.4g} at {diff.idxmax()}; kept / excluded from "
+              f"{ratio.min():.3g} to {ratio.max():.3g}")
+    flips = joined[joined.verdict_excl != joined.verdict_kept]
+    write(f"* verdicts that differ: {len(flips)} of {len(joined)}: "
+          + ", ".join(f"L{i[0]} {i[1]} {r.verdict_excl} -> {r.verdict_kept}" for i, r in flips.iterrows()))
     write()
 
 
