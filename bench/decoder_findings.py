@@ -170,11 +170,14 @@ def main() -> None:
         compare_table(excluded, kept)
         write("### Residual stream mean cosine against depth (all pairs, every token)")
         write()
-        write("| layer | excluded | kept |")
-        write("|---|---|---|")
+        write("| layer | excluded | kept | excluded, without the top 1 / top 3 coordinates' terms |")
+        write("|---|---|---|---|")
+        moments = excluded["moments"][excluded["moments"].site == "resid_post"]
         for layer in sorted({k[0] for k in excluded["summary"].index}):
+            c = np.sort(moments[moments.layer == layer].cos_share.to_numpy())[::-1]  # terms c_j, sum = mean cosine
             write(f"| {layer} | {excluded['summary'].loc[(layer, 'resid_post')].cos_mean_all:.3f} | "
-                  f"{kept['summary'].loc[(layer, 'resid_post')].cos_mean_all:.3f} |")
+                  f"{kept['summary'].loc[(layer, 'resid_post')].cos_mean_all:.3f} | "
+                  f"{c.sum() - c[0]:.3f} / {c.sum() - c[:3].sum():.3f} |")
         write()
 
 
