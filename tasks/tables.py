@@ -60,6 +60,12 @@ SUMMARY_SCHEMA = pa.schema(
         *[(f"id_{e}{part}", pa.float64()) for e in ("twonn", "gride") for part in ("", "_ci_low", "_ci_high")],
         ("rogue_dims", pa.string()),
         ("rogue_share", pa.float64()),
+        # the coordinate with the largest share of the mean cosine or of the variance (tasks/analysis/coordinates.py)
+        ("top_coord", pa.int32()),
+        ("top_coord_cos_share", pa.float64()),
+        ("top_coord_var_share", pa.float64()),
+        ("top_coord_dominates", pa.bool_()),
+        ("top_eig_share", pa.float64()),
         ("cos_var_left_top1", pa.float64()),
         ("cos_var_left_top3", pa.float64()),
         ("cos_var_left_top5", pa.float64()),
@@ -92,11 +98,13 @@ CORPUS_COLUMNS = ("n_tokens_stats", "n_tokens_second_order", "cos_mean_all", "co
                   "pr_corrected", "pc90", "pc95", "pc99", "predicted_cos_var", "mean_share", "kurtosis_max",
                   "kurtosis_median", "kurtosis_share", "kurtosis_share_sample", "pc_kurtosis_max",
                   "pc_kurtosis_median", "pc_kurtosis_share", "norm_mean_all", "norm_std_all", "n_excluded",
-                  "excluded_norm_mean", "excluded_norm_std", "rogue_dims", "rogue_share", "abs_max", "abs_median",
-                  "massive_ratio", "massive_dims")
+                  "excluded_norm_mean", "excluded_norm_std", "rogue_dims", "rogue_share", "top_coord",
+                  "top_coord_cos_share", "top_coord_var_share", "top_coord_dominates", "top_eig_share", "abs_max",
+                  "abs_median", "massive_ratio", "massive_dims")
 # Corpus columns that describe the raw states (their directions, their coordinates' sizes): null on the centred
 # and standardized rows.
-RAW_ONLY = ("cos_mean_all", "cos2_mean_all", "mean_share", "rogue_dims", "rogue_share", "abs_max", "abs_median",
+RAW_ONLY = ("cos_mean_all", "cos2_mean_all", "mean_share", "rogue_dims", "rogue_share", "top_coord",
+            "top_coord_cos_share", "top_coord_var_share", "top_coord_dominates", "abs_max", "abs_median",
             "massive_ratio", "massive_dims")
 # The rest: each variant's own numbers from its sample (histogram, fit, distances, intervals).
 VARIANT_COLUMNS = tuple(n for n in SUMMARY_SCHEMA.names if n not in (*RUN_COLUMNS, *VERDICT_COLUMNS, *CORPUS_COLUMNS))

@@ -467,3 +467,35 @@ def test_compare_refuses_runs_that_do_not_align(run_a, run_b, tmp_path, capsys):
     assert cli_main(["compare", str(attn), str(mlp), "--out", str(tmp_path / "y.html")]) == 2
     assert "runs cannot be aligned: no site in common" in capsys.readouterr().err
     assert not (tmp_path / "x.html").exists() and not (tmp_path / "y.html").exists()
+
+
+def test_dominant_coordinate_noted_beside_the_verdict(run_a, browser, tmp_path):
+    """Where summary.parquet flags a dominant coordinate (tasks/analysis/coordinates.py), the summary table's
+    verdict cell and the explorer's readout name it with its two shares; rows without the flag carry no note."""
+    copy = tmp_path / "run"
+    shutil.copytree(run_a, copy)
+    table = pq.read_table(copy / "summary.parquet")
+    rows = table.to_pylist()
+    flagged = next(i for i, r in enumerate(rows) if r["variant"] == "raw")
+    for i, r in enumerate(rows):
+        if r["variant"] == "raw":
+            r.update(top_coord=i + 3, top_coord_cos_share=0.2, top_coord_var_share=0.1, top_coord_dominates=False)
+    rows[flagged].update(top_coord_cos_share=0.734, top_coord_var_share=0.126, top_coord_dominates=True)
+    pq.write_table(type(table).from_pylist(rows, schema=table.schema), copy / "summary.parquet")
+    assert cli_main(["report", str(copy)]) == 0
+    page = Opened(browser, copy / "report.html")
+    p = page.page
+    note = (f" (coordinate {flagged + 3} dominates: 73 % of the mean cosine, 13 % of the variance)")
+    r = rows[flagged]
+    cells = p.eval_on_selector_all('#summary-table tbody tr', """els => els.map(e => [e.dataset.key,
+        e.querySelector('td[data-col="verdict"]').textContent])""")
+    for key, text in cells:
+        want = f"{r['layer']}|{r['site']}|{r['variant']}"
+        assert text.endswith(note) == (key == want), (key, text)
+        assert ("dominates" in text) == (key == want)
+    p.select_option("#layer-select", str(r["layer"]))
+    p.select_option("#site-select", r["site"])
+    p.select_option("#variant-select", "raw")
+    assert page.text("#hist-stats").endswith(f"verdict: {r['verdict']}{note}")
+    page.assert_clean()
+    p.close()

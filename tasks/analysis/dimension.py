@@ -239,6 +239,9 @@ class DimensionReport:
     inverse_mean_cos2     1 / mean_cos2 (d for isotropic data; includes the common direction, if any).
     mean_share            |mean|^2 / (|mean|^2 + tr C): share of the states' mean squared norm (up to the factor
                           (n - 1) / n on tr C) that lies in their common mean vector.
+    top_eig_share         lambda_1 / tr C: the share of the variance on the first principal direction (next to a
+                          single coordinate's share, `tasks.analysis.coordinates`, it says whether that direction
+                          is an axis of the neuron basis).
     """
 
     n: int
@@ -255,6 +258,7 @@ class DimensionReport:
     cos_var: float
     inverse_mean_cos2: float
     mean_share: float
+    top_eig_share: float
 
 
 def dimension_report(
@@ -287,4 +291,5 @@ def dimension_report(
         cos_var=mean_cos2 - mean_cos**2,
         inverse_mean_cos2=inverse_mean_cos2_dimension(mean_cos2),
         mean_share=mean_sq / (mean_sq + float(lam.sum())),
+        top_eig_share=float(lam[0] / lam.sum()) if lam.sum() > 0 else float("nan"),
     )

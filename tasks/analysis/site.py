@@ -20,6 +20,7 @@ from tasks.analysis.baselines import (
     matched_deviations,
     wasserstein1,
 )
+from tasks.analysis.coordinates import cosine_contributions, top_coordinate
 from tasks.analysis.dimension import (
     covariance_spectrum,
     dimension_report,
@@ -342,9 +343,10 @@ def corpus_numbers(stats: SiteStatistics) -> dict:
     mean_cos = mean_cosine(u.n, u.sum, u.sq) if u.n > 1 else float("nan")  # every token
     rep = dimension_report(cov.n, cov.mean, cov.covariance, mean_cos, mean_squared_cosine(stats.unit_second.n, stats.unit_second.second))
     kurt = m.excess_kurtosis
-    # Each coordinate's share of the all-pairs mean cosine: mean over pairs of u_ik u_jk (sums to cos_mean_all).
-    contribution = (u.sum**2 - u.sq) / (u.n * (u.n - 1)) if u.n > 1 else np.full(len(u.sum), np.nan)
+    # Each coordinate's term of the all-pairs mean cosine: mean over pairs of u_ik u_jk (sums to cos_mean_all).
+    contribution = cosine_contributions(u.n, u.sum, u.sq)
     rogue = np.argsort(-contribution)[:5]
+    top = top_coordinate(contribution, m.variance)
     std = np.sqrt(m.variance)
     return {
         "n_tokens_stats": m.n,
@@ -375,6 +377,11 @@ def corpus_numbers(stats: SiteStatistics) -> dict:
         "rogue_dims": ",".join(str(int(k)) for k in rogue),
         "rogue_share": float(contribution[rogue[0]] / rep.mean_cos) if rep.mean_cos else float("nan"),
         "rogue_order": rogue,
+        "top_coord": top.coord,
+        "top_coord_cos_share": top.cos_share,
+        "top_coord_var_share": top.var_share,
+        "top_coord_dominates": top.dominates,
+        "top_eig_share": rep.top_eig_share,
         **massive_numbers(stats.massive, stats.abs_hist),
         "dims": {"mean": m.mean, "variance": m.variance, "skewness": m.skewness, "excess_kurtosis": kurt,
                  "cos_share": contribution},

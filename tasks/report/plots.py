@@ -86,6 +86,10 @@ def _png(fig, dpi: int) -> bytes:
     return buf.getvalue()
 
 
+def _percent(share: float | None) -> str:
+    return "–" if share is None or not np.isfinite(share) else f"{100 * share:.0f} %"
+
+
 def plot_site(sources: dict, row: dict) -> bytes:
     fig, ax = plt.subplots(figsize=(8, 3.2))
     labels = {
@@ -95,14 +99,16 @@ def plot_site(sources: dict, row: dict) -> bytes:
     _draw(ax, sources, legend=True, labels=labels)
     ax.set_xlabel("cosine similarity between two sampled token states")
     ax.set_ylabel("density (per unit cosine)")
-    ax.set_title(
-        f"layer {row['layer']} {row['site']} ({row['variant']}): {row['n_sample']:,} states, {row['n_pairs']:,} pairs; "
-        f"mean cos {row['cos_mean']:.3f}, d_model {row['d_model']}, fitted d {row['d_fit']:.3g}",
-        fontsize=9,
-    )
+    title = (f"layer {row['layer']} {row['site']} ({row['variant']}): {row['n_sample']:,} states, {row['n_pairs']:,} pairs; "
+             f"mean cos {row['cos_mean']:.3f}, d_model {row['d_model']}, fitted d {row['d_fit']:.3g}")
+    note = row.get("top_coord_dominates")  # the rule of tasks/analysis/coordinates.py, as beside the page's verdict
+    if note:
+        title += (f"\ncoordinate {row['top_coord']} dominates: {_percent(row.get('top_coord_cos_share'))} of the mean "
+                  f"cosine, {_percent(row.get('top_coord_var_share'))} of the variance")
+    ax.set_title(title, fontsize=9)
     # Fixed margins, not tight_layout: every site plot has the same size and text, and measuring the text costs
-    # a second rendering (a third of the plot's time; three plots per site).
-    fig.subplots_adjust(left=0.075, right=0.975, bottom=0.15, top=0.9)
+    # a second rendering (a third of the plot's time; three plots per site). A second title line takes 0.06.
+    fig.subplots_adjust(left=0.075, right=0.975, bottom=0.15, top=0.84 if note else 0.9)
     return _png(fig, 110)
 
 

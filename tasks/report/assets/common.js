@@ -253,3 +253,11 @@ function modelLabel(name) {
   if (n.startsWith("package:")) return n.slice(8).split("/")[0];
   return n.replace(/\/+$/, "").split("/").pop();
 }
+
+// Beside the verdict: the coordinate that carries more than half of the site's mean cosine or variance
+// (summary columns top_coord_*, rule in tasks/analysis/coordinates.py); "" where none does or the run lacks them.
+function dominanceNote(r) {
+  if (!r || r.top_coord_dominates !== true) return "";
+  const pct = (v) => (v === null || v === undefined || Number.isNaN(v) ? "–" : `${Math.round(100 * v)} %`);
+  return ` (coordinate ${r.top_coord} dominates: ${pct(r.top_coord_cos_share)} of the mean cosine, ${pct(r.top_coord_var_share)} of the variance)`;
+}

@@ -329,7 +329,7 @@ function drawHistogram() {
   legendKey(ui.legend, { color: "#e67e00", width: 2 }, "similarity at the chosen quantile");
   ui.stats.textContent = `mean cos ${fmt(row.cos_mean)} · std cos ${fmt(row.cos_std)} · fitted d ${fmtSig(row.d_fit)} of d_model ${row.d_model} · ` +
     `W1 to law at d_model ${fmt(row.w1_gaussian)} · W1 to law at fitted d ${fmt(row.w1_fit)} · mean norm ${fmt(row.norm_mean, 2)}` +
-    (row.verdict ? ` · verdict: ${row.verdict}` : "");
+    (row.verdict ? ` · verdict: ${row.verdict}${dominanceNote(row)}` : "");
   ui.dOut.textContent = `d = ${fmtSig(dSel)} · W1(data, law at d) = ${fmt(w1(data, law, width), 4)}`;
   ui.dOut.setAttribute("data-d", dSel);
   ui.dOut.setAttribute("data-w1", w1(data, law, width));
@@ -390,7 +390,7 @@ function buildSummary(sec) {
   for (const r of [...D.summary].sort((a, b) => a.layer - b.layer || D.sites.indexOf(a.site) - D.sites.indexOf(b.site))) {
     const k = `${r.layer}|${r.site}|${r.variant}`;
     const tr = h("tr", { "data-key": k }, tb);
-    for (const [c, , , f] of cols) h("td", { class: c === "site" || c === "verdict" || c === "variant" ? "text" : null, "data-col": c }, tr, r[c] === null || r[c] === undefined ? "–" : f(r[c]));
+    for (const [c, , , f] of cols) h("td", { class: c === "site" || c === "verdict" || c === "variant" ? "text" : null, "data-col": c }, tr, r[c] === null || r[c] === undefined ? "–" : f(r[c]) + (c === "verdict" ? dominanceNote(r) : ""));
     tr.addEventListener("click", () => { select(r.layer, r.site, r.variant, true); document.getElementById("explore").scrollIntoView(); });
     ui.rows.set(k, tr);
   }
