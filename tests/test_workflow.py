@@ -147,11 +147,16 @@ def test_same_results_with_two_actors_and_other_shards(tiny_run, tiny_gpt2, pros
     for col in ("layer", "site", "index", "doc", "window", "pos", "token_id"):
         assert np.array_equal(a[col].to_numpy(), b[col].to_numpy()), col
     np.testing.assert_allclose(np.stack(a.vector), np.stack(b.vector), rtol=1e-4, atol=1e-5)
-    # the largest activations are the same entries of the same tokens
+    # the largest activations are the same entries of the same tokens, their values equal to float rounding; two
+    # entries may trade ranks only where their |x| are equal to that rounding (other batches, other last bits)
     a, b = (pq.read_table(r / "massive.parquet").to_pandas() for r in (tiny_run, other))
-    for col in ("layer", "site", "rank", "coord", "doc", "window", "pos", "token_id", "text"):
-        assert np.array_equal(a[col].to_numpy(), b[col].to_numpy()), col
-    np.testing.assert_allclose(a.value, b.value, rtol=1e-4)
+    ids = ["layer", "site", "coord", "doc", "window", "pos", "token_id", "text"]
+    both = a.merge(b, on=ids, suffixes=("_a", "_b"))
+    assert len(both) == len(a) == len(b)
+    np.testing.assert_allclose(both.value_a, both.value_b, rtol=1e-4)
+    by_rank = a.set_index(["layer", "site", "rank"]).value.abs()
+    for row in both[both.rank_a != both.rank_b].itertuples():
+        assert by_rank[(row.layer, row.site, row.rank_b)] == pytest.approx(abs(row.value_a), rel=1e-4)
 
 
 def test_plots_drawn_in_processes_are_the_same_bytes(tiny_run, tmp_path):
