@@ -69,13 +69,20 @@ def _locked(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _package_file(name: str) -> Path:
+def package_path(name: str) -> Path:
+    """The path inside an installed package that `package:MODULE/SUB` names (a model folder, or a GGUF file); a
+    UserError when the package is not installed. Whether the path exists is the caller's to check."""
     module, _, sub = name[len("package:"):].partition("/")
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise UserError(f"model {name!r}: Python package {module!r} is not installed; pip install it")
-    path = Path(list(spec.submodule_search_locations)[0]) / sub
+    return Path(list(spec.submodule_search_locations)[0]) / sub
+
+
+def _package_file(name: str) -> Path:
+    path = package_path(name)
     if not path.is_file():
+        module, _, sub = name[len("package:"):].partition("/")
         raise UserError(f"model {name!r}: package {module!r} has no file {sub!r}")
     return path
 

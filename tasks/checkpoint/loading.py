@@ -8,13 +8,11 @@ Weights the checkpoint does not hold are refused, never initialised at random (`
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-from pathlib import Path
 
 import torch
 
-from tasks.checkpoint.gguf import converted_folder, is_gguf
+from tasks.checkpoint.gguf import converted_folder, is_gguf, package_path
 from tasks.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -40,12 +38,9 @@ def resolve_name(name: str) -> str:
         return str(converted_folder(name))
     if not name.startswith("package:"):
         return name
-    module, _, sub = name[len("package:") :].partition("/")
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"model {name!r}: Python package {module!r} is not installed; pip install it")
-    folder = Path(list(spec.submodule_search_locations)[0]) / sub
+    folder = package_path(name)
     if not folder.is_dir():
+        module, _, sub = name[len("package:"):].partition("/")
         raise UserError(f"model {name!r}: package {module!r} has no folder {sub!r}")
     return str(folder)
 
